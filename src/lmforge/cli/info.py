@@ -1,0 +1,56 @@
+"""``lmforge info``: the summary of a model preset, config file or model directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmforge.accounting import count_flops, count_params
+from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError
+
+COMMAND = "info"
+HELP = "summarise a model: parameters (total / non-embedding) and FLOPs per token"
+
+
+def add_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a model preset name, e.g. gpt2-small")
+    src.add_argument("--config", help="a model config (.json / .yaml) or a model directory")
+    p.add_argument("--seq-len", type=int, help="context length for the FLOP count (default: max_positions)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def resolve_model_config(preset: str | None, config: str | None) -> ModelConfig:
+    if preset:
+        return ModelConfig.from_preset(preset)
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.exists():
+        raise ConfigError(f"config: {config} not found")
+    return ModelConfig.from_file(path)
+
+
+def run(args) -> None:
+    cfg = resolve_model_config(args.preset, args.config)
+    params, flops = count_params(cfg), count_flops(cfg, args.seq_len)
+    summary = {
+        "arch": cfg.arch,
+        "params_total": params.total,
+        "params_non_embedding": params.non_embedding,
+        "seq_len": flops.tokens,
+        "forward_flops_per_token": flops.forward_per_token,
+        "training_flops_per_token": flops.training_per_token,
+        "training_flops_per_token_6n_attention": flops.rule_6n_attention_per_token,
+        "config": cfg.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"{args.preset or args.config}: {cfg.arch}, {cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder "
+          f"layers, d_model {cfg.d_model}, {cfg.n_head} heads ({cfg.kv_heads} KV), FFN {cfg.ffn_dim} {cfg.activation}, "
+          f"{cfg.positions} positions, {cfg.norm_position}-{cfg.norm}")
+    print(f"parameters: {params.total:,} total, {params.non_embedding:,} non-embedding")
+    print(f"FLOPs/token at context {flops.tokens}: forward {flops.forward_per_token:.3e}, "
+          f"training {flops.training_per_token:.3e} (6N + attention rule: {flops.rule_6n_attention_per_token:.3e})")

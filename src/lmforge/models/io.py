@@ -1,0 +1,152 @@
+"""Model directories: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``).
+
+Written under a temporary name and renamed when whole, so a directory that exists is complete.
+Loading checks every tensor name and shape against the config before touching the model and
+refuses a mismatch with a message: never a silently half-loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.errors import CheckpointError, ConfigError
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied tensors stored once (under their first name), as safetensors requires."""
+    seen: set[tuple] = set()
+    out = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def atomic_directory(final: Path, write, overwrite: bool = True) -> Path:
+    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final`` (replacing it if allowed)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not overwrite:
+        raise CheckpointError(f"{final}: already exists; pass overwrite=True to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_model(model: nn.Module, directory: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
+    """Write a model directory. ``extra`` is merged into config.json under ``"lmforge"``
+    (e.g. task labels of a fine-tuned model)."""
+    cfg: ModelConfig = model.config
+
+    def write(tmp: Path) -> None:
+        d = {**cfg.to_dict()}
+        if extra:
+            d["lmforge"] = extra
+        (tmp / CONFIG_FILE).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+        save_file(unique_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_FILE)
+
+    return atomic_directory(Path(directory), write)
+
+
+def read_config(directory: str | Path) -> tuple[ModelConfig, dict]:
+    """The model config of a directory and its extra ``"lmforge"`` section."""
+    path = Path(directory) / CONFIG_FILE
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"{directory}: not a model directory (not found)")
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {CONFIG_FILE}; is this an lmforge model directory?")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt config ({e})") from None
+    extra = d.pop("lmforge", {}) or {}
+    try:
+        return ModelConfig.from_dict(d), extra
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` after checking names and shapes; tied aliases may be absent."""
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all); "
+                              f"the weights do not belong to this architecture")
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{source}: {name} has shape {tuple(t.shape)}, the config expects "
+                                  f"{tuple(expected[name].shape)}")
+    stored = {(t.untyped_storage().data_ptr(), t.storage_offset()) for n, t in expected.items() if n in state}
+    missing = [n for n, t in expected.items()
+               if n not in state and (t.untyped_storage().data_ptr(), t.storage_offset()) not in stored]
+    if missing:
+        raise CheckpointError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} in all)")
+    with torch.no_grad():
+        for name, t in state.items():
+            expected[name].copy_(t)
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               with_extra: bool = False):
+    """Build the model described by ``config.json`` and fill it from ``model.safetensors``.
+
+    If the directory holds a ``tokenizer.json`` its vocabulary must fit the embedding.
+    """
+    from lmforge.models import build_model
+
+    directory = Path(directory)
+    cfg, extra = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt or truncated weights ({e})") from None
+    model = build_model(cfg)
+    load_state_into(model, state, str(weights))
+    tok_file = directory / TOKENIZER_FILE
+    if tok_file.is_file():
+        _check_tokenizer_file(tok_file, cfg)
+    model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    model.eval()
+    return (model, extra) if with_extra else model
+
+
+def _check_tokenizer_file(path: Path, cfg: ModelConfig) -> None:
+    from lmforge.tokenizer import Tokenizer, check_compatible
+
+    check_compatible(Tokenizer.load(path), cfg.vocab_size, str(path))

@@ -1,0 +1,202 @@
+"""Property tests of the three model families: causality, padding, KV cache, attention weights."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmforge.config import MODEL_PRESETS, ModelConfig
+from lmforge.errors import CheckpointError
+from lmforge.models import build_model, count_parameters, load_model, save_model
+
+DECODERS = {
+    "learned": ModelConfig.from_preset("gpt-tiny"),
+    "rope-gqa": ModelConfig.from_preset("llama-tiny"),
+    "sinusoidal-post": ModelConfig.from_preset("gpt-tiny", positions="sinusoidal", norm_position="post"),
+}
+SEQ2SEQ = {
+    "learned": ModelConfig.from_preset("seq2seq-tiny"),
+    "rope-gqa": ModelConfig.from_preset("seq2seq-tiny", positions="rope", n_kv_head=2, norm="rmsnorm",
+                                        activation="swiglu", bias=False),
+}
+
+
+def _model(cfg):
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("name", list(MODEL_PRESETS))
+def test_every_preset_builds(name):
+    cfg = ModelConfig.from_preset(name)
+    if cfg.vocab_size * cfg.d_model > 5e6:  # keep big presets cheap: shape only
+        cfg = cfg.replace(vocab_size=128, max_positions=64)
+    m = build_model(cfg)
+    total = sum(p.numel() for p in m.parameters())
+    assert count_parameters(m) == total
+    assert 0 < count_parameters(m, non_embedding=True) < total
+
+
+@settings(max_examples=15, deadline=None)
+@given(t=st.integers(0, 14), seed=st.integers(0, 10_000))
+def test_decoder_is_causal(t, seed):
+    for cfg in DECODERS.values():
+        m = _model(cfg)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, cfg.vocab_size, (2, 16), generator=g)
+        y = x.clone()
+        y[:, t + 1:] = torch.randint(0, cfg.vocab_size, y[:, t + 1:].shape, generator=g)
+        with torch.no_grad():
+            a, b = m(x).logits, m(y).logits
+        assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
+
+
+def _padded(lengths, vocab, T=None):
+    T = T or max(lengths)
+    x = torch.randint(0, vocab, (len(lengths), T))
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    return x, mask
+
+
+@pytest.mark.parametrize("cfg", list(DECODERS.values()) + [ModelConfig.from_preset("bert-tiny")], ids=lambda c: c.arch)
+def test_padding_invariance_single_stack(cfg):
+    m = _model(cfg)
+    lengths = [12, 7, 3]
+    x, mask = _padded(lengths, cfg.vocab_size)
+    with torch.no_grad():
+        batch = m(x, attention_mask=mask).logits
+        for i, n in enumerate(lengths):
+            alone = m(x[i:i + 1, :n]).logits
+            assert (batch[i, :n] - alone[0]).abs().max() <= 1e-5
+
+
+def test_left_padding_with_positions():
+    cfg = DECODERS["learned"]
+    m = _model(cfg)
+    x, _ = _padded([9], cfg.vocab_size)
+    left = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], 1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        a = m(left, attention_mask=mask, position_ids=pos).logits[:, 4:]
+        b = m(x).logits
+    assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("cfg", list(SEQ2SEQ.values()), ids=list(SEQ2SEQ))
+def test_padding_invariance_seq2seq(cfg):
+    m = _model(cfg)
+    src, smask = _padded([10, 6], cfg.vocab_size)
+    tgt, tmask = _padded([8, 5], cfg.vocab_size)
+    with torch.no_grad():
+        batch = m(src, smask, tgt, tmask).logits
+        for i, (ns, nt) in enumerate([(10, 8), (6, 5)]):
+            alone = m(src[i:i + 1, :ns], None, tgt[i:i + 1, :nt]).logits
+            assert (batch[i, :nt] - alone[0]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_kv_cache_equals_full_forward_decoder(name):
+    cfg = DECODERS[name]
+    m = _model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (2, 20))
+    with torch.no_grad():
+        full = m(x).logits
+        cache = m.new_cache(2, 32)
+        steps = [m(x[:, :5], cache=cache).logits] + [m(x[:, i:i + 1], cache=cache).logits for i in range(5, 20)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(SEQ2SEQ))
+def test_kv_cache_equals_full_forward_seq2seq(name):
+    cfg = SEQ2SEQ[name]
+    m = _model(cfg)
+    src, smask = _padded([9, 5], cfg.vocab_size)
+    tgt = torch.randint(0, cfg.vocab_size, (2, 12))
+    with torch.no_grad():
+        full = m(src, smask, tgt).logits
+        enc = m.encode(src, smask).last_hidden_state
+        cache = m.new_cache(2, 16)
+        steps = [m(attention_mask=smask, decoder_input_ids=tgt[:, i:i + 1], encoder_hidden_states=enc,
+                   cache=cache).logits for i in range(12)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("cfg", [DECODERS["learned"], DECODERS["rope-gqa"], ModelConfig.from_preset("bert-tiny"),
+                                 SEQ2SEQ["learned"]], ids=lambda c: c.arch + c.positions)
+def test_attention_probabilities(cfg):
+    m = _model(cfg)
+    x, mask = _padded([10, 6], cfg.vocab_size)
+    kwargs = dict(decoder_input_ids=x, decoder_attention_mask=mask) if cfg.arch == "encoder-decoder" else {}
+    with torch.no_grad():
+        fast = m(x, attention_mask=mask, **kwargs)
+        slow = m(x, attention_mask=mask, output_attentions=True, **kwargs)
+    assert (fast.logits - slow.logits).abs().max() <= 1e-5
+    for w in slow.attentions:
+        assert w.min() >= 0
+        assert torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5)
+        # real queries give padding keys exactly zero weight
+        assert w[1, :, :6, 6:].abs().max() == 0
+        if cfg.arch != "encoder":  # causal: nothing from the future
+            assert torch.triu(w[0], diagonal=1).abs().max() == 0
+
+
+def test_gqa_with_all_heads_equals_mha():
+    a = ModelConfig.from_preset("llama-tiny", n_kv_head=4)
+    b = ModelConfig.from_preset("llama-tiny", n_kv_head=None)
+    ma, mb = build_model(a).eval(), build_model(b).eval()
+    mb.load_state_dict(ma.state_dict())
+    x = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(ma(x).logits, mb(x).logits)
+
+
+def test_losses():
+    cfg = ModelConfig.from_preset("bert-tiny")
+    m = _model(cfg)
+    x = torch.randint(0, 256, (2, 10))
+    labels = torch.full_like(x, -100)
+    labels[:, 3] = x[:, 3]
+    out = m(x, labels=labels, next_sentence_label=torch.tensor([0, 1]))
+    assert torch.allclose(out.loss, out.mlm_loss + out.nsp_loss)
+    dec = _model(DECODERS["learned"])
+    y = x.roll(-1, 1)
+    y[:, -1] = -100
+    out = dec(x, labels=y)
+    ref = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 256), x[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "bert-tiny", "seq2seq-tiny"])
+def test_save_load_round_trip(name, tmp_path):
+    m = _model(ModelConfig.from_preset(name))
+    save_model(m, tmp_path / "m")
+    m2 = load_model(tmp_path / "m")
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_load_refuses_mismatch_and_corruption(tmp_path):
+    m = _model(ModelConfig.from_preset("gpt-tiny"))
+    save_model(m, tmp_path / "m")
+    # a config that disagrees with the weights
+    cfg_path = tmp_path / "m" / "config.json"
+    good = cfg_path.read_text()
+    cfg_path.write_text(good.replace('"d_model": 64', '"d_model": 128'))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model(tmp_path / "m")
+    cfg_path.write_text(good.replace('"n_layer": 2', '"n_layer": 3'))
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(tmp_path / "m")
+    cfg_path.write_text(good.replace('"n_layer": 2', '"n_layer": 1'))
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_model(tmp_path / "m")
+    cfg_path.write_text(good)
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nothing")
