@@ -4,3 +4,10 @@ __version__ = "0.1.0"
 
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError, TrainingError
+from lmforge.interop.hf import from_hf, to_hf
+from lmforge.models import (DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, load_model,
+                            save_model)
+
+__all__ = ["ModelConfig", "LMForgeError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
+           "DecoderLM", "EncoderLM", "EncoderDecoderLM", "build_model", "count_parameters", "load_model",
+           "save_model", "from_hf", "to_hf"]
