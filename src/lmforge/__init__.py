@@ -8,6 +8,18 @@ from lmforge.interop.hf import from_hf, to_hf
 from lmforge.models import (DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, load_model,
                             save_model)
 
+_SUBMODULES = ("plan", "infer", "train", "finetune", "data", "tokenizer", "accounting", "bench")
+
+
+def __getattr__(name: str):
+    # Heavier parts load on first use (``lf.plan.fit(...)``), keeping ``import lmforge`` quick.
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"lmforge.{name}")
+    raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
+
+
 __all__ = ["ModelConfig", "LMForgeError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
            "DecoderLM", "EncoderLM", "EncoderDecoderLM", "build_model", "count_parameters", "load_model",
            "save_model", "from_hf", "to_hf"]

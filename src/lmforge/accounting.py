@@ -102,15 +102,16 @@ def _stack_parts(cfg: ModelConfig, name: str, n_layers: int, cross: bool, segmen
 
 
 def _head_parts(cfg: ModelConfig) -> dict[str, int]:
-    """Output heads: the LM head of a decoder / encoder-decoder, MLM (+ NSP) heads of an encoder."""
+    """Output heads: the LM head of a decoder / encoder-decoder; MLM head, pooler, NSP head of an encoder."""
     d, v = cfg.d_model, cfg.vocab_size
     out = (0 if cfg.tie_embeddings else v * d) + (v if cfg.lm_head_bias else 0)
     if cfg.arch != "encoder":
         return {"lm_head": out}
-    parts = {"mlm_head": _linear(cfg, d, d) + _norm(cfg) + out if cfg.mlm_head else 0}
-    if cfg.nsp_head:
-        parts["nsp_head"] = _linear(cfg, d, d) + _linear(cfg, d, 2)
-    return parts
+    return {
+        "mlm_head": _linear(cfg, d, d) + _norm(cfg) + out if cfg.mlm_head else 0,
+        "pooler": _linear(cfg, d, d) if cfg.has_pooler else 0,
+        "nsp_head": _linear(cfg, d, 2) if cfg.nsp_head else 0,
+    }
 
 
 def _is_embedding(part: str) -> bool:
@@ -222,8 +223,9 @@ def count_flops(cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | Non
     Encoder MLM logits are counted at every position, as a plain implementation computes them.
     """
     seq_len = seq_len or cfg.max_positions
-    if seq_len <= 0 or (tgt_len is not None and tgt_len <= 0):
-        raise ConfigError(f"seq_len: must be positive, got {seq_len if seq_len <= 0 else tgt_len}")
+    for name, n in (("seq_len", seq_len), ("tgt_len", tgt_len)):
+        if n is not None and n <= 0:
+            raise ConfigError(f"{name}: must be positive, got {n}")
     d, v = cfg.d_model, cfg.vocab_size
     enc_len = seq_len if cfg.encoder_layers else 0
     dec_len = (tgt_len or seq_len) if cfg.decoder_layers else 0
@@ -256,14 +258,17 @@ def count_flops(cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | Non
                      rule_6n_attention=rule + 12 * hk * attn_pairs)
 
 
-def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, method: str = "detailed") -> float:
-    """Training FLOPs per token: ``"detailed"`` (Appendix F) or ``"6n"`` (6N + attention, PaLM)."""
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, method: str = "palm") -> float:
+    """Training FLOPs per token for MFU and budgets.
+
+    ``"palm"`` (default, the usual MFU convention): 6N + 12 n_layer n_ctx d_attn; ``"6n"``: 6N;
+    ``"detailed"``: Chinchilla's Appendix F count (which also charges the embedding lookup as a matmul).
+    """
     fc = count_flops(cfg, seq_len)
-    if method == "detailed":
-        return fc.training_per_token
-    if method == "6n":
-        return fc.rule_6n_attention_per_token
-    raise ConfigError(f"method: unknown FLOP counting method {method!r}; choose detailed or 6n")
+    per_token = {"palm": fc.rule_6n_attention_per_token, "6n": fc.rule_6n_per_token, "detailed": fc.training_per_token}
+    if method not in per_token:
+        raise ConfigError(f"method: unknown FLOP counting method {method!r}; choose one of {', '.join(per_token)}")
+    return per_token[method]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +433,7 @@ def device_from_cuda_name(cuda_name: str) -> Device | None:
 
 
 @functools.lru_cache(maxsize=None)
-def measure_cpu_peak(size: int = 2048, repeats: int = 5) -> float:
+def measure_cpu_peak(size: int = 2048, repeats: int = 3) -> float:
     """Achievable fp32 FLOP/s of this CPU: the best of ``repeats`` timed ``size x size`` matmuls (cached)."""
     import torch
 
@@ -523,15 +528,14 @@ def flops_for(device: str | Device, hours: float, n_devices: int = 1, mfu: float
 
 
 def human(x: float, unit: str = "") -> str:
-    """``1.23e9 -> '1.23B'``; very large or small values in scientific notation."""
+    """``1.23e9 -> '1.23B'``, ``human(9.9e14, 'FLOP/s') -> '990 TFLOP/s'``; else scientific notation."""
     if x is None or not math.isfinite(x):
         return str(x)
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if 1 <= abs(x) / scale < 1000:
-            return f"{x / scale:.3g}{suffix}{unit}"
-    if 1 <= abs(x) < 1000 or x == 0:
-        return f"{x:.3g}{unit}"
-    return f"{x:.3g}{(' ' + unit) if unit else ''}"
+    space = " " if unit else ""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")):
+        if 1 <= abs(float(f"{x / scale:.3g}")) < 1000:
+            return f"{x / scale:.3g}{space}{suffix if not unit or suffix != 'B' else 'G'}{unit}"
+    return f"{x:.3g}{space}{unit}"
 
 
 def human_bytes(n: float) -> str:
@@ -539,3 +543,63 @@ def human_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {suffix}"
     return f"{n:.0f} B"
+
+
+# ---------------------------------------------------------------------------------------------
+# one report per model (what `lmforge plan --model` prints)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelReport:
+    """Parameters, FLOPs, memory per device and (given tokens and a device) time and cost of a model."""
+
+    config: ModelConfig
+    params: ParamCount
+    flops: FlopCount
+    memory: list[MemoryEstimate]
+    tokens: float | None = None
+    time: TimeCost | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "params": self.params.to_dict(), "flops": self.flops.to_dict(),
+                "memory": [m.to_dict() for m in self.memory], "tokens": self.tokens,
+                "time": self.time.to_dict() if self.time else None}
+
+    def summary(self) -> str:
+        p, f, cfg = self.params, self.flops, self.config
+        lines = [f"model: {cfg.arch}, {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads"
+                 f" ({cfg.kv_heads} kv), ffn {cfg.ffn_dim} {cfg.activation}, vocab {cfg.vocab_size}",
+                 f"parameters: {p.total:,} total, {p.non_embedding:,} non-embedding, {p.embedding:,} embedding",
+                 *[f"  {k:<28} {v:>16,}" for k, v in p.breakdown.items()],
+                 f"training FLOPs per token (sequence of {f.tokens}):",
+                 f"  detailed (Chinchilla App. F)  {f.training_per_token:.4g}",
+                 f"  6N                            {f.rule_6n_per_token:.4g}   (N = {p.compute:,} compute parameters)",
+                 f"  6N + 12 L T d (PaLM)          {f.rule_6n_attention_per_token:.4g}",
+                 f"  detailed / 6N                 {f.training_per_token / f.rule_6n_per_token:.3f}",
+                 "memory per device (AdamW, fp32 master weights; activations of one micro-batch):"]
+        for m in self.memory:
+            ckpt = "checkpointing" if m.checkpointing else "no checkpointing"
+            lines.append(f"  {m.strategy} x{m.world_size}, batch {m.micro_batch}, {ckpt:<16} "
+                         f" {human_bytes(m.total):>11}"
+                         f"  (states {human_bytes(m.weights + m.gradients + m.optimizer)},"
+                         f" activations {human_bytes(m.activations)})")
+        if self.time:
+            t = self.time
+            lines.append(f"training on {human(self.tokens)} tokens = {t.flops:.3g} FLOPs: {t.n_devices} x "
+                         f"{t.device} at MFU {t.mfu:.0%}: {t.seconds / 3600:,.1f} h ({t.days:,.2f} days), "
+                         f"{t.device_hours:,.0f} device-hours, ${t.dollars:,.0f} at ${t.price:.2f}/h")
+        return "\n".join(lines)
+
+
+def account(cfg: ModelConfig, seq_len: int | None = None, micro_batch: int = 1, world_size: int = 1,
+            tokens: float | None = None, device: str | None = None, mfu: float = 0.4, price: float | None = None,
+            precision: str = "bf16") -> ModelReport:
+    """Everything accounting knows about ``cfg``; memory under DDP and FSDP, with and without checkpointing."""
+    flops = count_flops(cfg, seq_len)
+    memory = [estimate_memory(cfg, micro_batch, seq_len, world_size, strategy, ckpt, precision)
+              for strategy in ("ddp", "fsdp") for ckpt in (False, True)]
+    time_cost = None
+    if tokens is not None and device is not None:
+        time_cost = training_time(tokens * flops.training_per_token, device, world_size, mfu, price)
+    return ModelReport(cfg, count_params(cfg), flops, memory, tokens, time_cost)

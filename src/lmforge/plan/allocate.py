@@ -1,0 +1,371 @@
+"""Compute-optimal allocation: how large a model, trained on how many tokens, for a budget.
+
+:func:`allocate` turns a budget (FLOPs, device-hours or dollars) and a law into N*, D*, the
+predicted loss, the frontier around it, a concrete model config with its exact parameter count,
+batch-size and learning-rate suggestions (DeepSeek LLM 2024: B_opt = 0.2920 C^0.3271 tokens,
+eta_opt = 0.3118 C^-0.1250), wall time and cost, and warnings (data-constrained budgets).
+
+Two variants of the question:
+
+* the inverse: the smallest compute that reaches a target loss (``target_loss`` without a budget);
+* inference-aware (Sardana et al. 2024): minimise 6 N D_train + 2 N D_inference subject to
+  L(N, D_train) = target loss (:func:`inference_optimal`); with a budget and no target loss, the
+  target is the loss of the compute-optimal model for that budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import brentq
+
+from lmforge.accounting import (MemoryEstimate, ParamCount, TimeCost, count_flops, count_params, estimate_memory,
+                                flops_for, human, human_bytes, lookup_device, training_time)
+from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError
+from lmforge.plan.laws import LAW_NOTES, Law, ParametricLaw, describe, load_law
+from lmforge.plan.shapes import ASPECT, default_template, shape_for, smallest_shape
+
+FRONTIER_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def deepseek_batch_tokens(flops: float) -> float:
+    """DeepSeek LLM's optimal batch size in tokens: 0.2920 C^0.3271."""
+    return 0.2920 * flops**0.3271
+
+
+def deepseek_learning_rate(flops: float) -> float:
+    """DeepSeek LLM's optimal peak learning rate: 0.3118 C^-0.1250."""
+    return 0.3118 * flops**-0.1250
+
+
+# ---------------------------------------------------------------------------------------------
+# budgets
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """A compute budget in training FLOPs, with the device view of it when a device is known."""
+
+    flops: float
+    device: str | None = None
+    gpus: int = 1
+    mfu: float = 0.4
+    hours: float | None = None  # wall-clock hours on `gpus` devices
+    dollars: float | None = None
+    price: float | None = None  # USD per device-hour
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}: must be a positive number, got {value}")
+
+
+def resolve_budget(flops: float | None = None, device: str | None = None, hours: float | None = None,
+                   gpus: int = 1, mfu: float = 0.4, dollars: float | None = None,
+                   price: float | None = None) -> Budget | None:
+    """A :class:`Budget` from exactly one of FLOPs, device-hours (``device`` + ``hours``) or ``dollars``.
+
+    Returns None when no budget is given.
+    """
+    for name, value in (("flops", flops), ("hours", hours), ("dollars", dollars), ("gpus", gpus), ("mfu", mfu),
+                        ("price", price)):
+        _positive(name, value)
+    given = [n for n, v in (("flops", flops), ("hours", hours), ("dollars", dollars)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"budget: give one of flops, hours or dollars, not {' and '.join(given)}")
+    if not given:
+        return None
+    if (hours is not None or dollars is not None) and device is None:
+        raise ConfigError(f"{given[0]}: a budget in {given[0]} needs a device (e.g. --device h100); "
+                          "or give --flops")
+    dev = lookup_device(device) if device is not None else None
+    if dev is None:
+        return Budget(flops=float(flops), gpus=gpus, mfu=mfu)
+    price = dev.price if price is None else price
+    if dollars is not None:
+        hours = dollars / (price * gpus)
+    if hours is None:  # FLOPs given: how long they take on the device
+        hours = training_time(flops, dev, gpus, mfu).seconds / 3600
+    return Budget(flops=flops_for(dev, hours, gpus, mfu), device=dev.name, gpus=gpus, mfu=mfu, hours=hours,
+                  dollars=hours * gpus * price, price=price)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference-aware allocation (Sardana et al. 2024)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InferenceAware:
+    """The model that reaches ``target_loss`` at the lowest training + inference cost."""
+
+    target_loss: float
+    inference_tokens: float
+    params: float
+    train_tokens: float
+    train_flops: float
+    inference_flops: float
+    # the compute-optimal model with the same loss, for comparison
+    chinchilla_params: float
+    chinchilla_tokens: float
+    chinchilla_total_flops: float
+
+    @property
+    def total_flops(self) -> float:
+        return self.train_flops + self.inference_flops
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_flops": self.total_flops}
+
+
+def _as_parametric(law: Law, what: str) -> ParametricLaw:
+    if not isinstance(law, ParametricLaw):
+        raise ConfigError(f"{what} needs a law with a loss model L(N, D) (chinchilla, epoch, sardana or an "
+                          f"approach-3 fit); {law.name!r} only knows the frontier")
+    return law
+
+
+def inference_optimal(law: Law | str, target_loss: float, inference_tokens: float) -> InferenceAware:
+    """Minimise 6 N D_train + 2 N D_inference subject to L(N, D_train) = ``target_loss``."""
+    law = _as_parametric(load_law(law), "inference-aware allocation")
+    if inference_tokens < 0 or not math.isfinite(inference_tokens):
+        raise ConfigError(f"inference_tokens: must be >= 0, got {inference_tokens}")
+    headroom = target_loss - law.E
+    if not headroom > 0:
+        law.compute_for_loss(target_loss)  # raises the explanatory error
+
+    def tokens(n: float) -> float:  # D_train that reaches the target with N parameters
+        return (law.B / (headroom - law.A * n**-law.alpha)) ** (1 / law.beta)
+
+    def stationarity(log_n: float) -> float:
+        # d/dN [N (6 D(N) + 2 D_inf)] / D(N), written with u = A N^-alpha to stay finite
+        n = math.exp(log_n)
+        u = law.A * n**-law.alpha
+        return 6 + 2 * inference_tokens / tokens(n) - 6 * law.alpha / law.beta * u / (headroom - u)
+
+    log_n_min = math.log(law.A / headroom) / law.alpha  # below this N no amount of data reaches the target
+    lo, hi = log_n_min + 1e-12, log_n_min + 1.0
+    while stationarity(hi) < 0:
+        hi += 1.0
+    n = math.exp(brentq(stationarity, lo, hi, xtol=1e-14, rtol=1e-14))
+    d = tokens(n)
+    c = law.compute_for_loss(target_loss)
+    n_c, d_c = law.optimal(c)
+    return InferenceAware(target_loss=target_loss, inference_tokens=inference_tokens, params=n, train_tokens=d,
+                          train_flops=6 * n * d, inference_flops=2 * n * inference_tokens, chinchilla_params=n_c,
+                          chinchilla_tokens=d_c, chinchilla_total_flops=6 * n_c * d_c + 2 * n_c * inference_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# the allocation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Allocation:
+    """The answer of :func:`allocate`; ``to_dict()`` for JSON, ``summary()`` for people."""
+
+    law: Law
+    law_formula: str
+    counts: str  # which parameters N counts: total or non_embedding
+    budget: Budget
+    params: float  # N*
+    tokens: float  # D*
+    loss: float | None
+    frontier: list[dict[str, float | None]]
+    shape: ModelConfig
+    shape_params: ParamCount
+    shape_tokens: float  # tokens the shape trains on within the budget
+    shape_loss: float | None
+    shape_flops_per_token: dict[str, float]
+    batch_tokens: float
+    batch_sequences: int
+    learning_rate: float
+    seq_len: int
+    time: TimeCost | None = None
+    memory: list[MemoryEstimate] = field(default_factory=list)
+    inference: InferenceAware | None = None
+    target_loss: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / self.params
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "law": self.law.to_dict(), "law_formula": self.law_formula, "counts": self.counts,
+            "budget": self.budget.to_dict(),
+            "params": self.params, "tokens": self.tokens, "tokens_per_param": self.tokens_per_param,
+            "loss": self.loss, "target_loss": self.target_loss, "frontier": self.frontier,
+            "shape": {"config": self.shape.to_dict(), "params": self.shape_params.to_dict(),
+                      "tokens": self.shape_tokens, "loss": self.shape_loss,
+                      "training_flops_per_token": self.shape_flops_per_token},
+            "batch_tokens": self.batch_tokens, "batch_sequences": self.batch_sequences,
+            "learning_rate": self.learning_rate, "seq_len": self.seq_len,
+            "time": self.time.to_dict() if self.time else None, "memory": [m.to_dict() for m in self.memory],
+            "inference": self.inference.to_dict() if self.inference else None, "warnings": self.warnings,
+        }
+
+    def summary(self) -> str:
+        b, s, p = self.budget, self.shape, self.shape_params
+        loss = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+        head = f"budget: {b.flops:.3g} FLOPs"
+        if b.device:
+            head += (f" = {b.gpus} x {b.device} for {b.hours:,.1f} h at MFU {b.mfu:.0%}"
+                     f" ({b.hours * b.gpus:,.0f} device-hours, ${b.dollars:,.0f} at ${b.price:.2f}/h)")
+        if self.target_loss is not None and self.inference is None:
+            head += f"  (the least compute reaching loss {self.target_loss})"
+        lines = [head, f"law: {self.law.name}: {self.law_formula}", "",
+                 f"compute-optimal: N* = {human(self.params)} parameters ({self.counts.replace('_', '-')}), "
+                 f"D* = {human(self.tokens)} tokens, {self.tokens_per_param:.1f} tokens/parameter, "
+                 f"loss {loss(self.loss)}",
+                 "", "frontier at this compute:", f"  {'N / N*':>7} {'params':>9} {'tokens':>9} {'loss':>8}"]
+        for row in self.frontier:
+            lines.append(f"  {row['scale']:>7g} {human(row['params']):>9} {human(row['tokens']):>9} "
+                         f"{loss(row['loss']):>8}")
+        lines += ["", f"model: {s.arch}, n_layer {s.n_layer}, d_model {s.d_model}, n_head {s.n_head} "
+                      f"(head {s.head_dim}, kv {s.kv_heads}), ffn {s.ffn_dim} {s.activation}, vocab {s.vocab_size}, "
+                      f"context {s.max_positions}",
+                  f"  {p.total:,} parameters ({p.non_embedding:,} non-embedding); trains on "
+                  f"{human(self.shape_tokens)} tokens, loss {loss(self.shape_loss)}",
+                  "  training FLOPs/token: 6N {6n:.4g}, +attention {palm:.4g}, detailed {detailed:.4g}".format(
+                      **self.shape_flops_per_token),
+                  f"batch: {human(self.batch_tokens)} tokens = {self.batch_sequences} sequences of {self.seq_len}; "
+                  f"peak learning rate {self.learning_rate:.3g} (DeepSeek LLM fits)"]
+        if self.time:
+            t = self.time
+            lines.append(f"time: {t.seconds / 3600:,.1f} h ({t.days:,.1f} days) on {t.n_devices} x {t.device} at MFU "
+                         f"{t.mfu:.0%}, {t.device_hours:,.0f} device-hours, ${t.dollars:,.0f}")
+        for m in self.memory:
+            lines.append(f"memory per device ({m.strategy} x{m.world_size}, micro-batch {m.micro_batch}, "
+                         f"{'checkpointing' if m.checkpointing else 'no checkpointing'}): {human_bytes(m.total)}")
+        if self.inference:
+            i = self.inference
+            saved = 1 - i.total_flops / i.chinchilla_total_flops
+            lines += ["", f"inference-aware (Sardana et al.): loss {i.target_loss:.4f} with "
+                          f"{human(i.inference_tokens)} inference tokens: N = {human(i.params)}, "
+                          f"D = {human(i.train_tokens)} ({i.train_tokens / i.params:.0f} tokens/parameter)",
+                      f"  training {i.train_flops:.3g} + inference {i.inference_flops:.3g} = "
+                      f"{i.total_flops:.3g} FLOPs, vs {i.chinchilla_total_flops:.3g} for the compute-optimal model "
+                      f"({saved:.1%} saved)"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _vocab_from_tokenizer(path: str | Path) -> int:
+    p = Path(path)
+    p = p / "tokenizer.json" if p.is_dir() else p
+    if not p.is_file():
+        raise ConfigError(f"tokenizer: {p} not found; give a tokenizer.json or a directory holding one")
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(p)).get_vocab_size()
+    except Exception as e:  # tokenizers raises its own exception types
+        raise ConfigError(f"tokenizer: cannot read {p} ({str(e).splitlines()[0]})") from None
+
+
+def allocate(flops: float | None = None, *, law: Law | str = "chinchilla", device: str | None = None,
+             hours: float | None = None, gpus: int = 1, mfu: float = 0.4, dollars: float | None = None,
+             price: float | None = None, target_loss: float | None = None, inference_tokens: float | None = None,
+             available_tokens: float | None = None, template: ModelConfig | None = None,
+             vocab_size: int | None = None, tokenizer: str | Path | None = None, seq_len: int | None = None,
+             aspect: tuple[float, float] = ASPECT, head_dim: int | None = None, micro_batch: int = 1) -> Allocation:
+    """The compute-optimal model and data size for a budget (see the module docstring).
+
+    ``template`` supplies the architecture of the suggested config (default: the LLaMA recipe);
+    ``vocab_size`` / ``tokenizer`` and ``seq_len`` override its vocabulary and context.
+    """
+    law = load_law(law)
+    budget = resolve_budget(flops, device, hours, gpus, mfu, dollars, price)
+    _positive("target_loss", target_loss)
+    _positive("available_tokens", available_tokens)
+    if budget is None:
+        if target_loss is None:
+            raise ConfigError("budget: give --flops, --device with --hours, --dollars (with --device), "
+                              "or --target-loss")
+        c = _as_parametric(law, "a target loss").compute_for_loss(target_loss)
+        budget = resolve_budget(c, device, None, gpus, mfu, None, price)
+    elif target_loss is not None and inference_tokens is None:
+        raise ConfigError("target_loss: give either a budget or a target loss (the budget then follows), "
+                          "or a target loss with inference tokens")
+    c = budget.flops
+
+    # the template: architecture from the user, vocabulary and context from the options
+    template = template or default_template()
+    if tokenizer is not None:
+        vocab_size = _vocab_from_tokenizer(tokenizer)
+    changes = {k: v for k, v in (("vocab_size", vocab_size), ("max_positions", seq_len)) if v is not None}
+    template = template.replace(**changes) if changes else template
+    seq_len = template.max_positions
+
+    n_opt, d_opt = (float(x) for x in law.optimal(c))
+    smallest = smallest_shape(template, head_dim)
+    n_small = count_params(smallest).total if law.counts == "total" else count_params(smallest).non_embedding
+    if n_opt < n_small:
+        c_min = c * (n_small / n_opt) ** (1 / _frontier_exponent(law))
+        raise ConfigError(f"budget: {c:.3g} FLOPs is too small: the compute-optimal model has {human(n_opt)} "
+                          f"parameters, fewer than the smallest model of this vocabulary ({human(n_small)}, "
+                          f"vocab {template.vocab_size}); give at least ~{c_min:.2g} FLOPs or a smaller vocabulary")
+    shape = shape_for(n_opt, template, law.counts, aspect, head_dim)
+    pc = count_params(shape)
+    n_shape = pc.total if law.counts == "total" else pc.non_embedding
+    fc = count_flops(shape, seq_len)
+    frontier = [{"scale": s, "params": n_opt * s, "tokens": c / (6 * n_opt * s),
+                 "loss": _loss(law, n_opt * s, c / (6 * n_opt * s))} for s in FRONTIER_SCALES]
+    batch = deepseek_batch_tokens(c)
+
+    warnings = []
+    if available_tokens is not None and d_opt > available_tokens:
+        n_data = c / (6 * available_tokens)
+        alt = _loss(law, n_data, available_tokens)
+        warnings.append(
+            f"data-constrained: D* = {human(d_opt)} tokens exceeds the {human(available_tokens)} available "
+            f"({d_opt / available_tokens:.1f} epochs). Repeating data up to ~4 epochs costs little (Muennighoff et al. "
+            f"2023); or train N = {human(n_data)} on one epoch" + (f" (loss {alt:.4f})" if alt is not None else ""))
+
+    inference = None
+    if inference_tokens is not None:
+        goal = target_loss if target_loss is not None else _loss(_as_parametric(law, "inference-aware allocation"),
+                                                                 n_opt, d_opt)
+        inference = inference_optimal(law, goal, inference_tokens)
+
+    memory = [estimate_memory(shape, micro_batch, seq_len, gpus, "fsdp" if gpus > 1 else "ddp", ckpt)
+              for ckpt in (False, True)]
+    return Allocation(
+        law=law, law_formula=describe(law) + (f"  [{LAW_NOTES[law.name]}]" if law.name in LAW_NOTES else ""),
+        counts=law.counts, budget=budget, params=n_opt, tokens=d_opt,
+        loss=_loss(law, n_opt, d_opt), frontier=frontier, shape=shape, shape_params=pc,
+        shape_tokens=c / (6 * n_shape), shape_loss=_loss(law, n_shape, c / (6 * n_shape)),
+        shape_flops_per_token={"6n": fc.rule_6n_per_token, "palm": fc.rule_6n_attention_per_token,
+                               "detailed": fc.training_per_token},
+        batch_tokens=batch, batch_sequences=max(1, round(batch / seq_len)), learning_rate=deepseek_learning_rate(c),
+        seq_len=seq_len, time=training_time(c, budget.device, gpus, mfu, budget.price) if budget.device else None,
+        memory=memory, inference=inference, target_loss=target_loss, warnings=warnings)
+
+
+def _loss(law: Law, n: float, d: float) -> float | None:
+    value = law.loss(n, d)
+    return None if value is None else float(value)
+
+
+def _frontier_exponent(law: Law) -> float:
+    """a in N_opt ~ C^a (from two budgets, so it works for every kind of law)."""
+    (n1, _), (n2, _) = law.optimal(1e20), law.optimal(1e22)
+    return math.log(n2 / n1) / math.log(100)
+
+
+def isoflop_curve(law: Law, flops: float, params: np.ndarray) -> np.ndarray:
+    """Predicted loss of models of ``params`` parameters trained with ``flops`` FLOPs (D = C / 6N)."""
+    params = np.asarray(params, float)
+    return np.asarray(law.loss(params, flops / (6 * params)), float)
