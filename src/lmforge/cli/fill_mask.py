@@ -1,0 +1,32 @@
+"""``lmforge fill-mask``: the most likely tokens for each [MASK] of a text (encoders)."""
+
+from __future__ import annotations
+
+import json
+
+COMMAND = "fill-mask"
+HELP = "masked LM: top-k candidates for each [MASK] in a text"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="encoder model directory (lmforge, or HF with a tokenizer.json)")
+    p.add_argument("text", help='text with one or more masks, e.g. "Paris is the [MASK] of France"')
+    p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default 5)")
+    p.add_argument("--mask-token", help="the mask spelling in the text (default: [MASK] or the tokenizer's own)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+
+
+def run(args) -> int:
+    from lmforge.infer import fill_mask, load_for_inference
+
+    model, tok = load_for_inference(args.model, args.device)
+    cands = fill_mask(model, tok, args.text, top_k=args.top_k, mask_token=args.mask_token)
+    if args.json:
+        print(json.dumps({"text": args.text, "masks": cands}, ensure_ascii=False))
+        return 0
+    for k, c in enumerate(cands):
+        print(f"[MASK] {k}:" if len(cands) > 1 else "[MASK]:")
+        for rank, cand in enumerate(c, 1):
+            print(f"  {rank}. {cand['token']!r:20} {cand['prob']:.4f}")
+    return 0
