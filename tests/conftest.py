@@ -8,6 +8,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Tests use tiny tensors: one thread is as fast, and immune to the other core being busy
+# (OpenMP threads that wait on a loaded core slow tiny ops down by orders of magnitude).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

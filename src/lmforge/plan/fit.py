@@ -220,6 +220,7 @@ class FitResult:
     details: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     runs: Runs | None = field(default=None, repr=False)
+    samples: list[dict[str, float]] = field(default_factory=list, repr=False)  # the bootstrap estimates
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -399,7 +400,7 @@ def fit_parametric(runs: Runs, top_k: int | None = 32, bootstrap: int = 0, seed:
     warnings = [f"{failed} of {bootstrap} bootstrap fits failed and were left out"] if failed else []
     return FitResult(approach=3, law=law, estimates=est, ci=_intervals(samples, level), objective=best.value,
                      n_points=len(runs), seconds=time.perf_counter() - t0, bootstrap=bootstrap,
-                     warnings=warnings, runs=runs)
+                     warnings=warnings, runs=runs, samples=samples)
 
 
 # ---------------------------------------------------------------------------------------------

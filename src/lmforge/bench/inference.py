@@ -1,0 +1,71 @@
+"""Generation and scoring cases: lmforge vs HF transformers on the same random GPT-2 weights.
+
+Generation is greedy with the KV cache (a 16-token prompt, 200 new tokens); the check is that the
+tokens are identical. Scoring computes every token's log-probability of 32 x 256 tokens; the check
+is the largest log-probability difference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.bench.harness import CaseResult, run_case
+
+SHAPE = dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, n_positions=512)
+SMOKE = dict(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=64)
+
+
+def models(smoke: bool = False):
+    """A random HF GPT-2 and its lmforge conversion (same weights)."""
+    import transformers
+
+    from lmforge.interop import from_hf
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(**(SMOKE if smoke else SHAPE), bos_token_id=None, eos_token_id=None)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    return from_hf(hf).eval(), hf
+
+
+def generation_case(ours, hf, batch: int, prompt_len: int = 16, new_tokens: int = 200, rounds: int = 5,
+                    peak: float | None = None) -> CaseResult:
+    from lmforge.accounting import count_flops
+    from lmforge.infer import generate_ids
+
+    ids = torch.randint(0, ours.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(batch))
+    mask = torch.ones_like(ids)
+
+    def ours_fn():
+        return generate_ids(ours, ids, max_new_tokens=new_tokens, do_sample=False, eos_id=None).tokens
+
+    def hf_fn():
+        with torch.inference_mode():
+            return hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                               do_sample=False, pad_token_id=0)[:, prompt_len:]
+
+    same = bool(torch.equal(ours_fn(), hf_fn()))
+    flops = count_flops(ours.config, prompt_len + new_tokens).forward_per_token
+    return run_case(f"generate greedy, batch {batch}", "tokens", batch * new_tokens, ours_fn, hf_fn, rounds=rounds,
+                    flops_per_unit=flops, peak=peak, check="identical tokens" if same else "TOKENS DIFFER")
+
+
+def scoring_case(ours, hf, n_seq: int = 32, seq_len: int = 256, rounds: int = 5,
+                 peak: float | None = None) -> CaseResult:
+    from lmforge.accounting import count_flops
+    from lmforge.infer import decoder_token_logprobs
+
+    ids = torch.randint(0, ours.config.vocab_size, (n_seq, seq_len), generator=torch.Generator().manual_seed(99))
+
+    def ours_fn():
+        return torch.stack(decoder_token_logprobs(ours, ids, batch_size=n_seq))
+
+    def hf_fn():  # what an HF script does: logits, log-softmax, gather the next tokens
+        with torch.inference_mode():
+            logits = hf(ids).logits
+            return logits.float().log_softmax(-1)[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)
+
+    diff = float((ours_fn() - hf_fn()).abs().max())
+    flops = count_flops(ours.config, seq_len).forward_per_token
+    return run_case(f"score {n_seq}x{seq_len}", "tokens", n_seq * seq_len, ours_fn, hf_fn, rounds=rounds,
+                    flops_per_unit=flops, peak=peak, check=f"max |dlogp| {diff:.1e}")

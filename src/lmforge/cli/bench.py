@@ -1,0 +1,76 @@
+"""``lmforge bench``: lmforge beside HF transformers at the same shapes, interleaved, with ratios and MFU."""
+
+from __future__ import annotations
+
+import json
+
+COMMAND = "bench"
+HELP = "benchmark training, generation, scoring, data preparation and fitting against HF transformers"
+
+CASES = ("train-tiny", "train-small", "train-bert", "generate", "score", "tokenizer", "prepare", "fit")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per case, after warm-up")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--smoke", action="store_true", help="the tiniest shapes, one round: checks the harness runs")
+    p.add_argument("--json", dest="json_out", default="bench_results/bench.json", help="where to write the report")
+
+
+def run(args) -> None:
+    import torch
+
+    from lmforge.accounting import device_peak
+    from lmforge.bench import format_table, system_info, write_report
+    from lmforge.bench.harness import LoadMonitor
+    from lmforge.errors import ConfigError
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise ConfigError(f"--cases: unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = 1 if args.smoke else args.rounds
+    peak = device_peak("cuda" if torch.cuda.is_available() else "cpu")
+    info = system_info()
+    info["peak_flops"] = peak
+    print(f"{info['date']}  {info['processor']}  {info['cpus']} CPUs, torch {info['torch']} "
+          f"({info['torch_threads']} threads), transformers {info['transformers']}; "
+          f"measured peak {peak / 1e9:.1f} GFLOP/s" if peak else "")
+    results = []
+    with LoadMonitor() as load:
+        for case in cases:
+            for result in _run(case, rounds, peak, args.smoke):
+                results.append(result)
+                print(format_table([result]).splitlines()[-1], flush=True)
+    info["other_processes_load_cores"] = load.other_cores
+    print()
+    print(format_table(results))
+    if load.other_cores is not None:
+        print(f"CPU load from other processes during the run: {load.other_cores:.2f} cores")
+    path = write_report(results, args.json_out, info)
+    print(f"wrote {path}")
+    if any("DIFFER" in r.check for r in results):
+        return 1
+    print(json.dumps({r.name: round(r.ratio, 3) for r in results if r.ratio}, indent=None))
+
+
+def _run(case: str, rounds: int, peak: float | None, smoke: bool) -> list:
+    from lmforge.bench import inference, pipeline, training
+
+    if case.startswith("train-"):
+        key = "smoke" if smoke else {"train-tiny": "gpt-tiny", "train-small": "gpt-small", "train-bert": "bert-mlm"}[case]
+        return [training.train_case(key, rounds, peak)]
+    if case in ("generate", "score"):
+        ours, hf = inference.models(smoke)
+        if case == "score":
+            return [inference.scoring_case(ours, hf, *((4, 32) if smoke else (32, 256)), rounds=rounds, peak=peak)]
+        new_tokens = 8 if smoke else 200
+        return [inference.generation_case(ours, hf, b, new_tokens=new_tokens, rounds=rounds, peak=peak) for b in (1, 8)]
+    if case == "tokenizer":
+        return [pipeline.tokenizer_case("bpe", 512 if smoke else 8192)]
+    if case == "prepare":
+        return [pipeline.prepare_case("char" if smoke else "bpe", 2048, rounds=1 if smoke else 3)]
+    return [pipeline.fit_case(40 if smoke else 240)]

@@ -1,0 +1,771 @@
+"""The training engine: one loop for pretraining and fine-tuning.
+
+A :class:`Trainer` takes a plain model, a source of training batches and a :class:`TrainConfig`.
+Everything else is pluggable with a default: the evaluation batches and the metric function,
+which parameters train, how the model is saved, how a text sample is drawn. A fine-tuning task
+passes its own and reuses this loop as is.
+
+One optimizer step::
+
+    for each of grad_accum micro-batches (this rank's slice of the global batch):
+        loss_i = model(**batch).loss                       # mean over the micro-batch's targets
+        backward(loss_i * w_i / W)                         # w_i targets in it, W in the whole global batch
+    clip the global gradient norm; skip the update if the loss or the norm is not finite
+    AdamW step at lr(step): linear warmup, then cosine / linear / warmup-stable-decay
+
+Weighting each micro-batch by its share of the targets makes the update the gradient of the mean
+loss over the whole global batch, however it is cut into micro-batches and ranks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge import device as dev
+from lmforge.errors import CheckpointError, LMForgeError, TrainingError
+from lmforge.models.io import WEIGHTS_FILE, save_model
+from lmforge.train import checkpoint as ckpt
+from lmforge.train import distributed as D
+from lmforge.train.config import TrainConfig
+
+METRICS_FILE = "metrics.jsonl"
+# Test hook: the process sends itself SIGTERM after this many optimizer steps.
+STOP_AFTER_STEPS_ENV = "LMFORGE_STOP_AFTER_STEPS"
+
+
+class BatchSource(Protocol):
+    """Training batches: dicts of tensors whose keys are keyword arguments of the model's forward
+    (``input_ids``, ``labels``, ...), this rank's slice of each global micro-batch."""
+
+    def next_batch(self) -> dict[str, torch.Tensor]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# eval_batches(max_batches) -> this rank's evaluation batches; max_batches None means all of them.
+EvalBatches = Callable[[int | None], Iterable[dict[str, torch.Tensor]]]
+# metric_fn(batch, output) -> {name: (numerator, denominator)}, summed over batches and ranks.
+MetricFn = Callable[[dict[str, torch.Tensor], Any], dict[str, tuple[float, float]]]
+
+
+# ----------------------------------------------------------------------------------------------
+# The pieces of a step
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup to ``cfg.lr``, then the schedule
+    down to ``cfg.lr * cfg.min_lr_ratio``, reached at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    low = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":  # stable at the peak, then a linear decay over the last decay_fraction
+        decay_start = max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_fraction * cfg.max_steps))
+        if step < decay_start:
+            return cfg.lr
+        progress = (step - decay_start + 1) / max(1, cfg.max_steps - decay_start)
+        return cfg.lr - (cfg.lr - low) * min(1.0, progress)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - 1 - cfg.warmup_steps))
+    if cfg.schedule == "linear":
+        return cfg.lr - (cfg.lr - low) * progress
+    return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))  # cosine
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: weight decay on matrices; none on biases, norm gains and embeddings
+    (decaying those pulls them towards zero for no regularising benefit)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def batch_weight(batch: dict[str, torch.Tensor]) -> int:
+    """How many targets a batch's mean loss averages over: label tokens that are not -100
+    (sequence labels count one per row)."""
+    labels = batch.get("labels")
+    if labels is None:
+        return next(iter(batch.values())).shape[0]
+    return int((labels != -100).sum()) if labels.ndim > 1 else labels.shape[0]
+
+
+def count_tokens(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
+    """Positions the model processes: the input, plus the target side of an encoder-decoder."""
+    n = batch["input_ids"].numel()
+    if encoder_decoder:
+        n += (batch.get("decoder_input_ids") if "decoder_input_ids" in batch else batch["labels"]).numel()
+    return n
+
+
+@torch.no_grad()
+def lm_metrics(batch: dict[str, torch.Tensor], out: Any) -> dict[str, tuple[float, float]]:
+    """Language-model metrics as (sum, count): the loss per target token, and for an encoder the
+    MLM loss and accuracy over masked tokens and the next-sentence accuracy."""
+    m: dict[str, tuple[float, float]] = {}
+    labels = batch.get("labels")
+    if labels is not None and getattr(out, "loss", None) is not None:
+        n = int((labels != -100).sum())
+        if n == 0:  # nothing to score (the mean over no tokens is NaN)
+            return m
+        m["loss"] = (float(out.loss) * n, n)
+        if getattr(out, "mlm_loss", None) is not None:
+            m["mlm_loss"] = (float(out.mlm_loss) * n, n)
+            masked = labels != -100
+            hits = (out.logits.argmax(-1) == labels) & masked
+            m["mlm_accuracy"] = (int(hits.sum()), n)
+    nsp = batch.get("next_sentence_label")
+    if nsp is not None and getattr(out, "nsp_logits", None) is not None:
+        m["nsp_accuracy"] = (int((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel())
+    return m
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int  # over all ranks
+    skipped: bool
+
+
+@dataclass
+class FitResult:
+    step: int
+    stopped_by: str | None  # "SIGINT" / "SIGTERM" when a signal ended the run early
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    checkpoint: Path | None = None
+    best_val_loss: float | None = None
+    nonfinite_steps: int = 0
+    train_seconds: float = 0.0
+    tokens: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """Train ``model`` on ``train_batches`` as ``cfg`` says; see the module docstring for the step.
+
+    Plug-ins (all optional):
+      ``eval_batches(max_batches)``  this rank's validation batches (None: the whole split)
+      ``metric_fn(batch, output)``   {name: (sum, count)} accumulated over evaluation; default
+                                     :func:`lm_metrics`. ``val_loss`` picks ``best/``.
+      ``trainable(name, param)``     which parameters train (the rest are frozen); default all
+      ``save_fn(model, directory)``  writes a model directory (default :func:`save_model` with the
+                                     tokenizer); its ``model.safetensors`` must hold the full state
+      ``sample_fn(model)``           a text sample shown at each evaluation (default: generate
+                                     from ``cfg.sample_prompt`` for decoders when a tokenizer is given)
+      ``tokens_per_byte``            of the validation text, to report bits per byte (causal LM)
+    ``run_dir`` (None: nothing is written) receives metrics.jsonl, checkpoints/, best/, plots/.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        train_batches: BatchSource,
+        *,
+        eval_batches: EvalBatches | None = None,
+        metric_fn: MetricFn = lm_metrics,
+        trainable: Callable[[str, nn.Parameter], bool] | None = None,
+        run_dir: str | Path | None = None,
+        tokenizer: Any = None,
+        save_fn: Callable[[nn.Module, Path], None] | None = None,
+        sample_fn: Callable[[nn.Module], str] | None = None,
+        tokens_per_byte: float | None = None,
+        find_unused_parameters: bool = False,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.train_batches, self.eval_batches, self.metric_fn = train_batches, eval_batches, metric_fn
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tokenizer, self.save_fn, self.tokens_per_byte = tokenizer, save_fn, tokens_per_byte
+        self.sample_fn = sample_fn if sample_fn is not None else self._default_sample_fn(model, tokenizer)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+        self.device = dev.resolve_device(cfg.device)
+        self.dtype = dev.resolve_dtype(cfg.dtype, self.device)
+        dev.configure_backends(self.device)
+        self.dist = D.setup(self.device)
+        self._log = log or print
+        if trainable is not None:
+            for name, p in model.named_parameters():
+                p.requires_grad_(bool(trainable(name, p)))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TrainingError("no trainable parameters: the trainable selection froze every parameter")
+
+        self.model = model.to(self.device)  # the plain module: evaluation, sampling, saving
+        self.train_model = D.wrap_model(model, self.dist, self.device, cfg.strategy, cfg.compile,
+                                        cfg.activation_checkpointing, find_unused_parameters)
+        self.sharded = D.is_sharded(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                           fused=dev.fused_adamw_ok(self.device) and not self.sharded)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self._forward_keys = _forward_keys(self.model)
+        self.encoder_decoder = getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
+
+        # counters that a checkpoint carries over
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val_loss: float | None = None
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.train_seconds = 0.0
+        self._window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+        self._last_lr = lr_at(0, cfg)
+        self.last_checkpoint: Path | None = None
+
+        self._flops_per_token: float | None = None
+        self._peak: float | None = cfg.peak_flops or None
+        self._signal: str | None = None
+        self._stop_after = int(os.environ.get(STOP_AFTER_STEPS_ENV, "0") or 0)
+        self._history: list[dict[str, float]] = []  # for the plot
+        self._tb = None
+        self._pbar = None
+        self._last_plot = time.perf_counter()
+        seed_everything(cfg.seed + self.dist.rank)
+
+    # ---- logging helpers ---------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def log(self, msg: str) -> None:
+        if not self.is_main:
+            return
+        if self._pbar is not None:
+            self._pbar.write(msg)
+        else:
+            self._log(msg)
+
+    # ---- one optimizer step ------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        kwargs = {k: v for k, v in batch.items() if k in self._forward_keys}
+        with dev.autocast(self.device, self.dtype):
+            return model(**kwargs)
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]] | None = None) -> StepResult:
+        """One optimizer step over ``grad_accum`` micro-batches (drawn from the source if not given)."""
+        cfg = self.cfg
+        if micro_batches is None:
+            micro_batches = [self.train_batches.next_batch() for _ in range(cfg.grad_accum)]
+        weights = [batch_weight(b) for b in micro_batches]
+        counts = D.all_reduce_sum(torch.tensor([float(sum(weights)),
+                                                float(sum(count_tokens(b, self.encoder_decoder)
+                                                          for b in micro_batches))], device=self.device))
+        total_weight, tokens = counts[0].item(), int(counts[1].item())
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        self.train_model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        for i, (batch, w) in enumerate(zip(micro_batches, weights)):
+            batch = self._to_device(batch)
+            with D.gradient_sync(self.train_model, enabled=i == len(micro_batches) - 1):
+                loss = self._forward(self.train_model, batch).loss
+                # gradient of the global mean; DDP averages over ranks, hence the world_size factor
+                scale = w * self.dist.world_size / max(total_weight, 1.0)
+                self.scaler.scale(loss * scale).backward()
+            loss_sum += loss.detach().float() * w
+        loss_mean = (D.all_reduce_sum(loss_sum) / max(total_weight, 1.0)).item()
+
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        # fp16's grad scaler skips inf gradients itself (and lowers the scale); count only real failures
+        finite = math.isfinite(loss_mean) and (math.isfinite(norm) or self.scaler.is_enabled())
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_mean, norm, lr, tokens, skipped=not finite)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        """Train from the current step to ``max_steps`` (or until SIGINT / SIGTERM); evaluate,
+        checkpoint and log on the way. Raises :class:`TrainingError` when training cannot go on."""
+        cfg = self.cfg
+        if self.run_dir is not None and self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._open_tensorboard()
+        if self.step >= cfg.max_steps:
+            self.log(f"nothing to do: the run is at step {self.step} of max_steps={cfg.max_steps}; "
+                     "raise train.max_steps to train further")
+        self._eta_from, self._eta_t0 = self.step, self.train_seconds
+        self._eta_step = min(self.step + 10, cfg.max_steps - 1)
+        restore = self._install_signal_handlers()
+        self._pbar = self._progress_bar()
+        metrics: dict[str, float] = {}
+        try:
+            while self.step < cfg.max_steps:
+                micro = [self.train_batches.next_batch() for _ in range(cfg.grad_accum)]
+                if self._flops_per_token is None:
+                    self._print_plan(micro)
+                t0 = time.perf_counter()
+                try:
+                    result = self.train_step(micro)
+                except torch.cuda.OutOfMemoryError:
+                    raise TrainingError(self._oom_message(micro)) from None
+                dev.synchronize(self.device)
+                elapsed = time.perf_counter() - t0
+                self.step += 1
+                self._account(result, elapsed)
+                if self.step == self._eta_step:
+                    self._log_eta()
+                if self._stop_after and self.step == self._stop_after:
+                    os.kill(os.getpid(), signal.SIGTERM)  # test hook: as if the job were preempted here
+
+                record = self._log_record() if self.step % cfg.log_every == 0 or self.step == cfg.max_steps else None
+                last = self.step == cfg.max_steps
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                    metrics = self._evaluate_and_report(full=last)
+                    record = {**(record or {"step": self.step}), **{f"val_{k}": v for k, v in metrics.items()}}
+                if record is not None:
+                    self._write_record(record)
+                stop = self._agree_to_stop()
+                periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if stop or last or (periodic and not self.nonfinite_in_row):  # no checkpoint mid-failure
+                    self.save_checkpoint()
+                if stop:
+                    self.log(f"stopped by {self._signal or 'a signal on another rank'} after step {self.step}; "
+                             f"checkpoint {self.last_checkpoint}; continue with: lmforge train --resume {self.run_dir}")
+                    break
+        finally:
+            restore()
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+            if self._tb is not None:
+                self._tb.flush()
+        if self.is_main and self.run_dir is not None:
+            self._plot()
+        return FitResult(self.step, self._signal, metrics, self.last_checkpoint, self.best_val_loss,
+                         self.nonfinite_total, self.train_seconds, self.tokens_seen)
+
+    def _account(self, result: StepResult, elapsed: float) -> None:
+        """Count the step; stop the run after too many non-finite steps in a row."""
+        self.tokens_seen += result.tokens
+        self.train_seconds += elapsed
+        w = self._window
+        w["tokens"] += result.tokens
+        w["seconds"] += elapsed
+        if result.skipped:
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            self.log(f"warning: step {self.step}: non-finite loss or gradient (loss {result.loss}, grad norm "
+                     f"{result.grad_norm}); update skipped ({self.nonfinite_in_row} in a row)")
+            if self.nonfinite_in_row >= self.cfg.max_nonfinite:
+                where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+                raise TrainingError(
+                    f"{self.nonfinite_in_row} non-finite steps in a row (step {self.step}){where}; lower train.lr, "
+                    f"raise train.warmup_steps, or set train.grad_clip (now {self.cfg.grad_clip})")
+        else:
+            self.nonfinite_in_row = 0
+            w["loss_sum"] += result.loss
+            w["steps"] += 1
+            w["grad_norm"] = result.grad_norm
+        self._last_lr = result.lr
+        if self._pbar is not None:
+            self._pbar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == 1:
+                tps = w["tokens"] / max(w["seconds"], 1e-9)
+                self._pbar.set_postfix_str(f"loss {result.loss:.4f} lr {result.lr:.2e} {tps:,.0f} tok/s "
+                                           f"MFU {self._mfu(tps):.1%}", refresh=False)
+
+    def _log_record(self) -> dict[str, Any]:
+        w = self._window
+        tps = w["tokens"] / max(w["seconds"], 1e-9)
+        record = {"step": self.step, "loss": w["loss_sum"] / w["steps"] if w["steps"] else float("nan"),
+                  "lr": self._last_lr, "tokens": self.tokens_seen, "tokens_per_s": tps, "mfu": self._mfu(tps),
+                  "grad_norm": w["grad_norm"], "nonfinite_steps": self.nonfinite_total,
+                  "elapsed_s": self.train_seconds}
+        self._window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+        if self._pbar is None or not self._pbar_enabled:
+            self.log(f"step {self.step}/{self.cfg.max_steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                     f"{tps:,.0f} tok/s  MFU {record['mfu']:.1%}")
+        return record
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        self._history.append(record)
+        if not self.is_main or self.run_dir is None:
+            return
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k.replace("val_", "val/") if k.startswith("val_") else f"train/{k}", v,
+                                        record["step"])
+
+    # ---- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
+        """Metrics over ``max_batches`` validation batches per rank (None: all), summed over ranks;
+        plus ``ppl`` = exp(LM loss) and ``bpb`` = loss x tokens/byte / ln 2 when tokens_per_byte is known."""
+        if self.eval_batches is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, list[float]] = {}
+        try:
+            for batch in self.eval_batches(max_batches):
+                batch = self._to_device(batch)
+                out = self._forward(self.model, batch)
+                for k, (num, den) in self.metric_fn(batch, out).items():
+                    acc = sums.setdefault(k, [0.0, 0.0])
+                    acc[0] += float(num)
+                    acc[1] += float(den)
+        finally:
+            self.model.train(was_training)
+        keys = sorted(set().union(*map(set, D.all_gather_objects(sorted(sums)))))
+        totals = D.all_reduce_sum(torch.tensor([sums.get(k, [0.0, 0.0])[i] for k in keys for i in (0, 1)],
+                                               dtype=torch.float64))
+        metrics = {k: (totals[2 * j] / totals[2 * j + 1]).item() for j, k in enumerate(keys) if totals[2 * j + 1] > 0}
+        lm_loss = metrics.get("mlm_loss", metrics.get("loss"))
+        if lm_loss is not None:
+            metrics["ppl"] = math.exp(min(lm_loss, 700.0))
+            if self.tokens_per_byte:
+                metrics["bpb"] = lm_loss * self.tokens_per_byte / math.log(2)
+        return metrics
+
+    def _evaluate_and_report(self, full: bool) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = self.evaluate(None if full else (self.cfg.eval_batches or None))
+        if not metrics:
+            return metrics
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        self.log(f"eval at step {self.step}{' (whole validation split)' if full else ''}: {shown}  "
+                 f"[{time.perf_counter() - t0:.1f}s]")
+        loss = metrics.get("loss")
+        if loss is not None and math.isfinite(loss) and (self.best_val_loss is None or loss < self.best_val_loss):
+            self.best_val_loss = loss
+            self._save_best(metrics)
+        if self.sample_fn is not None and (self.is_main or self.sharded):
+            try:
+                text = self.sample_fn(self.model)
+            except LMForgeError as e:  # a sample is for the eye: never let it end a training run
+                self.log(f"warning: no sample at step {self.step}: {e}")
+            else:
+                self.log(f"sample at step {self.step}:\n{text}\n")
+                if self.is_main and self.run_dir is not None:
+                    with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
+                        f.write(f"--- step {self.step}\n{text}\n")
+        if self.is_main and self.run_dir is not None and time.perf_counter() - self._last_plot > 60:
+            self._plot()  # refreshed at most once a minute (and always at the end)
+        return metrics
+
+    def _default_sample_fn(self, model: nn.Module, tokenizer) -> Callable[[nn.Module], str] | None:
+        cfg = self.cfg
+        if tokenizer is None or cfg.sample_tokens <= 0 or getattr(getattr(model, "config", None), "arch", "") != "decoder":
+            return None
+
+        def sample(m: nn.Module) -> str:
+            from lmforge.infer.generate import generate
+
+            room = m.config.max_positions - len(tokenizer.encode(cfg.sample_prompt)) - 1  # (+ BOS)
+            out = generate(m, tokenizer, [cfg.sample_prompt], max_new_tokens=max(1, min(cfg.sample_tokens, room)),
+                           temperature=cfg.sample_temperature, seed=cfg.seed)
+            return cfg.sample_prompt + out[0].text
+
+        return sample
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _saveable_model(self) -> nn.Module | None:
+        """A module whose state_dict is the whole model (gathered on rank 0 under FSDP; None elsewhere)."""
+        if not self.sharded:
+            return self.model
+        full = D.full_model_state(self.model)  # a collective: every rank takes part
+        if not self.is_main:
+            return None
+        from lmforge.models import build_model
+        from lmforge.models.io import load_state_into
+
+        clone = build_model(self.model.config)
+        load_state_into(clone, full, "gathered FSDP state")
+        return clone
+
+    def _write_model(self, model: nn.Module, directory: Path) -> None:
+        if self.save_fn is not None:
+            self.save_fn(model, directory)
+        else:
+            save_model(model, directory, tokenizer=self.tokenizer)
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        model = self._saveable_model()  # every rank takes part (FSDP gathers); rank 0 writes
+        if not self.is_main or self.run_dir is None:
+            return
+        best = self.run_dir / "best"
+        self._write_model(model, best)
+        (best / "eval.json").write_text(json.dumps({"step": self.step, **metrics}, indent=2) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights that a resumed run needs (collective under FSDP)."""
+        return {
+            "format": 1,
+            "step": self.step,
+            "optimizer": D.full_optimizer_state(self.model, self.optimizer),
+            "scaler": self.scaler.state_dict(),
+            "rng": D.all_gather_objects(ckpt.rng_state()),  # one per rank
+            "sampler": ckpt.to_safe(self.train_batches.state_dict()),
+            "trainer": {"tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
+                        "nonfinite_in_row": self.nonfinite_in_row, "nonfinite_total": self.nonfinite_total,
+                        "train_seconds": self.train_seconds, "window": dict(self._window),
+                        "world_size": self.dist.world_size},
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-N`` (rank 0) and keep the newest ``keep_checkpoints``."""
+        if self.run_dir is None:
+            return None
+        model = self._saveable_model()
+        state = self.state_dict()
+        path = None
+        if self.is_main:
+            path = ckpt.save_checkpoint(ckpt.checkpoint_dir(self.run_dir, self.step),
+                                        lambda d: self._write_model(model, d), state)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+        self.last_checkpoint = D.broadcast_object(path)
+        D.barrier()
+        return self.last_checkpoint
+
+    def resume(self, checkpoint: str | Path) -> int:
+        """Restore weights, optimizer, RNG, sampler and counters from a checkpoint directory; returns
+        its step. metrics.jsonl is cut back to that step, so the log reads as one run."""
+        path = Path(checkpoint)
+        ckpt.verify_checkpoint(path)
+        state = ckpt.load_state(path)
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(path / WEIGHTS_FILE))
+        except Exception as e:
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: unreadable weights ({e})") from None
+        D.load_full_state(self.model, self.optimizer, weights, state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.train_batches.load_state_dict(ckpt.from_safe(state["sampler"]))
+        t = state["trainer"]
+        if t.get("world_size", 1) != self.dist.world_size:
+            self.log(f"note: resuming a {t.get('world_size')}-process run with {self.dist.world_size} processes; "
+                     "the data order continues, RNG streams are re-derived")
+        self.step = int(state["step"])
+        self.tokens_seen, self.best_val_loss = t["tokens_seen"], t["best_val_loss"]
+        self.nonfinite_in_row, self.nonfinite_total = t["nonfinite_in_row"], t["nonfinite_total"]
+        self.train_seconds, self._window = t["train_seconds"], dict(t["window"])
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:
+            ckpt.set_rng_state(rngs[self.dist.rank])
+        else:
+            seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
+        self.last_checkpoint = path
+        self._history = self._truncate_metrics(self.step)
+        self.log(f"resumed from {path} at step {self.step}")
+        return self.step
+
+    def _truncate_metrics(self, step: int) -> list[dict[str, Any]]:
+        if self.run_dir is None or not (self.run_dir / METRICS_FILE).is_file():
+            return []
+        records = [json.loads(line) for line in (self.run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if self.is_main and len(kept) != len(records):
+            tmp = self.run_dir / (METRICS_FILE + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.run_dir / METRICS_FILE)
+        D.barrier()
+        return kept
+
+    # ---- signals -----------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        """SIGINT / SIGTERM: finish the current step, checkpoint, and return; a second SIGINT aborts."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._signal = signal.Signals(signum).name
+            self.log(f"{self._signal} received: finishing the current step, then checkpointing "
+                     "(press Ctrl-C again to abort without a checkpoint)")
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+    def _agree_to_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self._signal else 0.0], device=self.device)
+        return bool(D.all_reduce_sum(flag).item() > 0) if self.dist.enabled else self._signal is not None
+
+    # ---- accounting and reporting --------------------------------------------------------------
+    def _mfu(self, tokens_per_s: float) -> float:
+        if not self._flops_per_token:
+            return float("nan")
+        if self._peak is None:
+            from lmforge.accounting import device_peak
+
+            self._peak = device_peak(self.device) or float("nan")
+        return tokens_per_s / self.dist.world_size * self._flops_per_token / self._peak
+
+    def _print_plan(self, micro: list[dict[str, torch.Tensor]]) -> None:
+        """Parameters, tokens per step, FLOPs per token, planned FLOPs and time, once at the start."""
+        from lmforge.accounting import count_flops, human
+
+        cfg, b = self.cfg, micro[0]
+        model_cfg = getattr(self.model, "config", None)
+        total = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        trainable = sum(p.numel() for p in {id(p): p for p in self.params}.values())
+        seq, tgt = b["input_ids"].shape[1], None
+        if self.encoder_decoder:
+            tgt = (b.get("decoder_input_ids") if "decoder_input_ids" in b else b["labels"]).shape[1]
+        tokens_step = sum(count_tokens(x, self.encoder_decoder) for x in micro) * self.dist.world_size
+        lines = [f"device {dev.describe(self.device, self.dtype)}, {self.dist.world_size} process(es)"
+                 + (f", {cfg.strategy}" if self.dist.enabled else "")]
+        if model_cfg is not None and hasattr(model_cfg, "vocab_size"):
+            from lmforge.accounting import count_params
+
+            pc = count_params(model_cfg)
+            fc = count_flops(model_cfg, seq, tgt)
+            self._flops_per_token = fc.rule_6n_attention_per_token
+            total = pc.total
+            lines.append(f"parameters {human(pc.total)} total, {human(pc.non_embedding)} non-embedding"
+                         + (f", {human(trainable)} trainable" if trainable != pc.total else ""))
+            lines.append(f"FLOPs per token {fc.training_per_token:.3g} (detailed), "
+                         f"{fc.rule_6n_attention_per_token:.3g} (6N + attention, used for MFU)")
+        else:
+            self._flops_per_token = 6.0 * trainable + 0.0  # the 6N rule when the shape is unknown
+            lines.append(f"parameters {human(total)} total, {human(trainable)} trainable")
+        planned_tokens = tokens_step * (cfg.max_steps - self.step)
+        planned_flops = planned_tokens * self._flops_per_token
+        lines.append(f"tokens per step {tokens_step:,} ({cfg.batch_size} x {seq}"
+                     f"{f' + {tgt}' if tgt else ''}, grad_accum {cfg.grad_accum}); "
+                     f"{cfg.max_steps - self.step:,} steps = {human(planned_tokens)} tokens, "
+                     f"{planned_flops:.3g} FLOPs")
+        peak = self._peak
+        if peak is None:
+            from lmforge.accounting import device_peak
+
+            peak = self._peak = device_peak(self.device) or None
+        if peak:
+            assumed = 0.4  # a typical MFU for a well-shaped model; the measured one is shown after 10 steps
+            seconds = planned_flops / (peak * self.dist.world_size * assumed)
+            lines.append(f"peak {human(peak, 'FLOP/s')} per device; estimated time {_duration(seconds)} "
+                         f"at {assumed:.0%} MFU")
+        for line in lines:
+            self.log(line)
+
+    def _log_eta(self) -> None:
+        """Once, after a few steps: the measured rate and the time the remaining steps will take."""
+        tps = self._window["tokens"] / max(self._window["seconds"], 1e-9)
+        per_step = (self.train_seconds - self._eta_t0) / max(self.step - self._eta_from, 1)
+        self.log(f"measured after {self.step} steps: {tps:,.0f} tokens/s, MFU {self._mfu(tps):.1%}; "
+                 f"estimated time to step {self.cfg.max_steps}: {_duration(per_step * (self.cfg.max_steps - self.step))}"
+                 " (evaluations not included)")
+
+    def _oom_message(self, micro: list[dict[str, torch.Tensor]]) -> str:
+        b = micro[0]["input_ids"]
+        return (f"CUDA out of memory at step {self.step + 1} with micro-batches of {b.shape[0]} x {b.shape[1]} "
+                f"tokens per rank; raise train.grad_accum (same global batch, smaller micro-batches), lower "
+                f"train.batch_size, set train.activation_checkpointing=true, or lower data.seq_len")
+
+    def _progress_bar(self):
+        self._pbar_enabled = self.is_main and self.cfg.progress
+        if not self._pbar_enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                    file=sys.stderr)
+
+    def _open_tensorboard(self) -> None:
+        if not self.cfg.tensorboard or self._tb is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # TensorBoard is optional
+            return
+        self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def _plot(self) -> None:
+        """plots/loss.png: training loss per log step and validation loss at each evaluation."""
+        train = [(r["step"], r["loss"]) for r in self._history if "loss" in r and math.isfinite(r["loss"])]
+        val = [(r["step"], r["val_loss"]) for r in self._history if "val_loss" in r]
+        if not train and not val:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if train:
+            ax.plot(*zip(*train), label="train", lw=1)
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation", ms=4)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per target token)")
+        ax.set_title(self.run_dir.name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        (self.run_dir / "plots").mkdir(exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "plots" / "loss.png", dpi=100)
+        plt.close(fig)
+        self._last_plot = time.perf_counter()
+
+
+def _forward_keys(model: nn.Module) -> set[str]:
+    """Keyword arguments the model's forward accepts (batch keys beyond them go only to metric_fn)."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return _AllKeys()
+    return set(params)
+
+
+class _AllKeys(set):
+    def __contains__(self, item) -> bool:
+        return True
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+

@@ -1,0 +1,193 @@
+"""The pretraining job: a :class:`RunConfig` in, a trained model directory out.
+
+``pretrain(cfg)`` prepares the dataset if it is missing (tokenizer trained on the train split,
+tokens written to memmap shards), sizes the model's vocabulary and special tokens from the
+tokenizer, saves the resolved config in the run directory, and runs the :class:`Trainer` with
+the objective's batches; ``resume=True`` continues from the newest good checkpoint.
+
+Run directory::
+
+    runs/<name>/
+        config.yaml           the resolved config (lmforge train --config runs/<name>/config.yaml)
+        metrics.jsonl         one JSON object per log step (and per evaluation)
+        samples.txt           text samples at each evaluation (decoders)
+        checkpoints/step-N/   model directory + state.pt + manifest.json (the last K)
+        best/                 model directory with the lowest validation loss + eval.json
+        plots/loss.png        training and validation loss
+        tb/                   TensorBoard events (when TensorBoard is installed)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lmforge import device as dev
+from lmforge.config import ModelConfig
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models import build_model
+from lmforge.train import checkpoint as ckpt
+from lmforge.train import distributed as D
+from lmforge.train.config import RunConfig
+from lmforge.train.engine import FitResult, Trainer
+from lmforge.tokenizer import KINDS
+
+CONFIG_FILE = "config.yaml"
+
+
+def dataset_dir(cfg: RunConfig) -> Path:
+    """Where the prepared dataset lives: ``data.path``, else ``data/<source>-<tokenizer><vocab>``."""
+    if cfg.data.path:
+        return Path(cfg.data.path)
+    source = Path(cfg.data.source.split(",")[0]).stem if cfg.data.source != "shakespeare" else "shakespeare"
+    tok = Path(cfg.data.tokenizer).stem if cfg.data.tokenizer.endswith(".json") else cfg.data.tokenizer
+    return Path("data") / f"{source}-{tok}{cfg.data.vocab_size if tok != 'char' else ''}"
+
+
+def prepare_dataset(cfg: RunConfig, info: D.DistInfo, log: Callable[[str], None]):
+    """Open the run's dataset, preparing it first (on rank 0, the others wait) if it is not there yet."""
+    from lmforge.data import open_dataset, prepare
+    from lmforge.data.shards import META_FILE
+
+    d = cfg.data
+    path = dataset_dir(cfg)
+    if info.is_main and not (path / META_FILE).is_file():
+        sentinels = d.sentinels if d.sentinels is not None else (100 if d.objective == "span" else None)
+        log(f"preparing {path} from {d.source} (tokenizer: {d.tokenizer}"
+            f"{f', vocab {d.vocab_size}' if d.tokenizer != 'char' else ''})")
+        prepare([s.strip() for s in d.source.split(",")], path, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
+                sentinels=sentinels, val_fraction=d.val_fraction, seed=cfg.train.seed, progress=cfg.train.progress)
+    D.barrier()
+    dataset = open_dataset(path)
+    tok = dataset.meta["tokenizer"]
+    if d.tokenizer in KINDS and tok["kind"] != d.tokenizer:
+        raise ConfigError(f"data.path: {path} was prepared with a {tok['kind']} tokenizer, not {d.tokenizer}; "
+                          "set data.path to a new directory (or data.tokenizer to its kind)")
+    return dataset
+
+
+def fit_model_to_tokenizer(model: ModelConfig, tokenizer) -> ModelConfig:
+    """The model config with the tokenizer's vocabulary size and special-token ids."""
+    ids = {name: getattr(tokenizer, f"{name}_id", None) for name in ("pad", "bos", "eos", "mask", "cls", "sep")}
+    changes = {"vocab_size": tokenizer.vocab_size, **{f"{k}_id": v for k, v in ids.items()}}
+    if model.arch == "encoder-decoder":  # as the span / infill samplers do: the decoder starts from pad
+        changes["decoder_start_id"] = ids["pad"] if ids["pad"] is not None else ids["bos"]
+    return model.replace(**changes)
+
+
+def objective_options(cfg: RunConfig) -> dict[str, float]:
+    d = cfg.data
+    return {"causal": {}, "mlm": {"mlm_probability": d.mlm_probability},
+            "mlm+nsp": {"mlm_probability": d.mlm_probability},
+            "span": {"noise_density": d.noise_density, "mean_span_length": d.mean_span_length},
+            "infill": {"noise_density": d.noise_density, "poisson_lambda": d.mean_span_length}}[d.objective]
+
+
+def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
+    """The training sampler (this rank's rows of each global micro-batch) and the evaluation batches."""
+    from lmforge.data import make_batches
+
+    d, t = cfg.data, cfg.train
+    options = objective_options(cfg)
+    micro = t.batch_size // t.grad_accum
+    if micro % info.world_size:
+        raise ConfigError(f"train.batch_size: micro-batches of {micro} sequences (batch_size / grad_accum) do not "
+                          f"split over {info.world_size} processes; use a multiple of {info.world_size}")
+    train = make_batches(d.objective, dataset, micro, d.seq_len, seed=t.seed, split="train", rank=info.rank,
+                         world_size=info.world_size, **options)
+    eval_size = 2 * micro  # no gradients to keep: larger batches fit
+
+    def val_sampler(whole: bool):
+        return make_batches(d.objective, dataset, eval_size, d.seq_len, seed=t.seed + 1, split="val", rank=info.rank,
+                            world_size=info.world_size, order="sequential" if whole else "random", **options)
+
+    def eval_batches(max_batches: int | None):
+        """The same batches at every evaluation: a fixed random sample, or (None) every window of the split
+        once, in order (the last batch's rows past the end wrap around; their labels are ignored)."""
+        whole = max_batches is None and d.objective != "mlm+nsp"  # NSP pairs are drawn, not walked
+        val = val_sampler(whole)
+        if not whole:
+            for _ in range(max_batches or val.batches_per_epoch):
+                yield val.next_batch()
+            return
+        windows, local = val.windows_per_epoch, eval_size // info.world_size
+        for k in range(-(-windows // eval_size)):
+            batch = val.next_batch()
+            first = k * eval_size + info.rank * local  # global index of this rank's first row
+            batch["labels"][torch.arange(first, first + local) >= windows] = -100
+            yield batch
+
+    val_sampler(False)  # refuse an unusable validation split now, not at the first evaluation
+
+    return train, eval_batches
+
+
+def tokens_per_byte(dataset, split: str = "val") -> float:
+    """Tokens per UTF-8 byte of a split: bits per byte = loss (nats/token) x this / ln 2."""
+    return dataset.meta["splits"][split]["tokens"] / dataset.num_bytes(split)
+
+
+def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
+             log: Callable[[str], None] = print) -> FitResult:
+    """Prepare data, build the model and train it as ``cfg`` says; see the module docstring."""
+    device = dev.resolve_device(cfg.train.device)
+    info = D.setup(device)
+    say = log if info.is_main else (lambda msg: None)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    run_dir = Path(cfg.run_dir)
+    if not resume and not overwrite and ckpt.list_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} already holds checkpoints; continue it with --resume {run_dir}, start afresh "
+                          "with --overwrite, or pick another --name / --out")
+    start = ckpt.latest_valid(run_dir, say) if resume else None
+    if resume and start is None:
+        raise CheckpointError(f"{run_dir}: no usable checkpoint to resume from")
+
+    dataset = prepare_dataset(cfg, info, say)
+    tokenizer = dataset.tokenizer
+    cfg = cfg.replace(model=fit_model_to_tokenizer(cfg.model, tokenizer))
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            _clear_run(run_dir)
+        _write_config(cfg, run_dir / CONFIG_FILE)
+    say(f"run {run_dir}: {cfg.model.arch} model, objective {cfg.data.objective}, dataset {dataset_dir(cfg)}")
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them as they are)
+    model = build_model(cfg.model)
+    train_batches, eval_batches = make_batch_sources(cfg, dataset, info)
+    trainer = Trainer(model, cfg.train, train_batches, eval_batches=eval_batches, run_dir=run_dir,
+                      tokenizer=tokenizer, tokens_per_byte=tokens_per_byte(dataset) if cfg.data.objective == "causal"
+                      else None, log=log)
+    if start is not None:
+        trainer.resume(start)
+    try:
+        result = trainer.fit()
+    finally:
+        D.teardown()
+    if info.is_main and not result.stopped_by:
+        m = result.metrics
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if math.isfinite(v))
+        say(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "
+            f"({result.tokens / max(result.train_seconds, 1e-9):,.0f} tokens/s); validation: {shown}")
+        say(f"best model: {run_dir / 'best'}; last checkpoint: {result.checkpoint}")
+    return result
+
+
+def _write_config(cfg: RunConfig, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _clear_run(run_dir: Path) -> None:
+    import shutil
+
+    for name in ("checkpoints", "best", "plots", "tb"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "samples.txt"):
+        (run_dir / name).unlink(missing_ok=True)

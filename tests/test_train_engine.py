@@ -1,0 +1,239 @@
+"""The training engine with in-test batch sources: schedules, optimizer groups, accumulation,
+non-finite steps, checkpoints, exact resume, activation checkpointing."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.errors import CheckpointError, TrainingError
+from lmforge.models import build_model
+from lmforge.train import Trainer, TrainConfig, lr_at, param_groups
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.distributed import apply_activation_checkpointing
+from lmforge.train.engine import STOP_AFTER_STEPS_ENV
+
+
+class Windows:
+    """Random windows of a fixed token stream: a minimal resumable causal-LM batch source."""
+
+    def __init__(self, tokens: torch.Tensor, batch: int, seq: int, seed: int = 0):
+        self.tokens, self.batch, self.seq = tokens, batch, seq
+        self.g = torch.Generator().manual_seed(seed)
+
+    def next_batch(self):
+        starts = torch.randint(0, len(self.tokens) - self.seq - 1, (self.batch,), generator=self.g)
+        x = torch.stack([self.tokens[s:s + self.seq + 1] for s in starts.tolist()])
+        return {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+
+    def state_dict(self):
+        return {"rng": self.g.get_state()}
+
+    def load_state_dict(self, state):
+        self.g.set_state(state["rng"])
+
+
+class Fixed:
+    """The same batch again and again (overfitting tests)."""
+
+    def __init__(self, batch):
+        self.batch, self.n = batch, 0
+
+    def next_batch(self):
+        self.n += 1
+        return self.batch
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(max_steps=10, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=0, log_every=1, checkpoint_every=0,
+                threads=1, peak_flops=1e11, progress=False, sample_tokens=0, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _gpt(seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig.from_preset("gpt-tiny", max_positions=32, **kw))
+
+
+TOKENS = torch.randint(0, 256, (2000,), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()  # the configs here use one thread; leave the session as found
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- schedule and optimizer groups ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd", "constant"])
+def test_schedule_warmup_then_decay(schedule):
+    cfg = _cfg(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule=schedule, decay_fraction=0.2)
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup
+    assert all(a <= b + 1e-12 for a, b in zip(lrs[:10], lrs[1:10]))
+    if schedule == "constant":
+        assert lrs[-1] == 1.0
+        return
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:]))  # never rises after warmup
+    assert lrs[-1] == pytest.approx(0.1, abs=0.02)
+    if schedule == "wsd":
+        assert lrs[79] == 1.0 and lrs[85] < 1.0  # stable until the last 20%
+
+
+def test_param_groups_no_decay_on_biases_norms_embeddings():
+    m = _gpt()
+    decay, no_decay = param_groups(m, 0.1)
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert any("tok_emb" in n for n in no_decay_names) and any("pos_emb" in n for n in no_decay_names)
+    assert any(n.endswith("bias") for n in no_decay_names) and any("norm" in n for n in no_decay_names)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+
+
+# ---- the step ----------------------------------------------------------------------------------
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    batch = Windows(TOKENS, 8, 16).next_batch()
+    halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
+    a = Trainer(_gpt(), _cfg(batch_size=8, grad_accum=1), Fixed(batch))
+    b = Trainer(_gpt(), _cfg(batch_size=8, grad_accum=2), Fixed(batch))
+    ra, rb = a.train_step([batch]), b.train_step(halves)
+    assert ra.loss == pytest.approx(rb.loss, abs=1e-6)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_activation_checkpointing_same_gradients():
+    batch = Windows(TOKENS, 4, 16).next_batch()
+    plain, patched = _gpt(), _gpt()
+    assert apply_activation_checkpointing(patched) == 2
+    for m in (plain, patched):
+        m(**batch).loss.backward()
+    for (n, p), q in zip(plain.named_parameters(), patched.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def test_trainable_selection_freezes_the_rest():
+    m = _gpt()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    t = Trainer(m, _cfg(max_steps=3), Windows(TOKENS, 4, 16), trainable=lambda n, p: "blocks.1." in n)
+    t.fit()
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]) != ("blocks.1." in n), n
+
+
+# ---- non-finite steps ----------------------------------------------------------------------------
+
+
+class PoisonAt(torch.nn.Module):
+    """Wraps a model; its loss is NaN on the given (1-based) forward calls."""
+
+    def __init__(self, inner, bad_calls):
+        super().__init__()
+        self.inner, self.bad, self.calls = inner, set(bad_calls), 0
+        self.config = inner.config
+
+    def forward(self, input_ids, labels=None):
+        self.calls += 1
+        out = self.inner(input_ids, labels=labels)
+        if self.calls in self.bad:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path):
+    m = PoisonAt(_gpt(), bad_calls={3})
+    t = Trainer(m, _cfg(max_steps=5), Windows(TOKENS, 4, 16), run_dir=tmp_path)
+    snapshots = []
+    orig = t.train_step
+
+    def step(micro=None):
+        before = [p.detach().clone() for p in m.parameters()]
+        r = orig(micro)
+        snapshots.append((r, before, [p.detach().clone() for p in m.parameters()]))
+        return r
+
+    t.train_step = step
+    result = t.fit()
+    assert result.step == 5 and result.nonfinite_steps == 1
+    r, before, after = snapshots[2]
+    assert r.skipped and all(torch.equal(a, b) for a, b in zip(before, after))  # no update
+    assert not snapshots[3][0].skipped
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["nonfinite_steps"] == 1
+    assert all(math.isfinite(r["loss"]) for r in records if r["step"] != 3)
+
+
+def test_too_many_nonfinite_in_a_row_stop_cleanly(tmp_path):
+    m = PoisonAt(_gpt(), bad_calls={5, 6, 7})
+    t = Trainer(m, _cfg(max_steps=10, max_nonfinite=3, checkpoint_every=2), Windows(TOKENS, 4, 16),
+                run_dir=tmp_path)
+    with pytest.raises(TrainingError, match="3 non-finite steps in a row.*step-4"):
+        t.fit()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4]  # the last good one is kept
+    ckpt.verify_checkpoint(tmp_path / "checkpoints" / "step-4")
+
+
+# ---- checkpoints and exact resume ----------------------------------------------------------------
+
+
+def _run(tmp, steps, resume_from=None, stop_at=None, **kw):
+    cfg = _cfg(max_steps=steps, checkpoint_every=3, keep_checkpoints=2, **kw)
+    os.environ[STOP_AFTER_STEPS_ENV] = str(stop_at or 0)  # SIGTERM to itself after this step
+    try:
+        t = Trainer(_gpt(dropout=0.1), cfg, Windows(TOKENS, 4, 16, seed=5), eval_batches=lambda n: [
+            Windows(TOKENS, 4, 16, seed=9).next_batch()], run_dir=tmp)
+    finally:
+        del os.environ[STOP_AFTER_STEPS_ENV]
+    if resume_from is not None:
+        t.resume(resume_from)
+    result = t.fit()
+    assert result.stopped_by == ("SIGTERM" if stop_at else None)
+    losses = [json.loads(x)["loss"] for x in (tmp / "metrics.jsonl").read_text().splitlines()]
+    return t, losses
+
+
+def test_resume_is_bit_exact(tmp_path):
+    full, losses_full = _run(tmp_path / "a", 8)
+    _run(tmp_path / "b", 8, stop_at=5)  # checkpoints at 3 and 5 (the end of the first leg)
+    resumed, losses_resumed = _run(tmp_path / "b", 8, resume_from=ckpt.latest_valid(tmp_path / "b"))
+    assert resumed.step == 8
+    assert losses_full == losses_resumed  # dropout on: RNG state is restored too
+    for p, q in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_state_loads_with_weights_only_and_corruption_falls_back(tmp_path):
+    _run(tmp_path, 6)  # checkpoints at 3 and 6
+    latest = tmp_path / "checkpoints" / "step-6"
+    state = torch.load(latest / "state.pt", weights_only=True)
+    assert state["step"] == 6 and "optimizer" in state and "rng" in state and "sampler" in state
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    with pytest.raises(CheckpointError, match="model.safetensors.*truncated"):
+        ckpt.verify_checkpoint(latest)
+    messages = []
+    assert ckpt.latest_valid(tmp_path, log=messages.append) == tmp_path / "checkpoints" / "step-3"
+    assert "step-6" in messages[0] and "model.safetensors" in messages[0]
+
+
+def test_keep_last_checkpoints_and_best(tmp_path):
+    _run(tmp_path, 9, eval_every=3)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [6, 9]
+    assert (tmp_path / "best" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "best" / "eval.json").read_text())["step"] in (3, 6, 9)
+    assert (tmp_path / "plots" / "loss.png").stat().st_size > 1000

@@ -1,0 +1,79 @@
+"""Every paradigm learns: each objective's model overfits one fixed batch from the data layer."""
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.data import make_batches, prepare
+from lmforge.models import build_model
+from lmforge.train import Trainer, TrainConfig
+from lmforge.train.run import fit_model_to_tokenizer
+
+TEXT = """ROMEO:
+But, soft! what light through yonder window breaks?
+It is the east, and Juliet is the sun.
+
+JULIET:
+O Romeo, Romeo! wherefore art thou Romeo?
+Deny thy father and refuse thy name.
+"""
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("objectives")
+    for i in range(4):  # several documents: NSP draws its random B from another one
+        (root / f"doc{i}.txt").write_text(TEXT * (i + 2) + f"Scene {i}.\n", encoding="utf-8")
+    return prepare(str(root), root / "data", "char", sentinels=20, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+class Fixed:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next_batch(self):
+        return self.batch
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+CASES = {
+    "causal": "gpt-tiny",
+    "mlm": "bert-tiny",
+    "mlm+nsp": "bert-tiny",
+    "span": "seq2seq-tiny",
+}
+
+
+@pytest.mark.parametrize("objective", list(CASES))
+def test_each_paradigm_overfits_a_fixed_batch(dataset, objective):
+    tok = dataset.tokenizer
+    model_cfg = fit_model_to_tokenizer(ModelConfig.from_preset(CASES[objective], max_positions=32,
+                                                               nsp_head=objective == "mlm+nsp")
+                                       if objective.startswith("mlm") else ModelConfig.from_preset(
+                                           CASES[objective], max_positions=32), tok)
+    batch = make_batches(objective, dataset, 8, 32, seed=0).next_batch()
+    torch.manual_seed(0)
+    model = build_model(model_cfg)
+    cfg = TrainConfig(max_steps=100, batch_size=8, lr=3e-3, warmup_steps=5, min_lr_ratio=0.1, weight_decay=0.0,
+                      eval_every=0, checkpoint_every=0, log_every=10, threads=1, peak_flops=1e11, progress=False,
+                      sample_tokens=0)
+    trainer = Trainer(model, cfg, Fixed(batch), eval_batches=lambda n: [batch], log=lambda m: None)
+    start = trainer.evaluate()["loss"]
+    result = trainer.fit()
+    assert result.metrics["loss"] < 0.1 * start, (objective, start, result.metrics)
+    if objective.startswith("mlm"):
+        assert result.metrics["mlm_accuracy"] > 0.9
+    if objective == "mlm+nsp":
+        assert result.metrics["nsp_accuracy"] == 1.0
