@@ -159,8 +159,8 @@ def _model(preset: str, **changes: Any) -> dict[str, Any]:
 # The model's vocab_size and special-token ids are set from the tokenizer when the run starts.
 RUN_PRESETS: dict[str, dict[str, Any]] = {
     # The quick start: a 1.1M-parameter GPT (4 x 128, context 128) on the bundled Shakespeare with a
-    # 2048-token byte-level BPE, 900 steps of 32 x 128 tokens (3.7M tokens, ~2.4 epochs): ~6 min on 2 idle
-    # CPU cores including data preparation; validation 2.24 bits per byte (nanoGPT's CPU recipe: 2.77).
+    # 2048-token byte-level BPE, 800 steps of 32 x 128 tokens (3.3M tokens, ~2.1 epochs): 5 min 46 s on 2 CPU
+    # cores including data preparation; validation 2.27 bits per byte (nanoGPT's CPU recipe: 2.77).
     "shakespeare-gpt": dict(
         name="shakespeare-gpt",
         model=_model("gpt-tiny", max_positions=128, n_layer=4, d_model=128, n_head=4),

@@ -152,7 +152,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     cfg = cfg.replace(model=fit_model_to_tokenizer(cfg.model, tokenizer))
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
+        if not resume:  # a fresh start: no log lines or plots of an earlier attempt
             _clear_run(run_dir)
         _write_config(cfg, run_dir / CONFIG_FILE)
     say(f"run {run_dir}: {cfg.model.arch} model, objective {cfg.data.objective}, dataset {dataset_dir(cfg)}")
