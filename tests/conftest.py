@@ -17,3 +17,13 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    """A random gpt-tiny decoder (context 64), built once per test module."""
+    from lmforge.config import ModelConfig
+    from lmforge.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig.from_preset("gpt-tiny")).eval()

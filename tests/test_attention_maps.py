@@ -15,20 +15,6 @@ from lmforge.models import build_model, save_model
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def gpt():
-    torch.manual_seed(0)
-    return build_model(ModelConfig.from_preset("gpt-tiny")).eval()
-
-
 def test_decoder_map_rows_sum_to_one_and_causal(gpt, tmp_path):
     ids = torch.randint(0, 256, (12,))
     amap = attention_map(gpt, None, ids, layer=1)

@@ -13,21 +13,6 @@ from lmforge.infer.generate import apply_repetition_penalty, pad_batch, top_k_fi
 from lmforge.models import build_model, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and are then immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def gpt():
-    torch.manual_seed(0)
-    return build_model(ModelConfig.from_preset("gpt-tiny")).eval()
-
-
 @pytest.fixture(scope="module")
 def llama():
     torch.manual_seed(1)

@@ -16,20 +16,6 @@ from lmforge.infer import (conditional_logprobs, plan_windows, pseudo_log_likeli
 from lmforge.models import build_model, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def gpt():
-    torch.manual_seed(0)
-    return build_model(ModelConfig.from_preset("gpt-tiny")).eval()  # context 64
-
-
 @pytest.fixture(scope="module")
 def llama():
     torch.manual_seed(1)

@@ -17,12 +17,19 @@ from lmforge.models import (DecoderLM, EncoderDecoderLM, EncoderLM, build_model,
 _SUBMODULES = ("plan", "infer", "train", "finetune", "data", "tokenizer", "accounting", "bench")
 
 
-def __getattr__(name: str):
-    # Heavier parts load on first use (``lf.plan.fit(...)``), keeping ``import lmforge`` quick.
-    if name in _SUBMODULES:
-        import importlib
+_FUNCTIONS = {"score": "lmforge.infer", "generate": "lmforge.infer", "attention_map": "lmforge.infer",
+              "fill_mask": "lmforge.infer", "load_tokenizer": "lmforge.tokenizer", "prepare": "lmforge.data",
+              "open_dataset": "lmforge.data", "pretrain": "lmforge.train.run"}
 
+
+def __getattr__(name: str):
+    # Heavier parts load on first use (``lf.plan.fit(...)``, ``lf.score(...)``), keeping ``import lmforge`` quick.
+    import importlib
+
+    if name in _SUBMODULES:
         return importlib.import_module(f"lmforge.{name}")
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
 
 

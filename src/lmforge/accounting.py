@@ -433,7 +433,7 @@ def device_from_cuda_name(cuda_name: str) -> Device | None:
 
 
 @functools.lru_cache(maxsize=None)
-def measure_cpu_peak(size: int = 2048, repeats: int = 3) -> float:
+def measure_cpu_peak(size: int = 3072, repeats: int = 5) -> float:
     """Achievable fp32 FLOP/s of this CPU: the best of ``repeats`` timed ``size x size`` matmuls (cached)."""
     import torch
 

@@ -790,7 +790,6 @@ def generate(
         stop = [stop]
     stop = list(stop or [])
     arch = _arch(model)
-    cfg = model.config
     device = next(model.parameters()).device
     eos = _special_id(tokenizer, "eos_id", model)
     pad = _special_id(tokenizer, "pad_id", model)

@@ -10,7 +10,7 @@ that length.
   sum_i Huber_delta(LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i), delta = 1e-3, with
   L-BFGS. Chinchilla starts L-BFGS from every point of a 4,500-point grid; here the objective is
   evaluated on the whole grid at once and only the best ``top_k`` starts are refined, which
-  reaches the same optimum (see ``benchmarks/bench_fit.py``); ``top_k=None`` refines all.
+  reaches the same optimum (see ``lmforge bench --cases fit``); ``top_k=None`` refines all.
 * Approach 2 (:func:`fit_isoflop`): a parabola in log N per compute budget, its minimum, then
   N_opt = k C^a.
 * Approach 1 (:func:`fit_envelope`): the lower envelope of the loss curves over FLOPs; at each FLOP

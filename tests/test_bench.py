@@ -1,0 +1,25 @@
+"""The benchmark harness runs on the tiniest shapes and its outputs agree (no timing assertions)."""
+
+import json
+
+from lmforge.bench.harness import interleave
+from lmforge.cli.main import main
+
+
+def test_interleave_alternates():
+    order = []
+    t_a, t_b = interleave(lambda: order.append("a"), lambda: order.append("b"), rounds=3, warmup=1)
+    assert order == ["a", "b"] * 4 and len(t_a) == len(t_b) == 3
+
+
+def test_smoke_run_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--smoke", "--cases", "train-tiny,generate,score,fit", "--json", str(out)])
+    assert rc in (0, None)
+    report = json.loads(out.read_text())
+    assert {"torch", "transformers", "torch_threads", "cpus"} <= set(report["system"])
+    checks = {r["name"]: r["check"] for r in report["results"]}
+    assert checks["train smoke (1x32, T16, B2)"] == "|dloss| 0.0e+00"
+    assert all(c == "identical tokens" for n, c in checks.items() if n.startswith("generate"))
+    assert float(checks["score 4x32"].split()[-1]) <= 1e-4
+    assert "ratio" in capsys.readouterr().out
