@@ -69,8 +69,8 @@ def configure_backends(device: torch.device) -> None:
 
 
 def fused_adamw_ok(device: torch.device) -> bool:
-    """Fused AdamW (one kernel for all parameters) exists for CUDA tensors."""
-    return device.type == "cuda"
+    """Fused AdamW (one kernel for all parameters): CUDA, and the CPU since torch 2.4."""
+    return device.type in ("cuda", "cpu")
 
 
 def synchronize(device: torch.device) -> None:
