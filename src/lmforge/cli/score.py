@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from lmforge.data.corpus import jsonl_records
 from lmforge.errors import DataError, LMForgeError
 
 COMMAND = "score"
@@ -67,26 +68,17 @@ def _read_inputs(args, arch: str) -> list[tuple[str, object]]:
         path = Path(args.jsonl)
         if not path.is_file():
             raise DataError(f"{path}: no such file")
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise DataError(f"{path}:{n}: expected a JSON object per line")
-                if pairs:
-                    for k in (args.source_field, args.target_field):
-                        if not isinstance(rec.get(k), str):
-                            raise DataError(f"{path}:{n}: no string field {k!r}; set --source-field / --target-field")
-                    items.append((f"{path}:{n}", (rec[args.source_field], rec[args.target_field])))
-                else:
-                    if not isinstance(rec.get(args.field), str):
-                        raise DataError(f"{path}:{n}: no string field {args.field!r}; set --field "
-                                        f"(fields here: {', '.join(rec) or 'none'})")
-                    items.append((f"{path}:{n}", rec[args.field]))
+        for where, rec in jsonl_records(path):
+            if pairs:
+                for k in (args.source_field, args.target_field):
+                    if not isinstance(rec.get(k), str):
+                        raise DataError(f"{where}: no string field {k!r}; set --source-field / --target-field")
+                items.append((where, (rec[args.source_field], rec[args.target_field])))
+            else:
+                if not isinstance(rec.get(args.field), str):
+                    raise DataError(f"{where}: no string field {args.field!r}; set --field "
+                                    f"(fields here: {', '.join(rec) or 'none'})")
+                items.append((where, rec[args.field]))
     if not items:
         raise DataError("nothing to score: give --text, --file or --jsonl")
     return items

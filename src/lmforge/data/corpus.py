@@ -138,10 +138,10 @@ def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_jsonl(path: str | os.PathLike, text_field: str = "text", errors: str = "strict") -> list[Document]:
-    """One document per line of a JSONL file, its text in ``text_field``; blank lines are skipped."""
+def jsonl_records(path: str | os.PathLike, errors: str = "strict"):
+    """``(where, record)`` for each non-blank line of a JSONL file (``where`` is ``path:line``);
+    a line that is not a JSON object is refused with its line number."""
     p = Path(path)
-    docs, empty = [], 0
     for n, line in enumerate(read_text(p, errors).split("\n"), 1):
         if not line.strip():
             continue
@@ -151,7 +151,15 @@ def read_jsonl(path: str | os.PathLike, text_field: str = "text", errors: str = 
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object with a {text_field!r} field, got {type(record).__name__}")
+            raise DataError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
+        yield where, record
+
+
+def read_jsonl(path: str | os.PathLike, text_field: str = "text", errors: str = "strict") -> list[Document]:
+    """One document per line of a JSONL file, its text in ``text_field``; blank lines are skipped."""
+    p = Path(path)
+    docs, empty = [], 0
+    for where, record in jsonl_records(p, errors):
         if text_field not in record:
             fields = ", ".join(map(str, record)) or "none"
             raise DataError(f"{where}: no field {text_field!r} (fields: {fields}); choose one with --text-field")
