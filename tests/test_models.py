@@ -168,6 +168,29 @@ def test_losses():
     assert torch.allclose(out.loss, ref, atol=1e-6)
 
 
+
+def test_mlm_head_on_masked_positions_only_is_exact():
+    """With labels, the MLM head runs on the labelled rows only: same loss, same gradients,
+    logits equal to the full logits' labelled rows."""
+    m = build_model(ModelConfig.from_preset("bert-tiny")).train()
+    x = torch.randint(0, 256, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = torch.where(torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.3, x, -100)
+    outs, grads = [], []
+    for full in (False, True):
+        m.zero_grad()
+        torch.manual_seed(0)
+        out = m(x, labels=labels, full_logits=full)
+        out.loss.backward()
+        outs.append(out)
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    picked, full = outs
+    assert picked.logits.shape == (int((labels != -100).sum()), 256)
+    assert torch.allclose(picked.logits, full.logits[labels != -100], atol=1e-6)
+    assert torch.allclose(picked.loss, full.loss, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "bert-tiny", "seq2seq-tiny"])
 def test_save_load_round_trip(name, tmp_path):
     m = _model(ModelConfig.from_preset(name))

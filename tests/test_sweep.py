@@ -39,7 +39,7 @@ def test_plan_runs_matches_budgets(tmp_path):
 def test_miniature_sweep_end_to_end(tmp_path):
     base = _base(tmp_path)
     out = tmp_path / "sweep"
-    result = sweep(base, [1e10, 3e10], out, sizes=3, spread=3.0, bootstrap=5, log=lambda m: None)
+    result = sweep(base, [1e10, 3e10], out, sizes=3, spread=3.0, bootstrap=5, jobs=2, log=lambda m: None)
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert len(rows) == len(result.runs) >= 5
     assert all(float(r["loss"]) > 0 for r in rows)
@@ -53,3 +53,40 @@ def test_miniature_sweep_end_to_end(tmp_path):
     sweep(base, [1e10, 3e10], out, sizes=3, spread=3.0, bootstrap=0, plot=False, log=seen.append)
     assert sum(m.endswith("finished earlier, skipped") for m in seen) == len(rows)
     assert len(list(csv.DictReader(open(out / "runs.csv")))) == len(rows)
+
+
+def test_sizes_follow_the_runs(tmp_path, monkeypatch):
+    """The sizes adapt: a budget whose lowest loss sits at an edge gets sizes beyond it, and the next
+    budget is centred on the last one's best size. Losses come from a known law (no training), so
+    the plan can be checked: every IsoFLOP curve ends with an interior minimum, and a second call
+    replays the same plan from runs.csv without training anything."""
+    import lmforge.plan.sweep as S
+    from lmforge.accounting import count_params
+    from lmforge.plan.laws import ParametricLaw
+
+    law = ParametricLaw("truth", 1.7, 400.0, 400.0, 0.34, 0.28)  # optimum far below 20 tokens/param here
+    calls = []
+
+    def fake_train(cfg_dict, resume):
+        cfg = RunConfig.from_dict(cfg_dict)
+        n = count_params(cfg.model).total
+        d = cfg.train.max_steps * cfg.train.batch_size * cfg.data.seq_len
+        calls.append(cfg.name)
+        return float(law.loss(n, d)), None
+
+    monkeypatch.setattr(S, "_train_one", fake_train)
+    base = _base(tmp_path).override({"model.n_head": "4"})  # head size 16: shapes from a few thousand params
+    budgets = [3e11, 3e12]
+    result = sweep(base, budgets, tmp_path / "sw", sizes=3, spread=2.0, tokens_per_param=20, extend=3,
+                   bootstrap=0, plot=False, log=lambda m: None)
+    rows = result.runs
+    for budget in budgets:
+        mine = sorted((r for r in rows if abs(float(r["flops"]) / budget - 1) < 0.05), key=lambda r: int(r["params"]))
+        losses = [float(r["loss"]) for r in mine]
+        best = losses.index(min(losses))
+        assert 0 < best < len(losses) - 1, (budget, losses)
+    assert len(calls) > 6  # the first budget needed extra sizes
+    calls.clear()
+    sweep(base, budgets, tmp_path / "sw", sizes=3, spread=2.0, tokens_per_param=20, extend=3,
+          bootstrap=0, plot=False, log=lambda m: None)
+    assert calls == []

@@ -3,7 +3,8 @@
 Both sides do a whole optimizer step (forward, loss, backward, AdamW) on the same batch. Each side
 uses what its library gives a user by default on this device: lmforge its training setup
 (``lmforge.train``'s optimizer: fused AdamW where the build has it); HF a plain ``torch.optim.AdamW``
-as in an HF script.
+as in an HF script. MFU counts the FLOPs the step needs: for BERT's MLM, the output head at the
+masked positions only (lmforge computes just those; HF computes every position's logits).
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bo
     with torch.no_grad():  # same weights, same loss before any step
         diff = abs(ours_loss().item() - hf_loss().item())
     flops = count_flops(ours.config, s.seq_len).training_per_token
+    if s.family == "bert":  # the MLM head's FLOPs count at the masked positions only: the work an MLM needs
+        masked = float((b["labels"] != -100).float().mean())
+        flops -= (1 - masked) * 6 * (s.d_model * s.d_model + s.d_model * s.vocab_size)
     return run_case(s.name, "tokens", s.batch * s.seq_len, step(ours_loss, opt_ours), step(hf_loss, opt_hf),
                     rounds=rounds, warmup=2 if compile else 1, flops_per_unit=flops, peak=peak,
                     check=f"|dloss| {diff:.1e}")

@@ -4,7 +4,9 @@ A bidirectional :class:`~lmforge.nn.TransformerStack` with segment embeddings, t
 - the MLM head: transform (dense, activation, norm) and a decoder tied to the token embedding;
 - the pooler (dense + tanh over the first token, [CLS]) and the next-sentence classifier.
 Given MLM ``labels`` (-100 where not masked) and ``next_sentence_label`` (0 = B follows A,
-1 = random B, as in HF) the loss is the sum of both.
+1 = random B, as in HF) the loss is the sum of both. With labels the MLM head runs on the labelled
+positions only (15% of them in pretraining: a fifth of the step's FLOPs saved at vocabulary 8192),
+and ``logits`` holds their rows in order; ``full_logits=True`` gives every position's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from lmforge.nn import TransformerStack, activation_fn, cross_entropy, init_weig
 @dataclass
 class EncoderOutput:
     last_hidden_state: torch.Tensor  # (B, T, C)
-    logits: torch.Tensor | None = None  # (B, T, V) MLM logits
+    logits: torch.Tensor | None = None  # (B, T, V) MLM logits; (M, V) of the M labelled positions given labels
     nsp_logits: torch.Tensor | None = None  # (B, 2)
     pooled: torch.Tensor | None = None  # (B, C)
     loss: torch.Tensor | None = None
@@ -74,14 +76,23 @@ class EncoderLM(nn.Module):
         next_sentence_label: torch.Tensor | None = None,  # (B,)
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        full_logits: bool = False,
     ) -> EncoderOutput:
         out = self.encoder(input_ids, attention_mask, position_ids, token_type_ids,
                            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         h = out.last_hidden_state
-        logits = self.mlm(h) if self.mlm is not None else None
+        logits = mlm_loss = None
+        if self.mlm is not None:
+            if labels is not None and not full_logits:
+                picked = labels != -100  # (B, T)
+                logits = self.mlm(h[picked])  # (M, V)
+                labels = labels[picked]
+            else:
+                logits = self.mlm(h)  # (B, T, V)
+            if labels is not None:
+                mlm_loss = cross_entropy(logits, labels)
         pooled = self.pooler(h) if self.pooler is not None else None
         nsp_logits = self.nsp(pooled) if self.nsp is not None else None
-        mlm_loss = cross_entropy(logits, labels) if labels is not None and logits is not None else None
         nsp_loss = (cross_entropy(nsp_logits, next_sentence_label)
                     if next_sentence_label is not None and nsp_logits is not None else None)
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]

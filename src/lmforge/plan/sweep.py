@@ -1,12 +1,24 @@
 """IsoFLOP sweeps: train small models along a few compute budgets and fit the law they follow.
 
-For each budget C the sweep picks model sizes N log-spaced around a first guess (20 tokens per
-parameter, Chinchilla's Approach 1-2 ratio), turns each N into a concrete shape (the planner's
-shape rule on the run's model template, keeping its head size), trains it with the engine on D = C / (6 N) tokens (the
-schedule's length matched to that token budget), and appends ``params,tokens,loss,flops,run`` to
-``runs.csv`` as each run finishes. A second call skips finished runs and resumes an interrupted
-one from its checkpoint. Then it fits the law (Approach 3, and Approach 2 when every budget has
-three sizes or more) and allocates a larger budget with bootstrap intervals.
+For each budget C the sweep picks ``sizes`` model sizes N log-spaced within ``spread``x of a
+centre, turns each N into a concrete shape (the planner's shape rule on the run's model template,
+keeping its head size), trains it with the engine on D = C / (6 N) tokens (the schedule's length
+matched to that token budget), and appends ``params,tokens,loss,flops,run`` to ``runs.csv`` as
+each run finishes.
+
+The sizes adapt to what the runs show, because the right tokens-per-parameter ratio for a new
+model family and corpus is what the sweep is there to find:
+
+* the first budget is centred on ``tokens_per_param`` (default 20, Chinchilla's ratio);
+* when a budget's lowest loss sits at its smallest or largest size, one more size is trained
+  beyond that edge (up to ``extend`` times), so that each IsoFLOP curve brackets its minimum;
+* every later budget is centred on the previous budget's best N scaled by sqrt(C / C_prev)
+  (N_opt ~ C^0.5), not on the first guess again.
+
+Every decision is read back from ``runs.csv``, so a second call replays the same plan, skips
+finished runs and resumes an interrupted one from its checkpoint. Then it fits the law
+(Approach 3, and Approach 2 when every budget has three sizes or more) and allocates a larger
+budget with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -66,34 +78,47 @@ def with_dataset(base, log=print):
                         data={**base.data.to_dict(), "path": str(dataset_dir(base))})
 
 
-def plan_runs(base, budgets: list[float], sizes: int = 4, spread: float = 4.0) -> list[SweepRun]:
-    """The runs of a sweep: ``sizes`` shapes per budget, N log-spaced within ``spread``x of the guess."""
+def sized_run(base, budget: float, n_params: float) -> SweepRun:
+    """The run of ``budget`` FLOPs whose shape is closest to ``n_params`` parameters."""
     from lmforge.accounting import count_params
 
+    if budget <= 0:
+        raise ConfigError(f"sweep: budgets must be positive, got {budget:g}")
+    shape = shape_for(float(n_params), template=base.model, counts="total", head_dim=base.model.head_dim)
+    params = count_params(shape).total
+    tokens_per_step = base.train.batch_size * base.data.seq_len
+    steps = int(budget / (6 * params) // tokens_per_step)
+    if steps < 10:
+        raise ConfigError(f"sweep: budget {budget:.3g} FLOPs gives the {params:,}-parameter model only "
+                          f"{steps} steps of {tokens_per_step} tokens; raise the budget or lower "
+                          "train.batch_size / data.seq_len")
+    return SweepRun(f"C{budget:.2g}-L{shape.n_layer}-d{shape.d_model}".replace("+", ""), budget,
+                    params, steps * tokens_per_step, steps, shape.to_dict())
+
+
+def budget_runs(base, budget: float, centre: float, sizes: int = 4, spread: float = 4.0) -> list[SweepRun]:
+    """``sizes`` distinct shapes for one budget, N log-spaced within ``spread``x of ``centre``."""
     if sizes < 1 or spread < 1:
         raise ConfigError("sweep: need sizes >= 1 and spread >= 1")
-    tokens_per_step = base.train.batch_size * base.data.seq_len
-    runs, seen = [], set()
-    for budget in sorted(budgets):
-        if budget <= 0:
-            raise ConfigError(f"sweep: budgets must be positive, got {budget:g}")
-        guess = math.sqrt(budget / (6 * TOKENS_PER_PARAM_GUESS))
-        for n in np.geomspace(guess / spread, guess * spread, sizes) if sizes > 1 else [guess]:
-            shape = shape_for(float(n), template=base.model, counts="total", head_dim=base.model.head_dim)
-            params = count_params(shape).total
-            key = (budget, shape.n_layer, shape.d_model)
-            if key in seen:  # two targets rounded to the same shape
-                continue
-            seen.add(key)
-            tokens = budget / (6 * params)
-            steps = int(tokens // tokens_per_step)
-            if steps < 10:
-                raise ConfigError(f"sweep: budget {budget:.3g} FLOPs gives the {params:,}-parameter model only "
-                                  f"{steps} steps of {tokens_per_step} tokens; raise the budget or lower "
-                                  "train.batch_size / data.seq_len")
-            runs.append(SweepRun(f"C{budget:.2g}-L{shape.n_layer}-d{shape.d_model}".replace("+", ""), budget,
-                                 params, steps * tokens_per_step, steps, shape.to_dict()))
-    return runs
+    targets = np.geomspace(centre / spread, centre * spread, sizes) if sizes > 1 else [centre]
+    runs: dict[str, SweepRun] = {}
+    for n in targets:  # two targets rounded to the same shape count once
+        run = sized_run(base, budget, n)
+        runs.setdefault(run.label, run)
+    return sorted(runs.values(), key=lambda r: r.params)
+
+
+def plan_runs(base, budgets: list[float], sizes: int = 4, spread: float = 4.0,
+              tokens_per_param: float = TOKENS_PER_PARAM_GUESS) -> list[SweepRun]:
+    """The first-guess runs of every budget (before any result moves the centres)."""
+    return [run for budget in sorted(budgets)
+            for run in budget_runs(base, budget, _guess(budget, tokens_per_param), sizes, spread)]
+
+
+def _guess(budget: float, tokens_per_param: float) -> float:
+    if tokens_per_param <= 0:
+        raise ConfigError(f"sweep: tokens_per_param must be positive, got {tokens_per_param:g}")
+    return math.sqrt(budget / (6 * tokens_per_param))  # C = 6 N D with D = r N
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -120,39 +145,110 @@ def _run_config(base, run: SweepRun, directory: Path):
                "checkpoint_every": max(50, run.steps // 4), "keep_checkpoints": 1, "sample_tokens": 0})
 
 
-def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spread: float = 4.0,
-          target_flops: float | None = None, bootstrap: int = 100, seed: int = 0, plot: bool = True,
-          log=print) -> SweepResult:
-    """Run (or finish) the sweep in ``directory``; see the module docstring."""
-    from lmforge.train.checkpoint import list_checkpoints
+def _train_one(cfg_dict: dict[str, Any], resume: bool) -> tuple[float | None, str | None]:
+    """Train one run (in this process or a worker): its final validation loss and what stopped it."""
+    from lmforge.train import RunConfig
     from lmforge.train.run import pretrain
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    base = with_dataset(base, log)
-    runs = plan_runs(base, budgets, sizes, spread)
-    (directory / "sweep.json").write_text(json.dumps({
-        "base": base.to_dict(), "budgets": sorted(budgets), "sizes": sizes, "spread": spread,
-        "runs": [r.__dict__ for r in runs]}, indent=2) + "\n", encoding="utf-8")
-    csv_path = directory / "runs.csv"
-    done = {row["run"] for row in _read_rows(csv_path)}
-    for i, run in enumerate(runs, 1):
+    result = pretrain(RunConfig.from_dict(cfg_dict), resume=resume, overwrite=not resume, log=lambda m: None)
+    return result.metrics.get("loss"), result.stopped_by
+
+
+def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], note: str, log,
+           jobs: int = 1) -> dict[str, float]:
+    """Train ``runs`` (``jobs`` at a time; those in runs.csv are skipped) and return their
+    final validation losses."""
+    from lmforge.train.checkpoint import list_checkpoints
+
+    todo = []
+    for run in runs:
         if run.label in done:
-            log(f"[{i}/{len(runs)}] {run.label}: finished earlier, skipped")
+            log(f"{note} {run.label}: finished earlier, skipped")
             continue
         cfg = _run_config(base, run, directory)
         resume = bool(list_checkpoints(cfg.run_dir))
-        log(f"[{i}/{len(runs)}] {run.label}: {run.params:,} parameters, {run.tokens:,} tokens, {run.steps} steps"
-            f"{' (resuming)' if resume else ''}")
-        result = pretrain(cfg, resume=resume, overwrite=not resume, log=lambda m: None)
-        if result.stopped_by:
-            raise KeyboardInterrupt(f"sweep interrupted by {result.stopped_by}; run it again to continue")
-        loss = result.metrics.get("loss")
+        log(f"{note} {run.label}: {run.params:,} parameters, {run.tokens:,} tokens "
+            f"({run.tokens / run.params:.0f} per parameter), {run.steps} steps{' (resuming)' if resume else ''}")
+        todo.append((run, cfg, resume))
+
+    def record(run: SweepRun, loss: float | None, stopped_by: str | None) -> None:
+        if stopped_by:
+            raise KeyboardInterrupt(f"sweep interrupted by {stopped_by}; run it again to continue")
         if loss is None or not math.isfinite(loss):
             raise ConfigError(f"sweep: run {run.label} ended without a finite validation loss")
-        _append_row(csv_path, {"params": run.params, "tokens": run.tokens, "loss": f"{loss:.6f}",
-                               "flops": 6 * run.params * run.tokens, "run": run.label})
-        log(f"    validation loss {loss:.4f}")
+        row = {"params": run.params, "tokens": run.tokens, "loss": f"{loss:.6f}",
+               "flops": 6 * run.params * run.tokens, "run": run.label}
+        _append_row(directory / "runs.csv", row)
+        log(f"    {run.label}: validation loss {loss:.4f}")
+        done[run.label] = float(row["loss"])  # decisions use the value runs.csv holds, so a resume replays them
+
+    if jobs <= 1 or len(todo) <= 1:
+        for run, cfg, resume in todo:
+            record(run, *_train_one(cfg.to_dict(), resume))
+    else:  # small models leave cores idle: train several at once, the cores split between them
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (base.train.threads or os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_one, cfg.replace(train={**cfg.train.to_dict(), "threads": threads}
+                                                           ).to_dict(), resume): run for run, cfg, resume in todo}
+            try:
+                for future in as_completed(futures):
+                    record(futures[future], *future.result())
+            except BaseException:
+                for future in futures:  # runs not started yet stay for the next call
+                    future.cancel()
+                raise
+    return {run.label: done[run.label] for run in runs}
+
+
+def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spread: float = 4.0,
+          target_flops: float | None = None, bootstrap: int = 100, seed: int = 0, plot: bool = True,
+          tokens_per_param: float = TOKENS_PER_PARAM_GUESS, extend: int = 2, jobs: int = 1,
+          log=print) -> SweepResult:
+    """Run (or finish) the sweep in ``directory``; see the module docstring."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    base = with_dataset(base, log)
+    budgets = sorted(budgets)
+    done = {row["run"]: float(row["loss"]) for row in _read_rows(directory / "runs.csv")}
+    step = spread ** (2 / (sizes - 1)) if sizes > 1 else 2.0  # ratio between neighbouring sizes
+    planned: list[SweepRun] = []
+
+    def record(runs: list[SweepRun]) -> None:
+        planned.extend(runs)
+        (directory / "sweep.json").write_text(json.dumps({
+            "base": base.to_dict(), "budgets": budgets, "sizes": sizes, "spread": spread,
+            "tokens_per_param": tokens_per_param, "extend": extend,
+            "runs": [r.__dict__ for r in planned]}, indent=2) + "\n", encoding="utf-8")
+
+    centre = _guess(budgets[0], tokens_per_param)
+    for b, budget in enumerate(budgets, 1):
+        note = f"[budget {b}/{len(budgets)} {budget:.3g}]"
+        runs = budget_runs(base, budget, centre, sizes, spread)
+        record(runs)
+        losses = _train(base, runs, directory, done, note, log, jobs)
+        for _ in range(extend):
+            best = min(runs, key=lambda r: losses[r.label])
+            if len(runs) < 2 or best not in (runs[0], runs[-1]):
+                break
+            outward = runs[0].params / step if best is runs[0] else runs[-1].params * step
+            try:
+                extra = sized_run(base, budget, outward)
+            except ConfigError:  # too large for ten steps: the edge is as far as this budget goes
+                break
+            if extra.label in losses:  # no smaller (or larger) shape exists
+                break
+            log(f"    lowest loss at the {'smallest' if best is runs[0] else 'largest'} size: "
+                f"adding {extra.params:,} parameters")
+            record([extra])
+            losses.update(_train(base, [extra], directory, done, note, log))
+            runs = sorted(runs + [extra], key=lambda r: r.params)
+        best = min(runs, key=lambda r: losses[r.label])
+        if b < len(budgets):
+            centre = best.params * math.sqrt(budgets[b] / budget)
     return summarize(directory, target_flops, bootstrap, seed, plot, log)
 
 
@@ -174,10 +270,12 @@ def summarize(directory: str | Path, target_flops: float | None = None, bootstra
         (directory / f"law-approach{approach}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         log(result.summary())
     target = target_flops or 100 * max(budgets)
-    template = None  # the sweep's own model family, vocabulary and head size
+    template = available = None  # the sweep's own model family, vocabulary and head size, and its data
     if (directory / "sweep.json").is_file():
-        template = ModelConfig.from_dict(json.loads((directory / "sweep.json").read_text())["base"]["model"])
-    alloc = allocate(flops=target, law=fits[3].law, template=template,
+        base = json.loads((directory / "sweep.json").read_text())["base"]
+        template = ModelConfig.from_dict(base["model"])
+        available = _train_tokens(base["data"].get("path"))
+    alloc = allocate(flops=target, law=fits[3].law, template=template, available_tokens=available,
                      head_dim=template.head_dim if template else None)
     low_high = _allocation_interval(fits[3], target)
     allocation = {**alloc.to_dict(), "params_interval": low_high[0], "tokens_interval": low_high[1]}
@@ -190,6 +288,14 @@ def summarize(directory: str | Path, target_flops: float | None = None, bootstra
         plots = [plot_fit(fits[3], directory / "fit.png"), plot_allocation(alloc, directory / "allocation.png")]
     (directory / "allocation.json").write_text(json.dumps(allocation, indent=2, default=str) + "\n")
     return SweepResult(directory, rows, fits, allocation, plots)
+
+
+def _train_tokens(path: str | None) -> int | None:
+    """Training tokens of the sweep's dataset (for the data-constrained warning), if it is still there."""
+    meta = Path(path or "", "meta.json")
+    if not path or not meta.is_file():
+        return None
+    return int(json.loads(meta.read_text(encoding="utf-8"))["splits"]["train"]["tokens"])
 
 
 def _allocation_interval(result: FitResult, flops: float) -> tuple[list[float], list[float]]:

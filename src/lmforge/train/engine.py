@@ -133,7 +133,10 @@ def lm_metrics(batch: dict[str, torch.Tensor], out: Any) -> dict[str, tuple[floa
         if getattr(out, "mlm_loss", None) is not None:
             m["mlm_loss"] = (float(out.mlm_loss) * n, n)
             masked = labels != -100
-            hits = (out.logits.argmax(-1) == labels) & masked
+            if out.logits.ndim == 2:  # the head ran on the masked positions only
+                hits = out.logits.argmax(-1) == labels[masked]
+            else:
+                hits = (out.logits.argmax(-1) == labels) & masked
             m["mlm_accuracy"] = (int(hits.sum()), n)
     nsp = batch.get("next_sentence_label")
     if nsp is not None and getattr(out, "nsp_logits", None) is not None:
