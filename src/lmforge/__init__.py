@@ -2,13 +2,7 @@
 
 __version__ = "0.1.0"
 
-import os as _os
-
-# Before torch loads: OpenMP threads that spin while waiting collapse throughput as soon as another
-# process shares the cores; passive waiting costs little when the machine is idle.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from lmforge.config import ModelConfig  # noqa: E402
+from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError, TrainingError
 from lmforge.interop.hf import from_hf, to_hf
 from lmforge.models import (DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, load_model,

@@ -191,6 +191,8 @@ def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], 
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         threads = max(1, (base.train.threads or os.cpu_count() or 1) // jobs)
+        # the workers share the cores: OpenMP threads that spin while they wait would starve each other
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by each worker's OpenMP as it starts
         with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_train_one, cfg.replace(train={**cfg.train.to_dict(), "threads": threads}
                                                            ).to_dict(), resume): run for run, cfg, resume in todo}
