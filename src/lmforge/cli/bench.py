@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case, after warm-up")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--smoke", action="store_true", help="the tiniest shapes, one round: checks the harness runs")
+    p.add_argument("--smoke", action="store_true", help="the tiniest shapes, one round, no all-starts fit reference: checks the harness runs")
     p.add_argument("--json", dest="json_out", default="bench_results/bench.json", help="where to write the report")
 
 
@@ -73,4 +73,4 @@ def _run(case: str, rounds: int, peak: float | None, smoke: bool) -> list:
         return [pipeline.tokenizer_case("bpe", 512 if smoke else 8192)]
     if case == "prepare":
         return [pipeline.prepare_case("char" if smoke else "bpe", 2048, rounds=1 if smoke else 3)]
-    return [pipeline.fit_case(40 if smoke else 240)]
+    return [pipeline.fit_case(40 if smoke else 240, reference=not smoke)]
