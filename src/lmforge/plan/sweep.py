@@ -192,17 +192,22 @@ def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], 
 
         threads = max(1, (base.train.threads or os.cpu_count() or 1) // jobs)
         # the workers share the cores: OpenMP threads that spin while they wait would starve each other
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by each worker's OpenMP as it starts
-        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_one, cfg.replace(train={**cfg.train.to_dict(), "threads": threads}
-                                                           ).to_dict(), resume): run for run, cfg, resume in todo}
-            try:
-                for future in as_completed(futures):
-                    record(futures[future], *future.result())
-            except BaseException:
-                for future in futures:  # runs not started yet stay for the next call
-                    future.cancel()
-                raise
+        policy = os.environ.get("OMP_WAIT_POLICY")
+        os.environ["OMP_WAIT_POLICY"] = policy or "PASSIVE"  # read by each worker's OpenMP as it starts
+        try:
+            with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_train_one, cfg.replace(train={**cfg.train.to_dict(), "threads": threads}
+                                                               ).to_dict(), resume): run for run, cfg, resume in todo}
+                try:
+                    for future in as_completed(futures):
+                        record(futures[future], *future.result())
+                except BaseException:
+                    for future in futures:  # runs not started yet stay for the next call
+                        future.cancel()
+                    raise
+        finally:
+            if policy is None:
+                del os.environ["OMP_WAIT_POLICY"]
     return {run.label: done[run.label] for run in runs}
 
 
