@@ -224,7 +224,7 @@ def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spr
     step = spread ** (2 / (sizes - 1)) if sizes > 1 else 2.0  # ratio between neighbouring sizes
     planned: list[SweepRun] = []
 
-    def record(runs: list[SweepRun]) -> None:
+    def write_plan(runs: list[SweepRun]) -> None:
         planned.extend(runs)
         (directory / "sweep.json").write_text(json.dumps({
             "base": base.to_dict(), "budgets": budgets, "sizes": sizes, "spread": spread,
@@ -235,7 +235,7 @@ def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spr
     for b, budget in enumerate(budgets, 1):
         note = f"[budget {b}/{len(budgets)} {budget:.3g}]"
         runs = budget_runs(base, budget, centre, sizes, spread)
-        record(runs)
+        write_plan(runs)
         losses = _train(base, runs, directory, done, note, log, jobs)
         for _ in range(extend):
             best = min(runs, key=lambda r: losses[r.label])
@@ -250,7 +250,7 @@ def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spr
                 break
             log(f"    lowest loss at the {'smallest' if best is runs[0] else 'largest'} size: "
                 f"adding {extra.params:,} parameters")
-            record([extra])
+            write_plan([extra])
             losses.update(_train(base, [extra], directory, done, note, log))
             runs = sorted(runs + [extra], key=lambda r: r.params)
         best = min(runs, key=lambda r: losses[r.label])
