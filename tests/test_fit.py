@@ -159,3 +159,12 @@ def test_fit_verb(tmp_path, runs, capsys):
     assert main(["fit", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_a_diverged_optimum_is_a_one_line_error():
+    """An optimum that runs off to infinity (too few budgets to pin the law) is named, not an
+    OverflowError; bootstrap resamples that diverge are counted as failed fits."""
+    from lmforge.plan.fit import _parametric_estimates
+
+    with pytest.raises(DataError, match="diverged"):
+        _parametric_estimates(np.array([800.0, 5.0, 0.5, 0.3, 0.3]))

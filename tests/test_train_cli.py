@@ -86,6 +86,20 @@ def test_run_directory_layout(reference):
         .config.vocab_size
 
 
+def test_resuming_a_finished_run_gives_its_final_evaluation(reference, tmp_path):
+    """A run that finished but whose result was not collected (a sweep stopped meanwhile) resumes
+    to "nothing to do" and returns the final evaluation it logged."""
+    import shutil
+
+    from lmforge.train.run import pretrain
+
+    run_dir = tmp_path / "ref"
+    shutil.copytree(reference, run_dir)
+    cfg = RunConfig.from_file(run_dir / "config.yaml").replace(out_dir=str(run_dir))
+    result = pretrain(cfg, resume=True, log=lambda m: None)
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result.step == 8 and result.metrics["loss"] == last["val_loss"] and result.metrics["bpb"] == last["val_bpb"]
+
 def test_sigterm_then_resume_is_bit_exact(base, reference, monkeypatch):
     root, args = base
     out = root / "stopped"

@@ -353,6 +353,9 @@ def _rank_starts(starts: np.ndarray, data: tuple[np.ndarray, ...], chunk_element
 
 def _parametric_estimates(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = (float(x) for x in theta)
+    if max(a, b, e) > 700:  # exp would overflow: the optimum ran off to infinity
+        raise DataError(f"approach 3 diverged (log A {a:.3g}, log B {b:.3g}, log E {e:.3g}): these runs do not "
+                        "pin the law down; add runs at more budgets and sizes")
     E, A, B = math.exp(e), math.exp(a), math.exp(b)
     out = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta}
     if alpha > 0 and beta > 0:  # the frontier exponents and G exist

@@ -215,7 +215,8 @@ def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spr
           target_flops: float | None = None, bootstrap: int = 100, seed: int = 0, plot: bool = True,
           tokens_per_param: float = TOKENS_PER_PARAM_GUESS, extend: int = 2, jobs: int = 1,
           log=print) -> SweepResult:
-    """Run (or finish) the sweep in ``directory``; see the module docstring."""
+    """Run (or finish) the sweep in ``directory``; see the module docstring. ``jobs > 1`` trains
+    in spawned worker processes: a script that calls this needs ``if __name__ == "__main__":``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     base = with_dataset(base, log)

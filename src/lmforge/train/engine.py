@@ -328,14 +328,17 @@ class Trainer:
         if self.run_dir is not None and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._open_tensorboard()
+        metrics: dict[str, float] = {}
         if self.step >= cfg.max_steps:
             self.log(f"nothing to do: the run is at step {self.step} of max_steps={cfg.max_steps}; "
                      "raise train.max_steps to train further")
+            # a finished run resumed: its final evaluation, as logged when it finished
+            last = [r for r in self._history if r.get("step") == self.step and "val_loss" in r]
+            metrics = {k[4:]: v for k, v in last[-1].items() if k.startswith("val_")} if last else {}
         self._eta_from, self._eta_t0 = self.step, self.train_seconds
         self._eta_step = min(self.step + 10, cfg.max_steps - 1)
         restore = self._install_signal_handlers()
         self._pbar = self._progress_bar()
-        metrics: dict[str, float] = {}
         try:
             while self.step < cfg.max_steps:
                 micro = [self.train_batches.next_batch() for _ in range(cfg.grad_accum)]
