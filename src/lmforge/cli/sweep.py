@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--budgets", default="3e11,1e12,3e12,1e13",
                    help="comma-separated training FLOP budgets (default: a CPU-sized sweep, about 20 minutes on 2 cores)")
     p.add_argument("--sizes", type=int, default=4, help="model sizes per budget")
-    p.add_argument("--spread", type=float, default=4.0, help="sizes span N_guess / spread .. N_guess * spread")
+    p.add_argument("--spread", type=float, default=4.0, help="a budget's sizes span centre / spread .. centre * spread")
     p.add_argument("--tokens-per-param", type=float, default=20.0,
                    help="first guess of the optimal ratio D/N, centring the first budget's sizes")
     p.add_argument("--extend", type=int, default=2,
