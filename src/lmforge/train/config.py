@@ -156,6 +156,11 @@ def _model(preset: str, **changes: Any) -> dict[str, Any]:
     return {**MODEL_PRESETS[preset], **changes}
 
 
+# The schedule of the seconds-long tiny-* presets (tests and smoke checks).
+_TINY_TRAIN = dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10, eval_batches=2,
+                   checkpoint_every=10, log_every=1, progress=False)
+
+
 # The model's vocab_size and special-token ids are set from the tokenizer when the run starts.
 RUN_PRESETS: dict[str, dict[str, Any]] = {
     # The quick start: a 1.1M-parameter GPT (4 x 128, context 128) on the bundled Shakespeare with a
@@ -189,21 +194,18 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         name="tiny-gpt",
         model=_model("gpt-tiny", max_positions=32),
         data=dict(tokenizer="char", vocab_size=256, objective="causal", seq_len=32),
-        train=dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10, eval_batches=2,
-                   checkpoint_every=10, log_every=1, sample_tokens=16, progress=False),
+        train=dict(_TINY_TRAIN, sample_tokens=16),
     ),
     "tiny-bert": dict(
         name="tiny-bert",
         model=_model("bert-tiny", max_positions=32),
         data=dict(tokenizer="char", vocab_size=256, objective="mlm+nsp", seq_len=32),
-        train=dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10, eval_batches=2,
-                   checkpoint_every=10, log_every=1, progress=False),
+        train=dict(_TINY_TRAIN),
     ),
     "tiny-t5": dict(
         name="tiny-t5",
         model=_model("seq2seq-tiny", max_positions=32),
         data=dict(tokenizer="char", vocab_size=256, objective="span", seq_len=32),
-        train=dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10, eval_batches=2,
-                   checkpoint_every=10, log_every=1, sample_tokens=0, progress=False),
+        train=dict(_TINY_TRAIN, sample_tokens=0),
     ),
 }
