@@ -14,7 +14,7 @@ def test_interleave_alternates():
 
 def test_smoke_run_writes_a_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--smoke", "--cases", "train-tiny,generate,score,fit", "--json", str(out)])
+    rc = main(["bench", "--smoke", "--device", "cpu", "--cases", "train-tiny,generate,score,fit", "--json", str(out)])
     assert rc in (0, None)
     report = json.loads(out.read_text())
     assert {"torch", "transformers", "torch_threads", "cpus"} <= set(report["system"])

@@ -62,6 +62,20 @@ class LoadMonitor:
         return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _sync() -> None:
+    """Wait for queued GPU kernels, so that a call's time includes its work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t0
+
+
 def interleave(ours: Callable[[], Any], ref: Callable[[], Any] | None, rounds: int = 5,
                warmup: int = 1) -> tuple[list[float], list[float]]:
     """Seconds per call of each, alternating A B A B after ``warmup`` calls of each."""
@@ -71,13 +85,9 @@ def interleave(ours: Callable[[], Any], ref: Callable[[], Any] | None, rounds: i
             ref()
     t_ours, t_ref = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t0)
+        t_ours.append(_timed(ours))
         if ref is not None:
-            t0 = time.perf_counter()
-            ref()
-            t_ref.append(time.perf_counter() - t0)
+            t_ref.append(_timed(ref))
     return t_ours, t_ref
 
 

@@ -35,6 +35,8 @@ SHAPES = {
     "gpt-small": TrainShape("train small (6x384, T256, B8)", "gpt2", 6, 384, 6, 256, 8192, 8),
     "bert-mlm": TrainShape("train BERT MLM (6x384, T128, B16)", "bert", 6, 384, 6, 128, 8192, 16, 1536),
     "smoke": TrainShape("train smoke (1x32, T16, B2)", "gpt2", 1, 32, 2, 16, 64, 2),
+    # a GPU-sized shape (GPT-2 124M): 35 s a step on a 2-core CPU, so only run by default on CUDA
+    "gpt2-124m": TrainShape("train GPT-2 124M (12x768, T1024, B8)", "gpt2", 12, 768, 12, 1024, 50257, 8),
 }
 
 
@@ -62,32 +64,34 @@ def _batch(s: TrainShape, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels}
 
 
-def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bool = False) -> CaseResult:
+def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bool = False,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> CaseResult:
+    """Both sides keep fp32 weights and run under the same autocast ``dtype`` (bf16 on CUDA)."""
+    from lmforge import device as dev
     from lmforge.interop import from_hf
-    from lmforge.device import fused_adamw_ok
     from lmforge.train.engine import param_groups  # the engine's own optimizer groups
 
     s = SHAPES[key]
+    device = torch.device(device)
+    dev.configure_backends(device)
     torch.manual_seed(0)
     hf = _hf_model(s).train()
-    ours = from_hf(hf).train()
-    b = _batch(s)
-    opt_ours = torch.optim.AdamW(param_groups(ours, 0.1), lr=1e-4, fused=fused_adamw_ok(torch.device("cpu")))
+    ours = from_hf(hf).train().to(device)
+    hf = hf.to(device)
+    b = {k: v.to(device) for k, v in _batch(s).items()}
+    opt_ours = torch.optim.AdamW(param_groups(ours, 0.1), lr=1e-4, fused=dev.fused_adamw_ok(device))
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.1)
     fwd = torch.compile(ours) if compile else ours
+    labels = b["next"] if s.family == "gpt2" else b["labels"]
+    hf_labels = b["input_ids"] if s.family == "gpt2" else b["labels"]  # HF's GPT-2 shifts inside
 
-    if s.family == "gpt2":
-        def ours_loss():
-            return fwd(b["input_ids"], labels=b["next"]).loss
+    def ours_loss():
+        with dev.autocast(device, dtype):
+            return fwd(b["input_ids"], labels=labels).loss
 
-        def hf_loss():  # HF shifts inside: labels are the inputs
-            return hf(input_ids=b["input_ids"], labels=b["input_ids"]).loss
-    else:
-        def ours_loss():
-            return fwd(b["input_ids"], labels=b["labels"]).loss
-
-        def hf_loss():
-            return hf(input_ids=b["input_ids"], labels=b["labels"]).loss
+    def hf_loss():
+        with dev.autocast(device, dtype):
+            return hf(input_ids=b["input_ids"], labels=hf_labels).loss
 
     def step(loss_fn, opt):
         def run():
@@ -102,6 +106,7 @@ def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bo
     if s.family == "bert":  # the MLM head's FLOPs count at the masked positions only: the work an MLM needs
         masked = float((b["labels"] != -100).float().mean())
         flops -= (1 - masked) * 6 * (s.d_model * s.d_model + s.d_model * s.vocab_size)
-    return run_case(s.name, "tokens", s.batch * s.seq_len, step(ours_loss, opt_ours), step(hf_loss, opt_hf),
-                    rounds=rounds, warmup=2 if compile else 1, flops_per_unit=flops, peak=peak,
+    name = s.name + (" compiled" if compile else "")
+    return run_case(name, "tokens", s.batch * s.seq_len, step(ours_loss, opt_ours), step(hf_loss, opt_hf),
+                    rounds=rounds, warmup=3 if compile else 1, flops_per_unit=flops, peak=peak,
                     check=f"|dloss| {diff:.1e}")

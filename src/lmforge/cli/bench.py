@@ -7,11 +7,18 @@ import json
 COMMAND = "bench"
 HELP = "benchmark training, generation, scoring, data preparation and fitting against HF transformers"
 
-CASES = ("train-tiny", "train-small", "train-bert", "generate", "score", "tokenizer", "prepare", "fit")
+CASES = ("train-tiny", "train-small", "train-bert", "train-gpt2", "generate", "score", "tokenizer", "prepare", "fit")
+TRAIN_SHAPES = {"train-tiny": "gpt-tiny", "train-small": "gpt-small", "train-bert": "bert-mlm", "train-gpt2": "gpt2-124m"}
+GPU_ONLY = ("train-gpt2",)  # GPT-2 124M: minutes per round on a laptop CPU
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    p.add_argument("--cases", help=f"comma-separated subset of {', '.join(CASES)} (default: all; "
+                                   f"{', '.join(GPU_ONLY)} only on a GPU)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on the CPU) | fp32 | bf16")
+    p.add_argument("--compile", action="store_true", help="also time the training cases with lmforge's model "
+                                                          "under torch.compile")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case, after warm-up")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--smoke", action="store_true", help="the tiniest shapes, one round, no all-starts fit reference: checks the harness runs")
@@ -21,28 +28,33 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     import torch
 
+    from lmforge import device as dev
     from lmforge.accounting import device_peak
     from lmforge.bench import format_table, system_info, write_report
     from lmforge.bench.harness import LoadMonitor
     from lmforge.errors import ConfigError
 
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    device = dev.resolve_device(args.device)
+    dtype = dev.resolve_dtype(args.dtype, device)
+    default = [c for c in CASES if device.type == "cuda" or c not in GPU_ONLY]
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else default
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ConfigError(f"--cases: unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 1 if args.smoke else args.rounds
-    peak = device_peak("cuda" if torch.cuda.is_available() else "cpu")
+    peak = device_peak(device)  # the CPU's measured here; a GPU's from the device table (dense bf16)
     info = system_info()
-    info["peak_flops"] = peak
+    info.update(peak_flops=peak, bench_device=str(device), bench_dtype=str(dtype).removeprefix("torch."))
+    where = f"GPU {info['gpu']}, table peak" if device.type == "cuda" else "measured peak"
     print(f"{info['date']}  {info['processor']}  {info['cpus']} CPUs, torch {info['torch']} "
-          f"({info['torch_threads']} threads), transformers {info['transformers']}; "
-          f"measured peak {peak / 1e9:.1f} GFLOP/s" if peak else "")
+          f"({info['torch_threads']} threads), transformers {info['transformers']}; {dev.describe(device, dtype)}; "
+          + (f"{where} {peak / 1e12:.4g} TFLOP/s" if peak else "no peak known for this device"))
     results = []
     with LoadMonitor() as load:
         for case in cases:
-            for result in _run(case, rounds, peak, args.smoke):
+            for result in _run(case, rounds, peak, args.smoke, device, dtype, args.compile):
                 results.append(result)
                 print(format_table([result]).splitlines()[-1], flush=True)
     info["other_processes_load_cores"] = load.other_cores
@@ -57,14 +69,15 @@ def run(args) -> None:
     print(json.dumps({r.name: round(r.ratio, 3) for r in results if r.ratio}, indent=None))
 
 
-def _run(case: str, rounds: int, peak: float | None, smoke: bool) -> list:
+def _run(case: str, rounds: int, peak: float | None, smoke: bool, device, dtype, compile: bool) -> list:
     from lmforge.bench import inference, pipeline, training
 
     if case.startswith("train-"):
-        key = "smoke" if smoke else {"train-tiny": "gpt-tiny", "train-small": "gpt-small", "train-bert": "bert-mlm"}[case]
-        return [training.train_case(key, rounds, peak)]
+        key = "smoke" if smoke else TRAIN_SHAPES[case]
+        return [training.train_case(key, rounds, peak, compiled, device, dtype)
+                for compiled in ((False, True) if compile else (False,))]
     if case in ("generate", "score"):
-        ours, hf = inference.models(smoke)
+        ours, hf = inference.models(smoke, device, dtype)
         if case == "score":
             return [inference.scoring_case(ours, hf, *((4, 32) if smoke else (32, 256)), rounds=rounds, peak=peak)]
         new_tokens = 8 if smoke else 200

@@ -42,6 +42,11 @@ def setup(device: torch.device) -> DistInfo:
     if world <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda" and local_world > torch.cuda.device_count():  # NCCL needs a GPU per rank
+        raise ConfigError(f"torchrun started {local_world} processes on this node but it has "
+                          f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node {torch.cuda.device_count()}, "
+                          "or --train.device cpu to run the ranks on the CPU")
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
