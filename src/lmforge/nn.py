@@ -105,13 +105,14 @@ class KVCache:
 
 
 def attention_mask_4d(key_mask: torch.Tensor | None, q_len: int, k_len: int, causal: bool,
-                      past: int = 0) -> torch.Tensor | None:
-    """Boolean (B or 1, 1, T, S) mask, True where a query may attend.
+                      past: int = 0, device: torch.device | None = None) -> torch.Tensor | None:
+    """Boolean (B or 1, 1, T, S) mask, True where a query may attend, on ``key_mask``'s device (else
+    ``device``).
 
     ``key_mask`` (B, S) marks real (1) and padding (0) keys. A query always sees itself, so a
     padding query never has an all-masked row (which would give NaN); its output is ignored.
     """
-    device = key_mask.device if key_mask is not None else None
+    device = key_mask.device if key_mask is not None else device
     q_pos = torch.arange(past, past + q_len, device=device)
     k_pos = torch.arange(k_len, device=device)
     if causal:
@@ -188,7 +189,7 @@ class Attention(nn.Module):
         if need_weights:  # the explicit path: same outputs, and the probabilities to look at
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
             if is_causal:
-                mask = attention_mask_4d(None, T, k.shape[2], causal=True, past=k.shape[2] - T)
+                mask = attention_mask_4d(None, T, k.shape[2], causal=True, past=k.shape[2] - T, device=q.device)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.softmax(dim=-1)
@@ -365,7 +366,7 @@ class TransformerStack(nn.Module):
             if past == 0:
                 is_causal = True
             else:  # a chunk appended to a cache
-                mask = attention_mask_4d(None, T, k_len, True, past)
+                mask = attention_mask_4d(None, T, k_len, True, past, device=input_ids.device)
         elif attention_mask is not None:
             mask = attention_mask_4d(attention_mask, T, k_len, self.causal, past)
         ctx_mask = None

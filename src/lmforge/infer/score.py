@@ -95,8 +95,11 @@ def _as_tensor(seq) -> torch.Tensor:
     return torch.as_tensor(list(seq), dtype=torch.long)
 
 
-def _chunk_rows(vocab: int) -> int:
-    return max(64, (1 << 22) // max(vocab, 1))  # about 16 MB of fp32 logits per chunk
+def _chunk_rows(vocab: int, device: torch.device | None = None) -> int:
+    """Rows of logits per chunk: about 16 MB of fp32 on a CPU (they stay in cache), 1 GB on a GPU
+    (few kernel launches; the memory is there)."""
+    elements = 1 << 28 if device is not None and device.type == "cuda" else 1 << 22
+    return max(64, elements // max(vocab, 1))
 
 
 def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, chunk: int | None = None) -> torch.Tensor:
@@ -105,7 +108,7 @@ def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, chunk: int 
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     if hidden.shape[0] == 0:
         return out
-    chunk = chunk or _chunk_rows(getattr(head, "out_features", 32768))
+    chunk = chunk or _chunk_rows(getattr(head, "out_features", 32768), hidden.device)
     for i in range(0, hidden.shape[0], chunk):
         logits = head(hidden[i:i + chunk]).float()
         t = targets[i:i + chunk, None]
@@ -116,7 +119,7 @@ def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, chunk: int 
 def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """log P(target) from (M, V) logits, in chunks."""
     out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    chunk = chunk or _chunk_rows(logits.shape[-1])
+    chunk = chunk or _chunk_rows(logits.shape[-1], logits.device)
     for i in range(0, logits.shape[0], chunk):
         lg = logits[i:i + chunk].float()
         out[i:i + chunk] = lg.gather(1, targets[i:i + chunk, None]).squeeze(1) - torch.logsumexp(lg, dim=-1)
@@ -311,7 +314,7 @@ def pseudo_log_likelihood(model, sequences: Sequence, mask_id: int | None = None
             attn = None if bool(mask.all()) else mask.to(device)
             if enc is not None and mlm is not None:
                 h = enc(ids, attn).last_hidden_state[rows, cols]
-                lp = head_logprobs(h, tgts, mlm, _chunk_rows(cfg.vocab_size))
+                lp = head_logprobs(h, tgts, mlm, _chunk_rows(cfg.vocab_size, device))
             else:
                 lp = logits_logprobs(model(ids, attn).logits[rows, cols], tgts)
             for (i, p), v in zip(batch, lp.cpu().tolist()):

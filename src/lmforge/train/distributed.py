@@ -145,9 +145,14 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, strategy:
         except ImportError:  # torch < 2.6
             from torch.distributed._composable.fsdp import fully_shard
 
+        from torch.distributed.device_mesh import init_device_mesh
+
+        # the mesh on the training device: left to itself FSDP2 takes the accelerator whenever one
+        # is present, also for ranks that train on the CPU
+        mesh = init_device_mesh(device.type, (info.world_size,))
         for block in transformer_blocks(model):  # one all-gather per block, then the rest at the root
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
     train_model = torch.compile(model) if compile else model
     if info.enabled and strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
