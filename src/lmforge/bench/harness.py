@@ -146,10 +146,11 @@ def _fmt(v: float | None, spec: str = ".3g") -> str:
 
 
 def format_table(results: list[CaseResult]) -> str:
-    head = f"{'case':<34} {'unit/s':>8} {'lmforge':>10} {'ref':>10} {'ratio':>6} {'MFU':>6} {'ref MFU':>7}  check"
+    w = max([34] + [len(r.name) for r in results])
+    head = f"{'case':<{w}} {'unit/s':>8} {'lmforge':>10} {'ref':>10} {'ratio':>6} {'MFU':>6} {'ref MFU':>7}  check"
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.name:<34} {r.unit:>8} {_fmt(r.ours_rate):>10} {_fmt(r.ref_rate):>10} "
+        lines.append(f"{r.name:<{w}} {r.unit:>8} {_fmt(r.ours_rate):>10} {_fmt(r.ref_rate):>10} "
                      f"{_fmt(r.ratio, '.2f'):>6} {_fmt(r.mfu and 100 * r.mfu, '.0f') + ('%' if r.mfu else ''):>6} "
                      f"{_fmt(r.ref_mfu and 100 * r.ref_mfu, '.0f') + ('%' if r.ref_mfu else ''):>7}  {r.check}")
     return "\n".join(lines)
