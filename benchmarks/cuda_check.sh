@@ -51,5 +51,5 @@ $PY -m lmforge generate runs/shakespeare-gpt/best --prompt "ROMEO:" --max-new-to
 $PY -m lmforge score runs/shakespeare-gpt/best --text "To be, or not to be, that is the question" 2>&1 | tail -3
 
 step "the whole suite with the GPU visible"
-timeout 200 $PY -m pytest -q -p no:cacheprovider -n 12 -rfE 2>&1 | tail -40 | tee "$OUT/suite.txt"
+timeout 200 $PY -m pytest -q -p no:cacheprovider -n 12 -rfE 2>&1 | tee "$OUT/suite.txt" | tail -40
 step done

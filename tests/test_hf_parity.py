@@ -146,3 +146,37 @@ def _write_hf_dir(d, config):
     (d / "config.json").write_text(json.dumps(config))
     (d / "model.safetensors").write_bytes(b"")
     return d
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_training_follows_hf_step_by_step(family):
+    """Ten AdamW steps from the same weights on the same batches: lmforge's losses (MLM + NSP for
+    BERT, with padding) stay equal to HF's, so gradients, loss composition and masking agree."""
+    cls, config_cls, cfgs = CASES[family]
+    no_dropout = (dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0) if family == "gpt2" else
+                  dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    torch.manual_seed(0)
+    hf = cls(config_cls(**cfgs[0], **no_dropout)).train()
+    ours = from_hf(hf).train()
+    vocab = ours.config.vocab_size
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=3e-3, weight_decay=0.0)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(10):
+        x, mask = _batch(vocab, B=4, T=12, lengths=(12, 9, 12, 5))
+        if family == "gpt2":
+            hf_labels = x.masked_fill(mask == 0, -100)  # HF shifts inside
+            ours_kw = dict(labels=torch.cat([hf_labels[:, 1:], torch.full_like(x[:, :1], -100)], 1))
+            hf_out = hf(input_ids=x, attention_mask=mask, labels=hf_labels)
+        else:
+            labels = torch.where((torch.rand(x.shape) < 0.3) & (mask == 1), x, torch.full_like(x, -100))
+            tt = torch.zeros_like(x)
+            tt[:, 6:] = 1
+            nsp = torch.randint(0, 2, (4,))
+            ours_kw = dict(token_type_ids=tt, labels=labels, next_sentence_label=nsp)
+            hf_out = hf(input_ids=x, attention_mask=mask, token_type_ids=tt, labels=labels, next_sentence_label=nsp)
+        ours_out = ours(x, attention_mask=mask, **ours_kw)
+        assert ours_out.loss.item() == pytest.approx(hf_out.loss.item(), abs=1e-4), step
+        for model, out, opt in ((hf, hf_out, opt_hf), (ours, ours_out, opt_ours)):
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
