@@ -835,16 +835,16 @@ def generate(
         chunk = encoded[start:start + bs]
         ids, mask = pad_batch(chunk, pad, "left" if arch == "decoder" else "right", device)
         trackers = [_TextTracker(tokenizer, stop, eos) for _ in chunk]
-        callback = None
-        if num_beams == 1 and (stream is not None or stop):
-            def callback(step, tokens, trackers=trackers, offset=start):
-                stops = []
-                for j, (tr, t) in enumerate(zip(trackers, tokens.tolist())):
-                    delta = tr.add(t)
-                    if delta and stream is not None:
-                        stream(offset + j, delta)
-                    stops.append(tr.stopped)
-                return stops
+        def follow(step, tokens, trackers=trackers, offset=start):  # stream text, stop at stop strings
+            stops = []
+            for j, (tr, t) in enumerate(zip(trackers, tokens.tolist())):
+                delta = tr.add(t)
+                if delta and stream is not None:
+                    stream(offset + j, delta)
+                stops.append(tr.stopped)
+            return stops
+
+        callback = follow if num_beams == 1 and (stream is not None or stop) else None
         out = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
                            temperature=temperature, top_k=top_k, top_p=top_p,
                            repetition_penalty=repetition_penalty, num_beams=num_beams,
