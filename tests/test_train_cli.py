@@ -86,6 +86,23 @@ def test_run_directory_layout(reference):
         .config.vocab_size
 
 
+def test_causal_pretraining_makes_eos_the_text_start(reference):
+    """The causal stream separates documents with EOS and never holds BOS: scoring, generation and
+    completion fine-tuning of the trained model put EOS in front of a text, not the untrained BOS."""
+    from lmforge.finetune.tasks import encode_completion
+    from lmforge.infer import load_for_inference
+    from lmforge.infer.generate import encode_prompt
+    from lmforge.infer.score import encode_for_decoder, text_start_id
+
+    model, tok = load_for_inference(reference / "best", "cpu")
+    assert tok.bos_id is not None and tok.eos_id != tok.bos_id
+    assert model.config.text_start_id == tok.eos_id == text_start_id(tok, model)
+    assert encode_for_decoder(tok, "Speak", model=model) == [tok.eos_id, *tok.encode("Speak")]
+    assert encode_prompt(tok, "Speak", model)[0] == tok.eos_id
+    assert encode_completion(tok, "Speak", "ALL", 16, text_start_id(tok, model)).input_ids[0] == tok.eos_id
+    assert encode_for_decoder(tok, "Speak")[0] == tok.bos_id  # without the model: BOS, as before
+
+
 def test_resuming_a_finished_run_gives_its_final_evaluation(reference, tmp_path):
     """A run that finished but whose result was not collected (a sweep stopped meanwhile) resumes
     to "nothing to do" and returns the final evaluation it logged."""

@@ -211,6 +211,9 @@ class ModelConfig(ConfigBase):
     cls_id: int | None = None
     sep_id: int | None = None
     decoder_start_id: int | None = None
+    # decoder: the token a text follows when it is scored or generated from (None: the tokenizer's
+    # BOS). lmforge's causal pretraining sets its document separator, EOS: the model never saw BOS.
+    text_start_id: int | None = None
     init_std: float = 0.02
 
     # ---- derived fields -------------------------------------------------------------
@@ -290,7 +293,7 @@ class ModelConfig(ConfigBase):
                 raise ConfigError(f"{name}: must be in [0, 1), got {v}")
         if self.arch != "encoder" and self.nsp_head:
             raise ConfigError("nsp_head: only an encoder has a next-sentence head; set nsp_head=false")
-        for name in ("pad_id", "bos_id", "eos_id", "mask_id", "cls_id", "sep_id", "decoder_start_id"):
+        for name in ("pad_id", "bos_id", "eos_id", "mask_id", "cls_id", "sep_id", "decoder_start_id", "text_start_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
                 raise ConfigError(f"{name}: {v} is outside the vocabulary [0, {self.vocab_size})")

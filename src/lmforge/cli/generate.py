@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (> 1: beam search)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = sum logprob / length ** this")
     p.add_argument("--batch-size", type=int, help="prompts per batch (default: all)")
-    p.add_argument("--no-bos", action="store_true", help="do not put BOS in front of decoder prompts")
+    p.add_argument("--no-bos", action="store_true", help="do not put the start token (the model's text start, else BOS) in front of decoder prompts")
     p.add_argument("--no-stream", action="store_true", help="print each completion when done")
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")

@@ -31,10 +31,10 @@ def add_arguments(p) -> None:
     p.add_argument("--window", type=int, help="decoder: tokens per window (default: the model's context)")
     p.add_argument("--stride", type=int, help="decoder: new tokens per window after the first (default: window // 2)")
     p.add_argument("--batch-size", type=int, default=16, help="windows (or masked copies) per forward pass")
-    p.add_argument("--start", choices=["bos", "eos", "none"], default="bos",
-                   help="decoder: token put in front of each text so its first token is scored: bos (default, when "
-                        "the tokenizer has one), eos (the document separator of lmforge's training data) or none "
-                        "(the first token is then not scored)")
+    p.add_argument("--start", choices=["auto", "bos", "eos", "none"], default="auto",
+                   help="decoder: token put in front of each text so its first token is scored: auto (default: the "
+                        "token the model's texts followed in training, EOS for a model lmforge pretrained, else "
+                        "BOS when the tokenizer has one), bos, eos or none (the first token is then not scored)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)")
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--per-token", action="store_true", help="jsonl: add token ids, token strings and log-probs")
@@ -86,6 +86,7 @@ def _read_inputs(args, arch: str) -> list[tuple[str, object]]:
 
 def run(args) -> int:
     from lmforge.infer import load_for_inference, score, summarize
+    from lmforge.infer.score import text_start_id
 
     model, tok = load_for_inference(args.model, args.device, args.dtype)
     arch = model.config.arch
@@ -94,10 +95,12 @@ def run(args) -> int:
         raise LMForgeError("--window / --stride apply to decoders only (encoders and encoder-decoders score whole "
                            "texts)")
     start_id = None
-    if args.start == "eos" and arch == "decoder":
-        start_id = tok.eos_id if tok.eos_id is not None else model.config.eos_id
+    if args.start in ("bos", "eos") and arch == "decoder":
+        name = f"{args.start}_id"
+        start_id = getattr(tok, name) if getattr(tok, name) is not None else getattr(model.config, name)
         if start_id is None:
-            raise LMForgeError("--start eos: the tokenizer has no EOS token; use --start bos or none")
+            raise LMForgeError(f"--start {args.start}: the tokenizer has no {args.start.upper()} token; "
+                               "use --start auto or none")
     results = score(model, tok, [x for _, x in items], window=args.window, stride=args.stride,
                     batch_size=args.batch_size, progress=False if args.no_progress else None,
                     add_bos=False if args.start == "none" else None, start_id=start_id)
@@ -122,7 +125,7 @@ def run(args) -> int:
     s = summarize(results)
     bpb = f", {s['bits_per_byte']:.4f} bits/byte" if s["bits_per_byte"] is not None else ""
     what = {"decoder": "perplexity", "encoder": "pseudo-perplexity", "encoder-decoder": "perplexity of targets"}[arch]
-    unscored = arch == "decoder" and (args.start == "none" or (args.start == "bos" and tok.bos_id is None))
+    unscored = arch == "decoder" and (args.start == "none" or (args.start == "auto" and text_start_id(tok, model) is None))
     first = " (the first token of each text has no context and is not scored)" if unscored else ""
     print(f"{s['texts']} texts, {s['n_tokens']} tokens scored{first}: {what} {s['perplexity']:.4f}, "
           f"{s['nll']:.4f} nats/token{bpb}", file=sys.stderr)

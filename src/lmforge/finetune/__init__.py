@@ -174,8 +174,10 @@ def _pad_id(tok) -> int:
 # Task data and task models
 
 
-def load_task_data(cfg: FinetuneConfig, tokenizer, arch: str, max_len: int) -> tuple[TaskDataset, TaskDataset]:
-    """(train, validation) datasets for ``cfg``; every row is checked before anything trains."""
+def load_task_data(cfg: FinetuneConfig, tokenizer, arch: str, max_len: int,
+                   start_id: int | None = None) -> tuple[TaskDataset, TaskDataset]:
+    """(train, validation) datasets for ``cfg``; every row is checked before anything trains.
+    ``start_id``: the token before a completion prompt (the model's start token)."""
     if cfg.train_file == GENRE_SOURCE:
         train_rows, val_rows = genre_rows(cfg.passage_chars, cfg.max_per_class, cfg.val_per_play, seed=cfg.train.seed)
         train = encode_rows(train_rows, "classify", tokenizer, arch, max_len)
@@ -183,11 +185,11 @@ def load_task_data(cfg: FinetuneConfig, tokenizer, arch: str, max_len: int) -> t
     if not cfg.train_file or not cfg.val_file:
         raise ConfigError("train_file / val_file: give both task files (--train F --val F), "
                           f"or --train {GENRE_SOURCE}")
-    train = load_task(cfg.train_file, cfg.task, tokenizer, arch, max_len)
+    train = load_task(cfg.train_file, cfg.task, tokenizer, arch, max_len, start_id=start_id)
     if cfg.task == "classify" and len(train.label_names) < 2:
         raise ConfigError(f"{cfg.train_file}: only one label ({train.label_names[0]!r}); "
                           "a classifier needs two or more")
-    return train, load_task(cfg.val_file, cfg.task, tokenizer, arch, max_len, train.label_names)
+    return train, load_task(cfg.val_file, cfg.task, tokenizer, arch, max_len, train.label_names, start_id)
 
 
 def build_task_model(task: str, backbone: nn.Module, label_names: list[str] | None = None) -> nn.Module:
@@ -346,7 +348,10 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
         raise ConfigError("finetune: pass the tokenizer with the model")
     arch = model.config.arch
     max_len = min(cfg.max_len, model.config.max_positions)
-    train_data, val_data = load_task_data(cfg, tokenizer, arch, max_len)
+    from lmforge.infer.score import text_start_id
+
+    start = text_start_id(tokenizer, model) if arch == "decoder" else None
+    train_data, val_data = load_task_data(cfg, tokenizer, arch, max_len, start)
     log(f"task {cfg.task}: {len(train_data):,} training and {len(val_data):,} validation examples"
         + (f", labels {', '.join(train_data.label_names)}" if train_data.label_names else ""))
 

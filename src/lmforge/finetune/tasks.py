@@ -226,11 +226,13 @@ def encode_seq2seq(tokenizer, source: str, target: str, max_len: int) -> Example
     return Example(src, tgt)
 
 
-def encode_completion(tokenizer, prompt: str, completion: str, max_len: int) -> Example:
-    """Prompt and completion as one sequence; labels (aligned with the logits) are the next tokens
-    of the completion and -100 over the prompt. A prompt too long is cut from the left."""
-    bos, eos = _special(tokenizer, "bos_id"), _special(tokenizer, "eos_id")
-    p = ([bos] if bos is not None else []) + _plain_ids(tokenizer, prompt)
+def encode_completion(tokenizer, prompt: str, completion: str, max_len: int, start_id: int | None = None) -> Example:
+    """``start_id`` (default: BOS), prompt and completion as one sequence; labels (aligned with the
+    logits) are the next tokens of the completion and -100 over the prompt. A prompt too long is
+    cut from the left."""
+    start = start_id if start_id is not None else _special(tokenizer, "bos_id")
+    eos = _special(tokenizer, "eos_id")
+    p = ([start] if start is not None else []) + _plain_ids(tokenizer, prompt)
     c = _plain_ids(tokenizer, completion) + ([eos] if eos is not None else [])
     c = c[: max_len]  # the sequence is max_len + 1 tokens: inputs drop the last, labels the first
     p = p[max(0, len(p) - (max_len + 1 - len(c))):] if len(p) + len(c) > max_len + 1 else p
@@ -242,8 +244,10 @@ def encode_completion(tokenizer, prompt: str, completion: str, max_len: int) -> 
 
 
 def encode_rows(rows: list[dict], task: str, tokenizer, arch: str, max_len: int,
-                label_names: list[str] | None = None) -> TaskDataset:
-    """Tokenise checked rows. ``label_names`` (classify): the class names in id order."""
+                label_names: list[str] | None = None, start_id: int | None = None) -> TaskDataset:
+    """Tokenise checked rows. ``label_names`` (classify): the class names in id order; ``start_id``
+    (completion): the token before each prompt (default BOS; the model's start token, so that
+    training and generation agree)."""
     if arch not in TASK_ARCHS[task]:
         raise ConfigError(f"task: {task!r} needs a model of kind {' or '.join(TASK_ARCHS[task])}, "
                           f"got an {arch}")
@@ -258,15 +262,16 @@ def encode_rows(rows: list[dict], task: str, tokenizer, arch: str, max_len: int,
     if task == "seq2seq":
         return TaskDataset(task, [encode_seq2seq(tokenizer, r["source"], r["target"], max_len) for r in rows],
                            sources=[r["source"] for r in rows], references=[r["target"] for r in rows])
-    return TaskDataset(task, [encode_completion(tokenizer, r["prompt"], r["completion"], max_len) for r in rows],
+    return TaskDataset(task, [encode_completion(tokenizer, r["prompt"], r["completion"], max_len, start_id)
+                              for r in rows],
                        sources=[r["prompt"] for r in rows], references=[r["completion"] for r in rows])
 
 
 def load_task(path: str | Path, task: str, tokenizer, arch: str, max_len: int,
-              label_names: list[str] | None = None) -> TaskDataset:
+              label_names: list[str] | None = None, start_id: int | None = None) -> TaskDataset:
     """Check and tokenise a task file. Pass the training ``label_names`` for a validation file."""
     rows = check_rows(path, task, label_names)
-    return encode_rows(rows, task, tokenizer, arch, max_len, label_names)
+    return encode_rows(rows, task, tokenizer, arch, max_len, label_names, start_id)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def attention_map(model, tokenizer, text, layer: int = -1, head: int | None = No
     model.eval()
     try:
         if arch == "decoder":
-            ids = _ids(tokenizer, text, lambda t: encode_for_decoder(tokenizer, t))
+            ids = _ids(tokenizer, text, lambda t: encode_for_decoder(tokenizer, t, model=model))
             x = torch.tensor([ids], device=device)
             _check_len(model, len(ids))
             atts = model(x, output_attentions=True).attentions

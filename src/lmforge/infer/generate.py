@@ -697,13 +697,11 @@ def _special_id(tokenizer, name: str, model=None):
 
 
 def encode_prompt(tokenizer, text: str, model, add_bos: bool | None = None) -> list[int]:
-    """Prompt ids for a decoder: BOS first when the tokenizer has one (and ``add_bos`` is not False)."""
-    ids = list(tokenizer.encode(text))
-    bos = _special_id(tokenizer, "bos_id")
-    if add_bos is None:
-        add_bos = bos is not None
-    if add_bos and bos is not None and (not ids or ids[0] != bos):
-        ids = [bos] + ids
+    """Prompt ids for a decoder: the start token first (the model's ``text_start_id``, else BOS;
+    see :func:`~lmforge.infer.score.text_start_id`) when there is one and ``add_bos`` is not False."""
+    from lmforge.infer.score import encode_for_decoder
+
+    ids = encode_for_decoder(tokenizer, text, False if add_bos is False else None, model=model)
     if not ids:
         eos = _special_id(tokenizer, "eos_id", model)
         if eos is None:
@@ -803,8 +801,8 @@ def generate(
     ``top_p`` / ``repetition_penalty`` from a generator seeded with ``seed``. ``num_beams > 1`` is
     beam search. ``stop``: strings that end a completion (not included in its text).
     ``stream(i, text)`` receives prompt i's new text as it is generated (not with beam search).
-    Decoder prompts start with BOS when the tokenizer has one (``add_bos``), are left-padded and
-    run in batches of ``batch_size`` (default: all at once).
+    Decoder prompts start with the model's start token (:func:`encode_prompt`; ``add_bos=False``
+    leaves it out), are left-padded and run in batches of ``batch_size`` (default: all at once).
     """
     if isinstance(prompts, str):
         prompts = [prompts]

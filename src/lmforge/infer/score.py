@@ -398,20 +398,29 @@ def _tok_special(tokenizer, model, name: str):
     return v if v is not None else getattr(model.config, name, None)
 
 
-def encode_for_decoder(tokenizer, text: str, add_bos: bool | None = None, start_id: int | None = None) -> list[int]:
-    """Ids of ``text`` with the start token in front: ``start_id`` if given, else the tokenizer's
-    BOS (unless ``add_bos`` is False; None: when there is one)."""
+def text_start_id(tokenizer, model=None) -> int | None:
+    """The token a decoder's text follows: the model's ``text_start_id`` (set by lmforge's causal
+    pretraining to EOS, its document separator), else the tokenizer's BOS; None when neither."""
+    start = getattr(getattr(model, "config", None), "text_start_id", None)
+    return start if start is not None else getattr(tokenizer, "bos_id", None)
+
+
+def encode_for_decoder(tokenizer, text: str, add_bos: bool | None = None, start_id: int | None = None,
+                       model=None) -> list[int]:
+    """Ids of ``text`` with the start token in front: ``start_id`` if given, else
+    :func:`text_start_id` (unless ``add_bos`` is False; None: when there is one)."""
     ids = list(tokenizer.encode(text))
     if start_id is not None:
         return [int(start_id)] + ids
-    bos = getattr(tokenizer, "bos_id", None)
-    if add_bos is None:
-        add_bos = bos is not None
-    if add_bos:
-        if bos is None:
+    if add_bos is False:
+        return ids
+    start = text_start_id(tokenizer, model)
+    if start is None:
+        if add_bos:
             raise LMForgeError("add_bos=True but the tokenizer has no BOS token")
-        if not ids or ids[0] != bos:
-            ids = [bos] + ids
+        return ids
+    if not ids or ids[0] != start:
+        ids = [start] + ids
     return ids
 
 
@@ -449,9 +458,10 @@ def score(model, tokenizer, texts: str | Sequence, window: int | None = None, st
     EOS when the tokenizer / model has one; ``add_eos=False`` leaves it off the target). Bits per byte counts the UTF-8 bytes of
     the scored text (the target for pairs).
 
-    Decoder start token: BOS when the tokenizer has one (``add_bos=False`` to leave it out: then
-    the first token is not scored); ``start_id`` puts another token in front instead, e.g. the
-    EOS that separated documents in training.
+    Decoder start token: the model's ``text_start_id`` (EOS for a model lmforge pretrained: the
+    token that preceded every document in training), else BOS when the tokenizer has one
+    (``add_bos=False`` leaves it out: then the first token is not scored); ``start_id`` puts
+    another token in front instead.
     """
     arch = _arch(model)
     if isinstance(texts, str):
@@ -464,7 +474,7 @@ def score(model, tokenizer, texts: str | Sequence, window: int | None = None, st
         for t in texts:
             if not isinstance(t, str):
                 raise LMForgeError("a decoder scores strings; give a list of texts")
-        seqs = [encode_for_decoder(tokenizer, t, add_bos, start_id) for t in texts]
+        seqs = [encode_for_decoder(tokenizer, t, add_bos, start_id, model) for t in texts]
         res = score_ids(model, seqs, window, stride, batch_size, progress)
     elif arch == "encoder":
         seqs = [encode_for_encoder(tokenizer, t, model) for t in texts]

@@ -74,7 +74,7 @@ def with_dataset(base, log=print):
     from lmforge.train.run import dataset_dir, fit_model_to_tokenizer, prepare_dataset
 
     dataset = prepare_dataset(base, D.setup(resolve_device(base.train.device)), log)
-    return base.replace(model=fit_model_to_tokenizer(base.model, dataset.tokenizer),
+    return base.replace(model=fit_model_to_tokenizer(base.model, dataset.tokenizer, base.data.objective),
                         data={**base.data.to_dict(), "path": str(dataset_dir(base))})
 
 

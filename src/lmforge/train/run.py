@@ -69,12 +69,16 @@ def prepare_dataset(cfg: RunConfig, info: D.DistInfo, log: Callable[[str], None]
     return dataset
 
 
-def fit_model_to_tokenizer(model: ModelConfig, tokenizer) -> ModelConfig:
-    """The model config with the tokenizer's vocabulary size and special-token ids."""
+def fit_model_to_tokenizer(model: ModelConfig, tokenizer, objective: str | None = None) -> ModelConfig:
+    """The model config with the tokenizer's vocabulary size and special-token ids; for a decoder
+    pretrained on the causal stream, where documents are separated by EOS and BOS never occurs,
+    EOS becomes the token that texts start after (``text_start_id``) in scoring and generation."""
     ids = {name: getattr(tokenizer, f"{name}_id", None) for name in ("pad", "bos", "eos", "mask", "cls", "sep")}
     changes = {"vocab_size": tokenizer.vocab_size, **{f"{k}_id": v for k, v in ids.items()}}
     if model.arch == "encoder-decoder":  # as the span / infill samplers do: the decoder starts from pad
         changes["decoder_start_id"] = ids["pad"] if ids["pad"] is not None else ids["bos"]
+    if model.arch == "decoder" and objective == "causal" and ids["eos"] is not None:
+        changes["text_start_id"] = ids["eos"]
     return model.replace(**changes)
 
 
@@ -149,7 +153,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
     dataset = prepare_dataset(cfg, info, say)
     tokenizer = dataset.tokenizer
-    cfg = cfg.replace(model=fit_model_to_tokenizer(cfg.model, tokenizer))
+    cfg = cfg.replace(model=fit_model_to_tokenizer(cfg.model, tokenizer, cfg.data.objective))
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh start: no log lines or plots of an earlier attempt
