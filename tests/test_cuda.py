@@ -24,6 +24,8 @@ from lmforge.train import Trainer  # noqa: E402
 from lmforge.train import checkpoint as ckpt  # noqa: E402
 
 CUDA = torch.device("cuda")
+needs_bf16 = pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(),
+                                reason="needs a GPU with bf16 (compute capability 8.0+)")
 
 
 @pytest.fixture
@@ -62,6 +64,7 @@ def test_parity_with_hf_on_the_gpu(family, exact_fp32):
         assert _masked_max(a - b, m) <= 1e-4
 
 
+@needs_bf16
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "bart"])
 def test_bf16_autocast_error_is_hfs_own(family, exact_fp32):
     """Under bf16 autocast both libraries round; lmforge's distance from the fp32 outputs is no
@@ -71,6 +74,7 @@ def test_bf16_autocast_error_is_hfs_own(family, exact_fp32):
         assert ours_err <= 2 * hf_err + 2e-2, (ours_err, hf_err)
 
 
+@needs_bf16
 def test_bf16_training_uses_fused_adamw_and_fp32_weights():
     batch = Windows(TOKENS, 8, 32).next_batch()
     t = Trainer(_gpt(), _cfg(max_steps=40, lr=3e-3, device="cuda"), Fixed(batch))
@@ -83,6 +87,7 @@ def test_bf16_training_uses_fused_adamw_and_fp32_weights():
     assert last < 0.5 * first  # memorises the batch
 
 
+@needs_bf16  # the flash kernel needs compute capability 8.0+ as well
 def test_causal_attention_runs_on_the_flash_kernel():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

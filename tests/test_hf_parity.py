@@ -180,3 +180,15 @@ def test_training_follows_hf_step_by_step(family):
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
+
+def test_text_start_survives_the_hf_round_trip(tmp_path):
+    """A decoder lmforge pretrained starts texts after EOS; exported to HF and imported again it still does."""
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64,
+                                                              n_positions=16, bos_token_id=1, eos_token_id=2))
+    ours = from_hf(hf)
+    assert ours.config.text_start_id is None  # an HF model: BOS, as trained
+    ours.config = ours.config.replace(text_start_id=2)
+    to_hf(ours, tmp_path / "hf")
+    assert from_hf(tmp_path / "hf").config.text_start_id == 2
+    assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf") is not None  # HF ignores the extra key

@@ -18,11 +18,17 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 
 
+def _local_gpu() -> torch.device:
+    """The GPU of this process: under torchrun the local rank's, else the first."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: the best available accelerator (the local rank's GPU under torchrun), else the CPU."""
+    """``"auto"``: the best available accelerator (the local rank's GPU under torchrun), else the CPU.
+    A plain ``"cuda"`` is the local rank's GPU too."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+            return _local_gpu()
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -32,6 +38,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: CUDA is not available on this machine; use --train.device cpu (or auto)")
+    if device.type == "cuda" and device.index is None:
+        device = _local_gpu()
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device: MPS is not available on this machine; use --train.device cpu (or auto)")
     return device

@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
     p.add_argument("--cases", help=f"comma-separated subset of {', '.join(CASES)} (default: all; "
                                    f"{', '.join(GPU_ONLY)} only on a GPU)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on the CPU) | fp32 | bf16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it, fp32 on the CPU) | fp32 | bf16")
     p.add_argument("--compile", action="store_true", help="also time the training cases with lmforge's model "
                                                           "under torch.compile")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case, after warm-up")
@@ -36,6 +36,9 @@ def run(args) -> None:
 
     device = dev.resolve_device(args.device)
     dtype = dev.resolve_dtype(args.dtype, device)
+    if dtype == torch.float16:  # what auto gives on a GPU without bf16
+        raise ConfigError("--dtype: the benchmark times bf16 or fp32 (fp16 training needs loss scaling); "
+                          "this GPU has no bf16: use --dtype fp32")
     default = [c for c in CASES if device.type == "cuda" or c not in GPU_ONLY]
     cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else default
     unknown = [c for c in cases if c not in CASES]
@@ -44,7 +47,8 @@ def run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 1 if args.smoke else args.rounds
-    peak = device_peak(device)  # the CPU's measured here; a GPU's from the device table (dense bf16)
+    # the CPU's peak measured here; a GPU's from the device table, dense bf16 (no MFU for fp32 there)
+    peak = device_peak(device) if device.type != "cuda" or dtype != torch.float32 else None
     info = system_info()
     info.update(peak_flops=peak, bench_device=str(device), bench_dtype=str(dtype).removeprefix("torch."))
     where = f"GPU {info['gpu']}, table peak" if device.type == "cuda" else "measured peak"

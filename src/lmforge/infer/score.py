@@ -98,7 +98,9 @@ def _as_tensor(seq) -> torch.Tensor:
 def _chunk_rows(vocab: int, device: torch.device | None = None) -> int:
     """Rows of logits per chunk: about 16 MB of fp32 on a CPU (they stay in cache), 1 GB on a GPU
     (few kernel launches; the memory is there)."""
-    elements = 1 << 28 if device is not None and device.type == "cuda" else 1 << 22
+    elements = 1 << 22
+    if device is not None and device.type == "cuda":  # ~3 fp32 copies live at once: stay within 1/16 of free memory
+        elements = min(1 << 28, torch.cuda.mem_get_info(device)[0] // 16)
     return max(64, elements // max(vocab, 1))
 
 
@@ -408,7 +410,8 @@ def text_start_id(tokenizer, model=None) -> int | None:
 def encode_for_decoder(tokenizer, text: str, add_bos: bool | None = None, start_id: int | None = None,
                        model=None) -> list[int]:
     """Ids of ``text`` with the start token in front: ``start_id`` if given, else
-    :func:`text_start_id` (unless ``add_bos`` is False; None: when there is one)."""
+    :func:`text_start_id` (the model's start token, else BOS). ``add_bos``: False leaves the start
+    token out; None puts it in when there is one; True insists on one."""
     ids = list(tokenizer.encode(text))
     if start_id is not None:
         return [int(start_id)] + ids

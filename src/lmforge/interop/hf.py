@@ -171,6 +171,9 @@ def _act(name: str) -> str:
     return _HF_ACT[name]
 
 
+TEXT_START_KEY = "lmforge_text_start_id"  # an extra HF config key: the token texts start after
+
+
 def _special(hf: dict, vocab: int, **keys: str) -> dict[str, int]:
     out = {}
     for ours, theirs in keys.items():
@@ -245,6 +248,8 @@ def config_from_hf(hf: dict[str, Any], state_keys: set[str] | None = None) -> tu
                               decoder_start_id="decoder_start_token_id"))
     else:
         raise ConfigError(f"HF model_type {mt!r} is not supported; lmforge converts gpt2, llama, bert, bart, marian")
+    if cfg["arch"] == "decoder":  # written by config_to_hf for a model lmforge pretrained
+        cfg.update(_special(hf, cfg["vocab_size"], text_start_id=TEXT_START_KEY))
     return ModelConfig.from_dict(cfg), mt
 
 
@@ -287,6 +292,8 @@ def config_to_hf(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
         if not bart:
             d["decoder_vocab_size"] = cfg.vocab_size
             d["share_encoder_decoder_embeddings"] = True
+    if cfg.text_start_id is not None:
+        d[TEXT_START_KEY] = cfg.text_start_id
     return d, family
 
 

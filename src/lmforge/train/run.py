@@ -77,7 +77,7 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer, objective: str | None 
     changes = {"vocab_size": tokenizer.vocab_size, **{f"{k}_id": v for k, v in ids.items()}}
     if model.arch == "encoder-decoder":  # as the span / infill samplers do: the decoder starts from pad
         changes["decoder_start_id"] = ids["pad"] if ids["pad"] is not None else ids["bos"]
-    if model.arch == "decoder" and objective == "causal" and ids["eos"] is not None:
+    if model.arch == "decoder" and objective == "causal" and ids["eos"] is not None and model.text_start_id is None:
         changes["text_start_id"] = ids["eos"]
     return model.replace(**changes)
 
