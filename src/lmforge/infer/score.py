@@ -221,26 +221,24 @@ def decoder_token_logprobs(model, sequences: Sequence, window: int | None = None
             batch = items[k:k + batch_size]
             L = max(e - b for _, b, e, _ in batch)
             ids = torch.zeros(len(batch), L, dtype=torch.long)
-            rows, cols, tgts = [], [], []
-            for r, (i, b, e, f) in enumerate(batch):
+            for r, (i, b, e, _) in enumerate(batch):
                 ids[r, :e - b] = seqs[i][b:e]
-                rows.append(torch.full((e - f,), r, dtype=torch.long))
-                cols.append(torch.arange(f - 1 - b, e - 1 - b))
-                tgts.append(seqs[i][f:e])
-            rows_t, cols_t = torch.cat(rows).to(device), torch.cat(cols).to(device)
-            tgt_t = torch.cat(tgts).to(device)
+            # column c predicts token c + 1; a window scores its columns f-1-b .. e-2-b (one mask, no
+            # per-token index lists: the bookkeeping stays small next to a GPU's forward)
+            col = torch.arange(L - 1)
+            first = torch.tensor([f - 1 - b for _, b, _, f in batch])
+            end = torch.tensor([e - 1 - b for _, b, e, _ in batch])
+            scored = ((col >= first[:, None]) & (col < end[:, None])).to(device)  # (R, L-1)
             ids = ids.to(device)
+            tgt = ids[:, 1:][scored]
             if body is not None:
-                h = body(ids).last_hidden_state
-                lp = head_logprobs(h[rows_t, cols_t], tgt_t, head)
+                lp = head_logprobs(body(ids).last_hidden_state[:, :-1][scored], tgt, head)
             else:
-                lp = logits_logprobs(model(ids).logits[rows_t, cols_t], tgt_t)
-            lp = lp.cpu()
-            n = 0
-            for i, b, e, f in batch:
-                results[i][f - 1:e - 1] = lp[n:n + e - f]
-                n += e - f
-            bar.update(n)
+                lp = logits_logprobs(model(ids).logits[:, :-1][scored], tgt)
+            sizes = [e - f for _, _, e, f in batch]
+            for (i, _, e, f), part in zip(batch, lp.cpu().split(sizes)):  # row-major: row by row, in order
+                results[i][f - 1:e - 1] = part
+            bar.update(sum(sizes))
     finally:
         bar.close()
         if was_training:
