@@ -96,10 +96,10 @@ def _as_tensor(seq) -> torch.Tensor:
 
 
 def _chunk_rows(vocab: int, device: torch.device | None = None) -> int:
-    """Rows of logits per chunk: about 16 MB of fp32 on a CPU (they stay in cache), 1 GB on a GPU
-    (few kernel launches; the memory is there)."""
+    """Rows of logits per chunk: about 16 MB of fp32 on a CPU (they stay in cache); on a GPU up to
+    1 GB (few kernel launches), within 1/16 of the free memory (about three fp32 copies live at once)."""
     elements = 1 << 22
-    if device is not None and device.type == "cuda":  # ~3 fp32 copies live at once: stay within 1/16 of free memory
+    if device is not None and device.type == "cuda":
         elements = min(1 << 28, torch.cuda.mem_get_info(device)[0] // 16)
     return max(64, elements // max(vocab, 1))
 
