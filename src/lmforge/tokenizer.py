@@ -28,6 +28,8 @@ import hashlib
 import json
 import os
 import re
+import string
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -293,7 +295,7 @@ def train_tokenizer(
             what = "the 256 byte tokens and " if kind == "bpe" else ""
             raise ConfigError(f"vocab_size: {vocab_size} is too small for {what}{len(specials)} special tokens; "
                               f"use at least {minimum}")
-    stream = _text_stream(texts, errors)
+    stream = _Texts(texts, errors) if kind == "wordpiece" else _text_stream(texts, errors)  # read twice
     hf = _TRAINERS[kind](stream, vocab_size, specials)
     return Tokenizer(hf)
 
@@ -308,6 +310,16 @@ def _text_stream(texts: Iterable[str | os.PathLike], errors: str) -> Iterator[st
             yield clean_text(t, errors)
 
 
+class _Texts:
+    """The training texts as a stream that can be read more than once."""
+
+    def __init__(self, texts: Iterable[str | os.PathLike], errors: str):
+        self.texts, self.errors = list(texts), errors
+
+    def __iter__(self) -> Iterator[str]:
+        return _text_stream(self.texts, self.errors)
+
+
 def _train_bpe(texts: Iterator[str], vocab_size: int, specials: list[str]) -> HFTokenizer:
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # no prefix: exact round trip
@@ -318,7 +330,17 @@ def _train_bpe(texts: Iterator[str], vocab_size: int, specials: list[str]) -> HF
     return hf
 
 
-def _train_wordpiece(texts: Iterator[str], vocab_size: int, specials: list[str]) -> HFTokenizer:
+def _continuing_pieces(texts: Iterable[str]) -> list[str]:
+    """``##c`` for every character that can continue a word under BERT's pre-tokenizer (not
+    whitespace, punctuation or a control character), in code-point order."""
+    chars: set[str] = set()
+    for t in texts:
+        chars.update(t)
+    return ["##" + c for c in sorted(chars)
+            if not (c.isspace() or c in string.punctuation or unicodedata.category(c)[0] in "PC")]
+
+
+def _train_wordpiece(texts: _Texts, vocab_size: int, specials: list[str]) -> HFTokenizer:
     unk = next((s for s in specials if s in ROLE_SPELLINGS["unk"]), None)
     if unk is None:
         raise ConfigError("special_tokens: WordPiece needs an unknown token ([UNK] or <unk>)")
@@ -327,9 +349,16 @@ def _train_wordpiece(texts: Iterator[str], vocab_size: int, specials: list[str])
     hf.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
     hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     hf.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    # HF's trainer numbers the "##c" pieces in hash-map order and breaks ties between equally
+    # frequent merges by those numbers, so two trainings on the same text differed. Listed first
+    # (as special tokens of the trainer only), the pieces get fixed numbers: the same vocabulary
+    # every time.
+    pieces = _continuing_pieces(texts)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials + pieces, show_progress=False)
     hf.train_from_iterator(texts, trainer)
-    return hf
+    state = json.loads(hf.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] in specials]  # ordinary pieces again
+    return HFTokenizer.from_str(json.dumps(state))
 
 
 def _train_unigram(texts: Iterator[str], vocab_size: int, specials: list[str]) -> HFTokenizer:
