@@ -66,3 +66,24 @@ def test_valid_shapes_always_accepted(n_head, mult, kv_div, gated):
                       activation="swiglu" if gated else "gelu")
     assert cfg.head_dim * cfg.n_head == cfg.d_model and cfg.n_head % cfg.kv_heads == 0
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_device_and_dtype_names(monkeypatch):
+    """Device names resolve as documented; with a GPU (faked here) a plain "cuda" under torchrun is
+    the local rank's GPU, as "auto" is."""
+    import torch
+
+    from lmforge.device import resolve_device, resolve_dtype
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    for bad in ("tpu", "cuda:x"):
+        with pytest.raises(ConfigError, match="device"):
+            resolve_device(bad)
+    with pytest.raises(ConfigError, match="fp16 autocast is not supported on the CPU"):
+        resolve_dtype("fp16", torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
