@@ -239,3 +239,14 @@ def test_keep_last_checkpoints_and_best(tmp_path):
     assert (tmp_path / "best" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "best" / "eval.json").read_text())["step"] in (3, 6, 9)
     assert (tmp_path / "plots" / "loss.png").stat().st_size > 1000
+
+
+def test_more_ranks_than_gpus_is_refused_before_nccl(monkeypatch):
+    from lmforge.errors import ConfigError
+    from lmforge.train import distributed as D
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match="torchrun started 2 processes on this node but it has 1 GPU"):
+        D.setup(torch.device("cuda", 0))
