@@ -80,6 +80,9 @@ def test_device_and_dtype_names(monkeypatch):
     for bad in ("tpu", "cuda:x"):
         with pytest.raises(ConfigError, match="device"):
             resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
+            resolve_device("cuda")
     with pytest.raises(ConfigError, match="fp16 autocast is not supported on the CPU"):
         resolve_dtype("fp16", torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

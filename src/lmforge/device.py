@@ -37,11 +37,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: CUDA is not available on this machine; use --train.device cpu (or auto)")
+        raise ConfigError("device: CUDA is not available on this machine; use the device cpu (or auto)")
     if device.type == "cuda" and device.index is None:
         device = _local_gpu()
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: MPS is not available on this machine; use --train.device cpu (or auto)")
+        raise ConfigError("device: MPS is not available on this machine; use the device cpu (or auto)")
     return device
 
 
