@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import string
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,70 @@ def test_char_fast_path_gives_the_hf_ids(toks, text):
 def test_char_fast_path_on_the_corpus(toks, texts):
     tok = toks["char"]
     assert tok.encode_batch(texts) == [e.ids for e in tok.hf.encode_batch(texts, add_special_tokens=False)]
+
+
+# Text built to stress GPT-2's piece regex: contractions, runs of spaces before words, every ASCII
+# space and control character, digits, punctuation, and non-ASCII characters after newlines.
+_PIECE_PARTS = st.sampled_from(["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'", "''", "'S", "'x", " ", "  ", "\n",
+                                "\n\n", "\t", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u3000",
+                                "—", "é", "世界", "😀", "a", "Zz", "12", "٣", "!?", "--", "_", "<s>"])
+
+
+@fixture_settings
+@given(st.lists(st.lists(_PIECE_PARTS | st.text(max_size=8), max_size=30).map("".join), min_size=1, max_size=4))
+@example(["Hello—world\n—x\nY  z", "x\n—\n", "—", "", "a \n\u3000b\n\nc"])
+@example(["\n\n's\x85"])  # spaces before a cut split by what follows the cut
+def test_byte_level_shortcut_gives_the_hf_ids(toks, texts):
+    tok = toks["bpe"]
+    expected = [e.ids for e in tok.hf.encode_batch(texts, add_special_tokens=False)]
+    assert tok.encode_batch(texts) == expected
+    assert [a.tolist() for a in tok.encode_arrays(texts)] == expected
+    for text in texts:  # a small vocabulary hides wrong cuts (few merges): compare the pieces themselves
+        assert_pieces_match_hf(tok, text)
+
+
+def assert_pieces_match_hf(tok, text):
+    """The shortcut's stretches start where HF's pieces start, and its ASCII pieces are HF's."""
+    from lmforge.tokenizer import _GPT2_ASCII, _ascii_stretches
+
+    spans = [span for _, span in tok.hf.pre_tokenizer.pre_tokenize_str(text)]
+    starts = {a for a, _ in spans} | {len(text)}
+    pos = 0
+    for stretch, is_ascii in _ascii_stretches(text):
+        assert pos in starts
+        end = pos + len(stretch)
+        if is_ascii:
+            assert _GPT2_ASCII.findall(stretch) == [text[a:b] for a, b in spans if pos <= a < end]
+        pos = end
+
+
+def test_byte_level_shortcut_on_every_ascii_pair(toks):
+    """Every pair of ASCII characters, alone and between letters and spaces: the regex classes agree."""
+    tok = toks["bpe"]
+    pairs = [chr(a) + chr(b) for a in range(128) for b in range(128)]
+    texts = pairs + [f"a{p}b" for p in pairs] + [f" {p} 1" for p in pairs]
+    assert tok.encode_batch(texts) == [e.ids for e in tok.hf.encode_batch(texts, add_special_tokens=False)]
+    for text in texts:
+        assert_pieces_match_hf(tok, text)
+
+
+def test_byte_level_shortcut_on_the_corpus(toks):
+    tok = toks["bpe"]
+    texts = [d.text for d in shakespeare("all")[:6]] + ["—".join(d.text[:20_000] for d in shakespeare("val"))]
+    assert tok.encode_batch(texts) == [e.ids for e in tok.hf.encode_batch(texts, add_special_tokens=False)]
+    assert_pieces_match_hf(tok, texts[-1])
+
+
+def test_ascii_stretches_cut_where_pieces_end():
+    from lmforge.tokenizer import _ascii_stretches
+
+    text = "Hello\nworld—\nAnd so\n  x—y\nZ\nplain é\nlines\n"
+    stretches = _ascii_stretches(text)
+    assert stretches == [("Hello", True), ("\nworld—\nAnd so\n  x—y", False), ("\nZ", True),
+                         ("\nplain é\nlines", False), ("\n", True)]  # a line ending in "é" joins the next
+    assert _ascii_stretches("—\n—") == [("—\n—", False)] and _ascii_stretches("") == [("", True)]
+    assert all(s.isascii() == a for s, a in stretches)
+    assert all(prev[-1] in string.printable[:94] and s[0] == "\n" for (prev, _), (s, _) in zip(stretches, stretches[1:]))
 
 
 @fixture_settings

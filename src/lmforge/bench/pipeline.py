@@ -23,8 +23,9 @@ def tokenizer_case(kind: str = "bpe", vocab_size: int = 8192, rounds: int = 1) -
 
 
 def prepare_case(kind: str = "bpe", vocab_size: int = 2048, rounds: int = 3) -> CaseResult:
-    """``prepare`` end to end on the bundled corpus with a trained tokenizer: read, tokenize, write."""
-    from lmforge.data import prepare
+    """``prepare`` end to end on the bundled corpus with a trained tokenizer: read the plays and strip
+    their Markdown (not from a cache), tokenize, write."""
+    from lmforge.data import corpus, prepare
     from lmforge.data.corpus import shakespeare
     from lmforge.tokenizer import train_tokenizer
 
@@ -34,6 +35,7 @@ def prepare_case(kind: str = "bpe", vocab_size: int = 2048, rounds: int = 3) -> 
     mb = sum(len(d.text.encode()) for d in shakespeare("all")) / 1e6
 
     def run():
+        corpus._bundled_documents.cache_clear()
         prepare(["shakespeare"], tmp / "ds", tokenizer=str(tok_file), overwrite=True, progress=False)
 
     try:

@@ -175,12 +175,12 @@ def _batches(docs: Sequence[Document], sizes: Sequence[int]) -> Iterator[tuple[l
 def _write_tokens(path: Path, docs: Sequence[Document], sizes: Sequence[int], tok: Tokenizer, dtype: np.dtype,
                   errors: str, bar: tqdm) -> np.ndarray:
     """Write the documents' ids (each followed by EOS if any) to ``path``; return document offsets."""
-    sep = [] if tok.eos_id is None else [tok.eos_id]
+    sep = np.array([] if tok.eos_id is None else [tok.eos_id], dtype=dtype)
     lengths = []
     with open(path, "wb") as f:
         for texts, nbytes in _batches(docs, sizes):
-            for ids in tok.encode_batch(texts, errors=errors):
-                np.asarray(ids + sep, dtype=dtype).tofile(f)
+            for ids in tok.encode_arrays(texts, errors=errors):
+                np.concatenate([ids.astype(dtype), sep]).tofile(f)
                 lengths.append(len(ids) + len(sep))
             bar.update(nbytes)
     return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
