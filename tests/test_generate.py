@@ -86,6 +86,29 @@ def test_lean_decode_step_equals_model_forward(gpt, llama):
                        generate_ids(post, ids, max_new_tokens=10, do_sample=False, use_cache=False).tokens)
 
 
+def test_cpu_decode_matmuls_equal_f_linear(monkeypatch):
+    """The two CPU decode-step matmuls compute F.linear up to float rounding, at every row count
+    they serve, with and without bias, on a strided input; oneDNN steps aside where it cannot."""
+    import sys
+
+    gen = sys.modules["lmforge.infer.generate"]  # lmforge.infer.generate is also a function's name
+    torch.manual_seed(0)
+    weights = [torch.randn(48, 16), torch.randn(16, 48)]
+    bias = torch.randn(48)
+    for rows in (1, 2, 8, gen.FEW_ROWS):
+        onednn = gen._onednn_linear(weights, rows)
+        for w, b in ((weights[0], bias), (weights[1], None)):
+            x = torch.randn(1, rows, w.shape[1]).transpose(0, 1)  # (rows, 1, in), not contiguous
+            expected = torch.nn.functional.linear(x, w, b)
+            for linear in filter(None, (gen._few_rows_linear, onednn)):
+                assert torch.allclose(linear(x, w, b), expected, rtol=1e-5, atol=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert gen._onednn_linear(weights, 8) is not None
+    assert gen._onednn_linear([w.double() for w in weights], 8) is None
+    monkeypatch.setattr(gen, "PACK_LIMIT", 100)
+    assert gen._onednn_linear(weights, 8) is None
+
+
 def test_greedy_is_the_argmax_chain(gpt):
     """Each greedy token is the argmax of a plain full forward over the sequence so far."""
     ids = torch.randint(0, 256, (1, 5))
