@@ -113,6 +113,20 @@ def test_six_n_rules():
         training_flops_per_token(cfg, method="nope")
 
 
+def test_mlm_head_counted_at_the_labelled_share():
+    """lmforge's MLM training runs the head at the labelled positions only; MFU counts just those."""
+    cfg = ModelConfig.from_preset("bert-tiny")
+    d, v = cfg.d_model, cfg.vocab_size
+    full, part = count_flops(cfg, 128), count_flops(cfg, 128, mlm_fraction=0.15)
+    head_per_token = 6 * (v * d + 2 * d * d)  # tied decoder + transform, as in the full count
+    assert full.rule_6n_per_token - part.rule_6n_per_token == pytest.approx(0.85 * head_per_token)
+    assert part.forward_breakdown["logits"] == pytest.approx(0.15 * full.forward_breakdown["logits"])
+    gpt = ModelConfig.from_preset("gpt-tiny")
+    assert count_flops(gpt, 64, mlm_fraction=0.15).rule_6n_per_token == count_flops(gpt, 64).rule_6n_per_token
+    with pytest.raises(ConfigError, match="mlm_fraction"):
+        count_flops(cfg, 128, mlm_fraction=1.5)
+
+
 def test_encoder_decoder_flops_include_cross_attention():
     cfg = ModelConfig.from_preset("seq2seq-tiny")
     fc = count_flops(cfg, 16, tgt_len=8)

@@ -215,17 +215,21 @@ class FlopCount:
         return d
 
 
-def count_flops(cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | None = None) -> FlopCount:
+def count_flops(cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | None = None,
+                mlm_fraction: float = 1.0) -> FlopCount:
     """FLOPs of one sequence of ``seq_len`` tokens (default ``cfg.max_positions``).
 
     For an encoder-decoder, ``seq_len`` is the source length and ``tgt_len`` (default ``seq_len``)
     the target length; "per token" then means per position processed (source + target).
-    Encoder MLM logits are counted at every position, as a plain implementation computes them.
+    An encoder's MLM head is counted at ``mlm_fraction`` of the positions: every position (1, as a
+    plain implementation computes it) or the labelled share, where lmforge's MLM training runs it.
     """
     seq_len = seq_len or cfg.max_positions
     for name, n in (("seq_len", seq_len), ("tgt_len", tgt_len)):
         if n is not None and n <= 0:
             raise ConfigError(f"{name}: must be positive, got {n}")
+    if not 0 <= mlm_fraction <= 1:
+        raise ConfigError(f"mlm_fraction: must be in [0, 1], got {mlm_fraction}")
     d, v = cfg.d_model, cfg.vocab_size
     enc_len = seq_len if cfg.encoder_layers else 0
     dec_len = (tgt_len or seq_len) if cfg.decoder_layers else 0
@@ -246,7 +250,7 @@ def count_flops(cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | Non
         if cfg.arch == "encoder-decoder":
             _add(f, _attention_flops(cfg, dec_len, enc_len, cross=True), cfg.decoder_layers)
             attn_pairs += cfg.decoder_layers * dec_len * enc_len
-    out_len = dec_len if cfg.arch != "encoder" else (enc_len if cfg.mlm_head else 0)
+    out_len = dec_len if cfg.arch != "encoder" else (enc_len * mlm_fraction if cfg.mlm_head else 0)
     if cfg.arch == "encoder" and cfg.mlm_head:
         f["mlm_transform"] = 2.0 * out_len * d * d
     f["logits"] = 2.0 * out_len * d * v

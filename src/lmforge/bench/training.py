@@ -102,10 +102,9 @@ def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bo
 
     with torch.no_grad():  # same weights, same loss before any step
         diff = abs(ours_loss().item() - hf_loss().item())
-    flops = count_flops(ours.config, s.seq_len).training_per_token
-    if s.family == "bert":  # the MLM head's FLOPs count at the masked positions only: the work an MLM needs
-        masked = float((b["labels"] != -100).float().mean())
-        flops -= (1 - masked) * 6 * (s.d_model * s.d_model + s.d_model * s.vocab_size)
+    # the MLM head's FLOPs count at the masked positions only: the work an MLM needs
+    masked = float((b["labels"] != -100).float().mean()) if s.family == "bert" else 1.0
+    flops = count_flops(ours.config, s.seq_len, mlm_fraction=masked).training_per_token
     name = s.name + (" compiled" if compile else "")
     return run_case(name, "tokens", s.batch * s.seq_len, step(ours_loss, opt_ours), step(hf_loss, opt_hf),
                     rounds=rounds, warmup=3 if compile else 1, flops_per_unit=flops, peak=peak,

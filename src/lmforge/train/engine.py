@@ -666,7 +666,10 @@ class Trainer:
             from lmforge.accounting import count_params
 
             pc = count_params(model_cfg)
-            fc = count_flops(model_cfg, seq, tgt)
+            # an MLM head runs at the labelled positions only (lmforge's encoder): count those
+            mlm = float((b["labels"] != -100).float().mean()) if "labels" in b and not self.encoder_decoder \
+                and getattr(model_cfg, "arch", None) == "encoder" else 1.0
+            fc = count_flops(model_cfg, seq, tgt, mlm_fraction=mlm)
             self._flops_per_token = fc.rule_6n_attention_per_token
             total = pc.total
             lines.append(f"parameters {human(pc.total)} total, {human(pc.non_embedding)} non-embedding"
