@@ -445,11 +445,11 @@ def _char_lookup(spec: dict) -> np.ndarray | None:
 # Byte-level BPE cuts text into pieces with GPT-2's regex and merges only within a piece, so a
 # text's ids are its pieces' ids back to back. Text repeats a few tens of thousands of distinct
 # pieces: cutting with Python's regex engine and encoding each distinct piece once is ~2x faster
-# than HF's encode_batch on two cores (its pre-tokenizer's regex takes most of its time). On ASCII the regex's
-# classes are unambiguous (\p{L} = A-Za-z, \p{N} = 0-9, \s = the six ASCII spaces); stretches
-# with other characters go to HF whole, cut between a printable ASCII character and a newline:
-# no piece spans that place, and neither side's pieces look past it (a run of spaces splits by
-# what follows it, so a stretch must not end in one).
+# than HF's encode_batch on two cores (its pre-tokenizer's regex takes most of its time). On
+# ASCII the regex's classes are unambiguous (\p{L} = A-Za-z, \p{N} = 0-9, \s = the six ASCII
+# spaces); stretches with other characters go to HF whole, cut between a printable ASCII
+# character and a newline: no piece spans that place, and neither side's pieces look past it (a
+# run of spaces splits by what follows it, so a stretch must not end in one).
 _GPT2_ASCII = re.compile(r"'(?:s|t|re|ve|m|ll|d)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+", re.ASCII)
 _CUT = re.compile(r"(?<=[!-~])(?=\n)")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")

@@ -218,9 +218,9 @@ class _LeanDecodeStep:
     """The decode step of a :class:`~lmforge.models.DecoderLM` (one new token per row, KV cache)
     with its parameters bound once and no module dispatch: the same operations, in the same order,
     as ``model(tokens[:, None], cache=cache, ...)``, at a fraction of the Python overhead per step;
-    on a CPU with few rows the matmuls take :func:`_few_rows_linear` (the same numbers up to float
-    rounding; :func:`_onednn_linear` first). Used only when the model is made of the stock modules (no LoRA or other wrapped
-    layers, no hooks); anything else takes the ordinary forward."""
+    on a CPU with few rows the matmuls take :func:`_onednn_linear`, else :func:`_few_rows_linear`
+    (the same numbers up to float rounding). Used only when the model is made of the stock modules
+    (no LoRA or other wrapped layers, no hooks); anything else takes the ordinary forward."""
 
     @staticmethod
     def supported(model) -> bool:
