@@ -173,6 +173,8 @@ class Tokenizer:
         (~30x faster), byte-level BPE encodes each distinct piece once (:func:`_encode_pieces`, ~2x).
         None when HF must decide: added-token text inside (HF matches it first), lone surrogates
         (the error policy decides), other tokenizers."""
+        if self._char_ids is None and not self._piecewise:
+            return None
         if not all(isinstance(t, str) for t in texts) or any(a in t for a in self._added_texts for t in texts):
             return None
         if any(not t.isascii() and _SURROGATE.search(t) for t in texts):
@@ -180,9 +182,7 @@ class Tokenizer:
         if self._char_ids is not None:
             return [self._char_ids[np.minimum(np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32),
                                               len(self._char_ids) - 1)] for t in texts]
-        if self._piecewise:
-            return _encode_pieces(self.hf, texts)
-        return None
+        return _encode_pieces(self.hf, texts)
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
