@@ -512,10 +512,10 @@ def _encode_pieces(hf: HFTokenizer, texts: list[str]) -> list[np.ndarray]:
     batches = [keys[i:i + _PIECES_PER_CALL] for i in range(0, len(keys), _PIECES_PER_CALL)]
     encoded = (hf.encode_batch(batches, is_pretokenized=True, add_special_tokens=False)  # _fast has no word_ids
                + hf.encode_batch_fast(other, add_special_tokens=False))
-    piece_ids = np.array(list(chain.from_iterable(e.ids for e in encoded[:len(batches)])), np.int64)
-    piece_of = np.array(list(chain.from_iterable(e.word_ids for e in encoded[:len(batches)])), np.int64)
-    piece_of += np.repeat(np.arange(len(batches), dtype=np.int64) * _PIECES_PER_CALL,
-                          [len(e.ids) for e in encoded[:len(batches)]])
+    by_piece = encoded[:len(batches)]
+    piece_ids = np.array(list(chain.from_iterable(e.ids for e in by_piece)), np.int64)
+    piece_of = np.array(list(chain.from_iterable(e.word_ids for e in by_piece)), np.int64)
+    piece_of += np.repeat(np.arange(len(batches), dtype=np.int64) * _PIECES_PER_CALL, [len(e.ids) for e in by_piece])
     lengths = np.bincount(piece_of, minlength=len(distinct))  # ids per distinct piece
     first = np.cumsum(lengths) - lengths  # where each distinct piece's ids start in piece_ids
 
