@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 from lmforge.errors import ConfigError
 
 ARCHITECTURES = ("decoder", "encoder", "encoder-decoder")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu")
+GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "reglu": "relu"}  # gated FFN -> its gate's activation
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -254,6 +255,8 @@ class ModelConfig(ConfigBase):
     attention_dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    share_embeddings: bool = True  # encoder-decoder: one token embedding for both stacks (False: one each)
+    scale_attention: bool = True  # scores Q K^T / sqrt(head size); False: unscaled (GPT-2 scale_attn_weights=False)
     lm_head_bias: bool = False  # BERT's MLM decoder and BART's final_logits_bias have one
     embedding_norm: bool = False  # a norm right after the embeddings (BERT, BART)
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Transformer, Marian)
@@ -284,7 +287,7 @@ class ModelConfig(ConfigBase):
 
     @property
     def gated(self) -> bool:
-        return self.activation in ("swiglu", "geglu")
+        return self.activation in GATED
 
     @property
     def ffn_dim(self) -> int:
@@ -348,6 +351,8 @@ class ModelConfig(ConfigBase):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1), got {v}")
+        if self.arch != "encoder-decoder" and not self.share_embeddings:
+            raise ConfigError("share_embeddings: only an encoder-decoder has two token embeddings; set it true")
         if self.arch != "encoder" and self.nsp_head:
             raise ConfigError("nsp_head: only an encoder has a next-sentence head; set nsp_head=false")
         for name in ("pad_id", "bos_id", "eos_id", "mask_id", "cls_id", "sep_id", "decoder_start_id", "text_start_id"):

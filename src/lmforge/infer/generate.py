@@ -250,6 +250,7 @@ class _LeanDecodeStep:
         self.splits = [self.H * self.D, self.K * self.D, self.K * self.D]
         self.pre = cfg.norm_position == "pre"
         self.gated, self.act = cfg.gated, activation_fn(cfg.activation)
+        self.scale = tr.blocks[0].attn.scale if len(tr.blocks) else None
         self.positions = cfg.positions
         self.tok_w = tr.tok_emb.weight
         self.pos_w = tr.pos_emb.weight if cfg.positions == "learned" else None
@@ -320,7 +321,7 @@ class _LeanDecodeStep:
             if K != H:
                 k = k.repeat_interleave(H // K, dim=1)
                 v = v.repeat_interleave(H // K, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
             y = linear(y.transpose(1, 2).reshape(B, 1, H * D), wo, bo)
             x = x + y if self.pre else n1(x + y)
             h = linear(n2(x) if self.pre else x, w1, b1)
