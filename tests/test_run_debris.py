@@ -71,13 +71,18 @@ def test_kill_while_writing_a_checkpoint_model_leaves_no_unknown_debris(base):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-6", "step-8"]
 
 
-def test_torn_last_metrics_line_is_dropped_with_a_warning(base, monkeypatch, capsys):
+def stopped_run(base, name, steps, monkeypatch):
+    """The metrics.jsonl of a run stopped by SIGTERM after ``steps`` steps (checkpointed there)."""
     root, args = base
-    out = root / "torn"
-    monkeypatch.setenv(STOP_AFTER_STEPS_ENV, "5")
-    assert main(["train", *args, "--out", str(out)]) == 143
+    monkeypatch.setenv(STOP_AFTER_STEPS_ENV, str(steps))
+    assert main(["train", *args, "--out", str(root / name)]) == 143
     monkeypatch.delenv(STOP_AFTER_STEPS_ENV)
-    metrics = out / "metrics.jsonl"
+    return root / name / "metrics.jsonl"
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_warning(base, monkeypatch, capsys):
+    metrics = stopped_run(base, "torn", 5, monkeypatch)
+    out = metrics.parent
     with open(metrics, "a", encoding="utf-8") as f:
         f.write('{"step": 6, "loss": 3.9')  # what a kill in the middle of a write leaves
     capsys.readouterr()
@@ -88,12 +93,8 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(base, monkeypatch, cap
 
 
 def test_damaged_metrics_in_the_middle_is_one_line_error(base, monkeypatch, capsys):
-    root, args = base
-    out = root / "damaged"
-    monkeypatch.setenv(STOP_AFTER_STEPS_ENV, "4")
-    assert main(["train", *args, "--out", str(out)]) == 143
-    monkeypatch.delenv(STOP_AFTER_STEPS_ENV)
-    metrics = out / "metrics.jsonl"
+    metrics = stopped_run(base, "damaged", 4, monkeypatch)
+    out = metrics.parent
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     capsys.readouterr()

@@ -45,6 +45,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of a device: a GPU's own, the machine's RAM for the CPU; None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The compute (autocast) dtype. ``"auto"``: bf16 on CUDA (fp16 where the GPU has no bf16), fp32
     elsewhere. Parameters and optimizer state always stay fp32."""

@@ -37,6 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--patience", type=int, help="stop after N evaluations without improvement (0: never)")
     p.add_argument("--max-len", type=int, help="tokens per example")
     p.add_argument("--max-per-class", type=int, help="genre task: training passages per genre (0: all)")
+    p.add_argument("--passage-chars", type=int, help="genre task: passage length in characters")
     p.add_argument("--val-per-play", type=int, help="genre task: validation passages per held-out play (0: all)")
     p.add_argument("--steps", type=int, help="optimizer steps (train.max_steps)")
     p.add_argument("--lr", type=float, help="peak learning rate (train.lr)")
@@ -55,7 +56,7 @@ _FLAGS = {  # option -> dotted config field
     "task": "task", "train_file": "train_file", "val_file": "val_file", "model": "model", "tokenizer": "tokenizer",
     "init": "init", "params": "params", "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
     "lora_dropout": "lora.dropout", "lora_targets": "lora.targets", "metric": "metric", "patience": "patience",
-    "max_len": "max_len", "max_per_class": "max_per_class", "val_per_play": "val_per_play",
+    "max_len": "max_len", "max_per_class": "max_per_class", "passage_chars": "passage_chars", "val_per_play": "val_per_play",
     "steps": "train.max_steps", "lr": "train.lr", "batch_size": "train.batch_size",
     "eval_every": "train.eval_every", "seed": "train.seed", "device": "train.device", "out_dir": "out_dir",
     "name": "name",

@@ -128,6 +128,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig | None = None, exclude: tuple[s
                          for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(f"lora.targets: {', '.join(cfg.targets)} matched no linear layer; "
                           f"names here end with: {', '.join(linear)}")
+    widest = max(min(model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in chosen)
+    if cfg.rank > widest:  # beyond full rank: no more expressive, and the matrices only grow
+        raise ConfigError(f"lora.rank: {cfg.rank} exceeds the rank of every adapted layer (at most {widest})")
     for name in chosen:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model

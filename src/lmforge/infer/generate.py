@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lmforge.errors import LMForgeError
+from lmforge.errors import ConfigError, LMForgeError
 from lmforge.infer.options import SamplingOptions
 from lmforge.nn import apply_rope
 
@@ -145,6 +145,8 @@ class _Chooser:
         if self.top_p is not None:
             logits = top_p_filter(logits, self.top_p)
         probs = logits.softmax(dim=-1)
+        if not bool(torch.isfinite(probs).all()):  # a diverged model: nothing to draw from
+            raise LMForgeError("the model's logits are not finite (NaN or inf): no token can be sampled")
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
 
 
@@ -163,7 +165,7 @@ def _arch(model) -> str:
 def _check_context(model, n_positions: int, what: str) -> None:
     cfg = model.config
     if cfg.positions != "none" and n_positions > cfg.max_positions:
-        raise LMForgeError(
+        raise ConfigError(
             f"{what} needs {n_positions} positions but the model's context is max_positions={cfg.max_positions}; "
             f"lower max_new_tokens or shorten the prompt")
 

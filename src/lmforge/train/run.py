@@ -129,6 +129,43 @@ def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
     return train, eval_batches
 
 
+# The fields that size each part of count_params' breakdown, to name in a refusal.
+_PART_FIELDS = {"position_embedding": ("max_positions", "d_model"), "segment_embedding": ("type_vocab_size", "d_model"),
+                "blocks": ("n_layer", "n_encoder_layer", "n_decoder_layer", "d_model", "d_ff")}
+
+
+def check_memory(cfg: RunConfig, device: torch.device, world_size: int) -> None:
+    """Refuse, before anything is allocated, a run whose training memory (:func:`~lmforge.accounting.
+    estimate_memory`) exceeds the device, naming the fields that make it so."""
+    from lmforge.accounting import count_params, estimate_memory, human, human_bytes
+
+    have = dev.memory_bytes(device)
+    if have is None:
+        return
+    t, m = cfg.train, cfg.model
+    micro = max(1, t.batch_size // t.grad_accum // world_size)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dev.resolve_dtype(t.dtype, device), "fp32")
+    est = estimate_memory(m, micro, cfg.data.seq_len, world_size, t.strategy if world_size > 1 else "ddp",
+                          t.activation_checkpointing, precision)
+    if est.total <= have:
+        return
+    where = f"{device.type} device's {human_bytes(have)}" if device.type != "cpu" else f"machine's {human_bytes(have)}"
+    state = est.total - est.activations
+    if state <= have:  # the model fits: its activations do not
+        raise ConfigError(f"train.batch_size: micro-batches of {micro} x {cfg.data.seq_len} tokens need about "
+                          f"{human_bytes(est.activations)} of activations, more than this {where}; raise "
+                          f"train.grad_accum, lower train.batch_size or data.seq_len, or set "
+                          f"train.activation_checkpointing=true")
+    pc = count_params(m)
+    part, n = max(pc.breakdown.items(), key=lambda kv: kv[1])
+    names = [k for k in _PART_FIELDS.get(part.rsplit(".", 1)[-1], ("d_model",)) if getattr(m, k) is not None
+             and (m.arch == "encoder-decoder" or k not in ("n_encoder_layer", "n_decoder_layer"))]
+    sizes = ", ".join(f"{k} {getattr(m, k)}" for k in names)
+    raise ConfigError(f"{' / '.join(f'model.{k}' for k in names)}: the model has {human(pc.total)} parameters "
+                      f"({human(n)} in {part}: {sizes}); its weights, gradients and AdamW state need about "
+                      f"{human_bytes(state)}, more than this {where}; make it smaller")
+
+
 def tokens_per_byte(dataset, split: str = "val") -> float:
     """Tokens per UTF-8 byte of a split: bits per byte = loss (nats/token) x this / ln 2."""
     return dataset.meta["splits"][split]["tokens"] / dataset.num_bytes(split)
@@ -162,6 +199,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         _write_config(cfg, run_dir / CONFIG_FILE)
     say(f"run {run_dir}: {cfg.model.arch} model, objective {cfg.data.objective}, dataset {dataset_dir(cfg)}")
 
+    check_memory(cfg, device, info.world_size)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them as they are)
     model = build_model(cfg.model)
     train_batches, eval_batches = make_batch_sources(cfg, dataset, info)
