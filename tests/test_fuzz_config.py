@@ -24,7 +24,7 @@ from lmforge.infer.options import SamplingOptions
 from lmforge.train.config import DataConfig, TrainConfig
 from lmforge.train.engine import STOP_AFTER_STEPS_ENV
 
-FUZZ = settings(deadline=None, max_examples=12, derandomize=True,
+FUZZ = settings(deadline=None, max_examples=40, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -111,7 +111,7 @@ def test_fuzz_train_fields(world, field, value):
     check(rc, err, field, ok=(0, 143))  # 143: stopped by SIGTERM, checkpointed
 
 
-@FUZZ
+@settings(FUZZ, max_examples=20)
 @given(field=st.sampled_from(FINETUNE_FIELDS), value=values)
 def test_fuzz_finetune_fields(world, field, value):
     flag = f"--{field}" if "." in field else f"--{field.replace('_', '-')}"  # top-level fields have flags
@@ -119,7 +119,7 @@ def test_fuzz_finetune_fields(world, field, value):
     check(rc, err, field)
 
 
-@settings(FUZZ, max_examples=30)
+@FUZZ
 @given(field=st.sampled_from(SAMPLING_FIELDS), value=values)
 def test_fuzz_sampling_options(world, field, value):
     rc, err = run(world.generate + [f"--{field.replace('_', '-')}", value])
