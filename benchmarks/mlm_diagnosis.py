@@ -119,7 +119,8 @@ def plot(png: str) -> None:
             continue
         steps = [r["step"] for r in recs]
         ax_acc.plot(steps, [100 * r["mask_accuracy"] for r in recs], marker="o", label=path.stem)
-        ax_ent.plot(steps, [min(r["entropy"]) for r in recs], marker="o", label=path.stem)
+        if "entropy" in recs[0]:  # records of a whole preset run (from its metrics.jsonl) have none
+            ax_ent.plot(steps, [min(r["entropy"]) for r in recs], marker="o", label=path.stem)
     ax_acc.axhline(100 * recs[0]["mask_baseline"], color="grey", ls="--", label="most frequent token")
     ax_acc.set(xlabel="step", ylabel="accuracy at [MASK] (%)", title="held-out accuracy at [MASK] positions")
     ax_ent.set(xlabel="step", ylabel="lowest layer entropy / log(keys)", title="attention entropy (1 = uniform)")

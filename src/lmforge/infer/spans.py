@@ -55,7 +55,7 @@ def _check_model(model, tokenizer) -> list[int]:
     return sentinels
 
 
-def fill_spans(model, tokenizer, text: str, max_new_tokens: int = 64) -> FilledSpans:
+def fill_spans(model, tokenizer, text: str, max_new_tokens: int = 32) -> FilledSpans:
     """Greedy span filling: each ``<extra_id_k>`` in ``text`` (or each ``[MASK]`` / ``<mask>``, numbered
     left to right) replaced by what the model predicts for it."""
     from lmforge.infer.score import encode_source

@@ -177,11 +177,11 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
     # pre-norm, rotary positions, windows of 64 tokens, 30% of the tokens masked, a high peak learning rate.
     "shakespeare-bert": dict(
         name="shakespeare-bert",
-        model=_model("bert-tiny", max_positions=64, n_layer=4, d_model=192, n_head=6, norm_position="pre",
+        model=_model("bert-tiny", max_positions=64, n_layer=4, d_model=128, n_head=4, norm_position="pre",
                      positions="rope", nsp_head=False),
         data=dict(source="shakespeare", tokenizer="wordpiece", vocab_size=4096, objective="mlm", seq_len=64,
                   mlm_probability=0.3),
-        train=dict(max_steps=1000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=200, eval_batches=8,
+        train=dict(max_steps=1500, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250, eval_batches=8,
                    checkpoint_every=500),
     ),
     # T5-style span corruption for an encoder-decoder, on the encoder's recipe: rotary positions, windows of
