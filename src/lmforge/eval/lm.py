@@ -19,7 +19,9 @@ that adds no special tokens (lmforge's add none): a context as it is; the contin
 encoding context + continuation adds. The *start token* (the model's ``text_start_id``: EOS for a
 model lmforge pretrained, else BOS, else EOS; see docs/inference.md) is the harness's prefix
 token: it comes before a text scored whole and before a continuation with an empty context, so
-``loglikelihood_rolling`` of a text is ``lmforge score`` of it.
+``loglikelihood_rolling`` of a text is ``lmforge score`` of it. ``add_start_token=True`` also puts
+it before every context and prompt, as lmforge's own scoring, generation and completion
+fine-tuning do (the way the harness treats a tokenizer that adds a BOS).
 
 **Windows.** lmforge's scoring reads windows of at most ``max_positions`` tokens, the last of them
 a target only, so a prediction sees at most ``max_positions - 1`` tokens: that is this model's
@@ -78,16 +80,18 @@ class LMForgeLM(TemplateLM):
     ``pretrained``: a model directory (lmforge's, or an HF one with a ``tokenizer.json``), or pass
     ``model`` and ``tokenizer`` objects. ``batch_size``: sequences per forward pass. ``max_length``:
     context tokens a prediction may see (default: the model's ``max_positions - 1``). ``stride``:
-    tokens rolling windows move by (default ``max_length``). ``seed``: sampled generations.
+    tokens rolling windows move by (default ``max_length``). ``add_start_token``: the start token
+    before contexts too. ``seed``: sampled generations.
     """
 
     def __init__(self, pretrained: str | None = None, model=None, tokenizer=None, batch_size=DEFAULT_BATCH_SIZE,
                  device: str | None = "auto", dtype: str | None = "fp32", max_length=None, stride=None,
-                 max_gen_toks=None, seed=0, max_batch_size=None, **unused):
+                 max_gen_toks=None, add_start_token=False, seed=0, max_batch_size=None, **unused):
         super().__init__()
         if unused:
             raise ConfigError(f"model_args: the lmforge model takes no {', '.join(sorted(unused))} (it takes "
-                              "pretrained, batch_size, device, dtype, max_length, stride, max_gen_toks, seed)")
+                              "pretrained, batch_size, device, dtype, max_length, stride, max_gen_toks, "
+                              "add_start_token, seed)")
         if model is None:
             if pretrained is None:
                 raise ConfigError("pretrained: give a model directory (model_args pretrained=DIR)")
@@ -114,6 +118,9 @@ class LMForgeLM(TemplateLM):
         self.batch_size = _int_arg("batch_size", batch_size, DEFAULT_BATCH_SIZE)
         self._max_gen_toks = _int_arg("max_gen_toks", max_gen_toks, min(256, self.window // 2))
         self.seed = _int_arg("seed", seed, 0)
+        if str(add_start_token).lower() not in ("true", "false"):
+            raise ConfigError(f"add_start_token: true or false, got {add_start_token!r}")
+        self.add_start_token = str(add_start_token).lower() == "true"
         self._device = next(model.parameters()).device
 
     # ---- what the harness asks about the model ----------------------------------------------
@@ -147,7 +154,10 @@ class LMForgeLM(TemplateLM):
         return f"lmforge-{getattr(self.tokenizer, 'fingerprint', 'tokenizer')}"
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        return list(self.tokenizer.encode(string))
+        ids = list(self.tokenizer.encode(string))
+        if self.add_start_token and add_special_tokens is not False and self.backend == "causal":
+            return [self.prefix_token_id] + ids
+        return ids
 
     def tok_decode(self, tokens) -> str:
         try:
@@ -230,7 +240,7 @@ class LMForgeLM(TemplateLM):
             raise LMForgeError("loglikelihood_rolling (perplexity of whole texts) needs a decoder; an "
                                "encoder-decoder scores a target given a source")
         texts = [req.args[0] for req in requests]
-        seqs = [[self.prefix_token_id] + self.tok_encode(t) for t in texts]
+        seqs = [[self.prefix_token_id] + self.tok_encode(t, add_special_tokens=False) for t in texts]
         lps = decoder_token_logprobs(self.model, seqs, window=self.window, stride=self.stride,
                                      batch_size=self.batch_size, progress=self._progress(disable_tqdm))
         out = [float(lp.double().sum()) for lp in lps]
@@ -253,10 +263,11 @@ class LMForgeLM(TemplateLM):
             extra = {k: kw.pop(k) for k in GENERATE_KWARGS if k in kw}
             if kw:
                 warnings.warn(f"generate_until: the lmforge model ignores {', '.join(sorted(kw))}", stacklevel=2)
-            budget = self.window - max_new if self.backend == "causal" else self.window
+            # a prompt may hold max_length - max_new tokens, as the harness's hf model cuts it
+            budget = self.max_length - max_new if self.backend == "causal" else self.window
             if budget < 1:
-                raise ConfigError(f"max_gen_toks: {max_new} new tokens leave no room for a prompt in the model's "
-                                  f"context of {self.window} tokens")
+                raise ConfigError(f"max_gen_toks: {max_new} new tokens leave no room for a prompt within the "
+                                  f"model's max_length of {self.max_length} tokens")
             prompts = {}
             for i in indices:
                 ids = self.tok_encode(requests[i].args[0])
@@ -293,7 +304,10 @@ class LMForgeLM(TemplateLM):
 def hf_model_args(directory: str | Path) -> dict:
     """Arguments for lm-eval's ``hf`` model that make it read an exported lmforge decoder as the
     ``lmforge`` model does: the same prefix token (``lmforge_text_start_id`` in the HF config, else
-    BOS), the same ``max_length`` (``n_positions - 1``), in fp32."""
+    BOS), the same ``max_length`` (``n_positions - 1``), in fp32, and the directory's
+    ``tokenizer.json`` with lmforge's special-token roles (an HF directory that lmforge writes has
+    no tokenizer config, and transformers would make up GPT-2's ``<|endoftext|>`` for BOS, EOS and
+    padding, a token outside the vocabulary)."""
     directory = Path(directory)
     try:
         hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -310,4 +324,13 @@ def hf_model_args(directory: str | Path) -> dict:
     positions = hf.get("n_positions", hf.get("max_position_embeddings"))
     if positions:
         args["max_length"] = int(positions) - 1
+    if (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        from lmforge import load_tokenizer
+
+        tok = load_tokenizer(directory / "tokenizer.json")
+        roles = {f"{r}_token": tok.id_to_token(getattr(tok, f"{r}_id")) for r in ("bos", "eos", "pad", "unk")
+                 if getattr(tok, f"{r}_id") is not None}
+        args["tokenizer"] = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **roles)
     return args

@@ -5,22 +5,18 @@ Each task is an lm-eval task YAML in ``harness_tasks/`` whose ``custom_dataset``
 (:data:`lmforge.data.corpus.VALIDATION_PLAYS`, one per genre folder, never seen in training) when
 a task is first used, the same on every machine (no download, no random state but fixed seeds).
 
-===================  ============================  ===================================================
-task                 request                       what it measures
-===================  ============================  ===================================================
-``shakespeare_ppl``  ``loglikelihood_rolling``     word / byte perplexity and bits per byte of the six
-                                                   held-out plays, each scored whole
-``shakespeare_genre`` multiple choice (6)          which kind of play a passage comes from (its folder)
-``shakespeare_cloze`` multiple choice (4)          a line with one word replaced by each of four words
-                                                   of the same play: which reading is the real line?
-===================  ============================  ===================================================
+- ``shakespeare_ppl`` (``loglikelihood_rolling``): word and byte perplexity and bits per byte of
+  the six held-out plays, each scored whole.
+- ``shakespeare_genre`` (multiple choice, 6): which kind of play (its folder) a passage comes from.
+- ``shakespeare_cloze`` (multiple choice, 4): a line with one word replaced by each of four words
+  of the same play; which reading is the real line?
+- ``shakespeare_restore`` (``generate_until``, chrF and exact match): put back the case and
+  punctuation of a few lines of a speech (the fine-tuning restoration task's held-out passages),
+  asked as the completion fine-tuning asks a decoder (``restoration_prompt``);
+  ``shakespeare_restore_seq2seq`` gives an encoder-decoder the bare source, as seq2seq fine-tuning does.
 
-All three carry the tag ``shakespeare`` (``--tasks shakespeare`` runs them all).
-
-Restoration (punctuation and case, chrF via ``generate_until``) is to join them once the seq2seq
-restoration task exists in :mod:`lmforge.finetune.tasks`: a ``restore_rows`` builder of held-out
-(source, target) pairs, a ``restore_dataset`` here and a ``shakespeare_restore.yaml`` beside the
-others (``output_type: generate_until``, ``metric_list: [chrf]``).
+Tags: ``shakespeare`` (the four decoder tasks) and ``shakespeare_seq2seq`` (genre, cloze and the
+seq2seq restoration: what an encoder-decoder answers; it has no whole-text perplexity).
 """
 
 from __future__ import annotations
@@ -33,7 +29,9 @@ import numpy as np
 
 TASK_DIR = Path(__file__).parent / "harness_tasks"
 TAG = "shakespeare"
-SHIPPED_TASKS = ("shakespeare_ppl", "shakespeare_genre", "shakespeare_cloze")
+SEQ2SEQ_TAG = "shakespeare_seq2seq"
+SHIPPED_TASKS = ("shakespeare_ppl", "shakespeare_genre", "shakespeare_cloze", "shakespeare_restore",
+                 "shakespeare_restore_seq2seq")
 
 # The genre task's answers, in label order; each reads after "This passage is from a".
 GENRE_CHOICES = {"comedy": "comedy", "history": "history", "problem": "problem play", "roman": "Roman play",
@@ -45,6 +43,9 @@ CLOZE_CHOICES = 4
 CLOZE_CONTEXT_LINES = 3  # lines of the speech before the cloze line (the speaker's name among them)
 CLOZE_MIN_WORDS = 6
 CLOZE_WORD = re.compile(r"\b[A-Za-z]{4,}\b")  # a candidate word: four letters or more (not "the", "and", ...)
+# As the restoration fine-tuning presets (shakespeare-restore, shakespeare-restore-gpt) hold them out.
+RESTORE_PASSAGE_CHARS = 120
+RESTORE_PER_PLAY = 32
 SPEAKER = re.compile(r"^[A-Z][A-Z0-9 ,.'&-]*:$")  # "LAERTES:", "FIRST CITIZEN:"
 
 
@@ -137,6 +138,18 @@ def cloze_rows(per_play: int = CLOZE_PER_PLAY, seed: int = 0) -> tuple[dict, ...
     return _interleave(rows)
 
 
+@functools.lru_cache(maxsize=1)
+def restore_rows(per_play: int = RESTORE_PER_PLAY, passage_chars: int = RESTORE_PASSAGE_CHARS) -> tuple[dict, ...]:
+    """The restoration task's held-out passages (the fine-tuning presets' validation rows):
+    ``{"source", "prompt", "target", "play"}``, ``prompt`` the source as a decoder is asked it; the
+    plays in turn."""
+    from lmforge.finetune.tasks import restoration_prompt, restoration_rows
+
+    _, val = restoration_rows(passage_chars, per_play)
+    return _interleave([{"source": r["source"], "prompt": restoration_prompt(r["source"]), "target": r["target"],
+                         "play": r["play"]} for r in val])
+
+
 def _dataset(rows):
     import datasets
 
@@ -154,3 +167,7 @@ def genre_dataset(**_):
 
 def cloze_dataset(**_):
     return _dataset(cloze_rows())
+
+
+def restore_dataset(**_):
+    return _dataset(restore_rows())
