@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
                    "(default: the LMFORGE_API_KEY environment variable, else no key)")
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (batch slots; default 8)")
+    p.add_argument("--no-batch-invariant", dest="batch_invariant", action="store_false",
+                   help="run each decode step on the running rows only (faster at low load; a request's float "
+                   "rounding, and so rarely its tokens, then depends on what else runs)")
     p.add_argument("--max-tokens", type=int, help="new tokens per choice at most (default: the model's context)")
     p.add_argument("--max-n", type=int, default=8, help="choices per prompt at most (default 8)")
     p.add_argument("--max-body", type=int, default=1 << 20, help="request body bytes at most (default 1 MiB)")
@@ -42,7 +45,8 @@ def run(args) -> int:
         raise LMForgeError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     config = ServeConfig(api_key=args.api_key or os.environ.get("LMFORGE_API_KEY") or None,
                          max_batch=args.max_batch, max_tokens=args.max_tokens, max_n=args.max_n,
-                         max_body_bytes=args.max_body, max_waiting=args.max_waiting, model_name=args.model_name)
+                         max_body_bytes=args.max_body, max_waiting=args.max_waiting, model_name=args.model_name,
+                         batch_invariant=args.batch_invariant)
     serve(args.model, args.host, args.port, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
           config=config, device=args.device, dtype=args.dtype)
     return 0

@@ -50,6 +50,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     max_waiting: int = 256  # requests waiting for a slot before 429
     model_name: str | None = None  # the id clients send as "model" (default: the model directory as given)
+    batch_invariant: bool = True  # fixed step shapes: a request's tokens never depend on the others
 
 
 class _Chunk:
@@ -72,7 +73,7 @@ class Service:
         self.created = int(time.time())
         self.limits = Limits(max_tokens=min(config.max_tokens or self.context, self.context),
                              max_n=min(config.max_n, config.max_batch))
-        self.engine = (Engine(model, tokenizer, config.max_batch, config.max_waiting)
+        self.engine = (Engine(model, tokenizer, config.max_batch, config.max_waiting, config.batch_invariant)
                        if self.arch in ("decoder", "encoder-decoder") else None)
         self.chat = ChatFormatter(chat_template, tokenizer)
 

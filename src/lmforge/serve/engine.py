@@ -136,31 +136,39 @@ class _SlotCache:
         shape = (n_layer, rows, n_kv_head, length, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.rows = torch.arange(rows, device=device)
-        self.pos = torch.zeros(rows, dtype=torch.long, device=device)  # where this step writes, per row
+        self.all_rows = torch.arange(rows, device=device)
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
         if cross_length:
             xshape = (n_layer, rows, n_kv_head, cross_length, head_dim)
             self.cross_k = torch.zeros(xshape, dtype=dtype, device=device)
             self.cross_v = torch.zeros(xshape, dtype=dtype, device=device)
-            self.cross = [(self.cross_k[i], self.cross_v[i]) for i in range(n_layer)]
+        self.view(rows, length, torch.zeros(rows, dtype=torch.long, device=device))
+
+    def view(self, rows: int, length: int, pos: torch.Tensor) -> None:
+        """This step's part: the first ``rows`` slots, the first ``length`` positions; ``pos`` (rows,)
+        is where each row writes."""
+        self.rows, self.length, self.pos = self.all_rows[:rows], length, pos
+        if hasattr(self, "cross_k"):
+            self.cross = [(self.cross_k[i, :rows], self.cross_v[i, :rows]) for i in range(self.cross_k.shape[0])]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, K, 1, D) new keys / values -> all of them, (rows, K, length, D)."""
-        kl, vl = self.k[layer], self.v[layer]
+        kl, vl = self.k[layer, :len(self.rows)], self.v[layer, :len(self.rows)]
         kl[self.rows, :, self.pos] = k[:, :, 0]
         vl[self.rows, :, self.pos] = v[:, :, 0]
-        return kl, vl
+        return kl[:, :, :self.length], vl[:, :, :self.length]
 
 
 class Engine:
     """The continuous-batching scheduler of one model (decoder or encoder-decoder).
 
     ``submit(job)`` queues a job (thread-safe); ``start()`` / ``close()`` run and stop the thread.
-    ``max_waiting`` jobs at most wait for slots (:class:`EngineBusy` beyond).
+    ``max_waiting`` jobs at most wait for slots (:class:`EngineBusy` beyond). ``batch_invariant=False``
+    runs each step on the slots up to the last running one and the positions up to the longest
+    row: cheaper when few requests run, but a row's float rounding then depends on the batch.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 8, max_waiting: int = 256):
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_waiting: int = 256, batch_invariant: bool = True):
         cfg = getattr(model, "config", None)
         if getattr(cfg, "arch", None) not in ("decoder", "encoder-decoder"):
             raise LMForgeError("serving generates text: it needs a decoder or an encoder-decoder "
@@ -168,6 +176,7 @@ class Engine:
         if max_batch < 1:
             raise LMForgeError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer, self.max_batch, self.max_waiting = model.eval(), tokenizer, max_batch, max_waiting
+        self.batch_invariant = batch_invariant
         self.arch, self.context = cfg.arch, cfg.max_positions
         self.eos = tokenizer.eos_id if getattr(tokenizer, "eos_id", None) is not None else cfg.eos_id
         param = next(model.parameters())
@@ -332,24 +341,31 @@ class Engine:
 
     def _step(self) -> None:
         rows = [r for r in self._rows if r is not None]
-        tokens = [0] * self.max_batch
-        pos = [0] * self.max_batch
+        if self.batch_invariant:
+            width, length = self.max_batch, self.context
+        else:  # just the slots up to the last running one, the positions up to the longest row
+            width, length = max(r.slot for r in rows) + 1, max(r.length for r in rows) + 1
+        tokens, pos = [0] * width, [0] * width
         for r in rows:
             tokens[r.slot], pos[r.slot] = r.last, r.length
-        logits = self._decode(torch.tensor(tokens, device=self.device), torch.tensor(pos, device=self.device))
+        logits = self._decode(torch.tensor(tokens, device=self.device), torch.tensor(pos, device=self.device), length)
         for r in rows:
             r.length += 1
         self.counts["steps"] += 1
         self._advance(rows, logits[torch.tensor([r.slot for r in rows], device=self.device)])
 
-    def _decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """One token per slot at per-slot positions -> (max_batch, V) logits; the model's own blocks."""
-        stack = self._stack
-        self._cache.pos = pos
-        mask = (self._cols[None, :] <= pos[:, None])[:, None, None, :]  # (W, 1, 1, S): its own filled part
+    def _decode(self, tokens: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
+        """One token per slot (the first ``len(tokens)`` slots) at per-slot positions, attending to
+        the first ``length`` positions -> (rows, V) logits, through the model's own blocks."""
+        stack, W = self._stack, tokens.shape[0]
+        self._cache.view(W, length, pos)
+        mask = (self._cols[None, :length] <= pos[:, None])[:, None, None, :]  # (W, 1, 1, S): its own filled part
+        context = context_mask = None
+        if self.arch == "encoder-decoder":
+            context, context_mask = self._context[:W], self._context_mask[:W]
         x, rope = stack.embed(tokens[:, None], pos[:, None])
         for i, block in enumerate(stack.blocks):
-            x, _, _ = block(x, mask, False, rope, self._cache, i, self._context, self._context_mask)
+            x, _, _ = block(x, mask, False, rope, self._cache, i, context, context_mask)
         if stack.norm_f is not None:
             x = stack.norm_f(x)
         return self.model.lm_head(x[:, 0])

@@ -11,8 +11,10 @@ import contextlib
 import hmac
 import json
 import logging
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from lmforge.errors import LMForgeError
@@ -196,4 +198,12 @@ def serve(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: in
     shown = f"[{host}]" if ":" in host else host
     print(f"lmforge serve: listening on http://{shown}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler it found:
+    # a no-op one makes that graceful stop end the process with status 0, not "killed by SIGTERM"
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
