@@ -21,9 +21,9 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-from lmforge.serve import Engine, Job, SamplingParams, create_app  # noqa: E402
-from lmforge.serve.engine import Delta, Failed, Finished  # noqa: E402
-from lmforge.serve.server import bind  # noqa: E402
+from lmforge.serve import Engine, Job, SamplingParams, create_app
+from lmforge.serve.engine import Delta, Failed, Finished
+from lmforge.serve.server import bind
 
 KEY = "test-key"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -254,7 +254,7 @@ def test_greedy_request_is_exact_whatever_else_is_in_the_batch(gpt_dir, tok, inv
             engine.submit(Job(encode_prompt(tok, prompt, model), SamplingParams(**params), sink))
             return out
 
-        target = dict(max_tokens=20, temperature=0, logprobs=3)
+        target = {"max_tokens": 20, "temperature": 0, "logprobs": 3}
         alone = submit(PROMPTS[2], **target)
         assert alone["done"].wait(60)
         others = [submit(PROMPTS[0], max_tokens=70, temperature=1.0, seed=1, logprobs=1),

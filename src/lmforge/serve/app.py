@@ -13,9 +13,7 @@ request, which leaves the batch at the next step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import hmac
 import json
 import time
 import uuid
@@ -23,9 +21,25 @@ from dataclasses import dataclass
 
 from lmforge.errors import LMForgeError
 from lmforge.serve.chat import ChatFormatter
-from lmforge.serve.engine import Delta, Engine, EngineBusy, Failed, Finished, Job, PromptLogprobs, TokenLogprob
-from lmforge.serve.protocol import (APIError, Limits, bad, chat_logprobs, completion_logprobs, parse_chat,
-                                    parse_completion, usage)
+from lmforge.serve.engine import (
+    Delta,
+    Engine,
+    EngineBusy,
+    Failed,
+    Finished,
+    Job,
+    PromptLogprobs,
+)
+from lmforge.serve.protocol import (
+    APIError,
+    Limits,
+    bad,
+    chat_logprobs,
+    completion_logprobs,
+    parse_chat,
+    parse_completion,
+    usage,
+)
 
 INSTALL_HINT = 'lmforge serve needs the serve extra: pip install -e ".[serve]" (FastAPI and uvicorn)'
 
@@ -56,7 +70,7 @@ class ServeConfig:
 class _Chunk:
     """One choice's pieces as they arrive."""
 
-    __slots__ = ("text", "tokens", "reason", "n_tokens")
+    __slots__ = ("n_tokens", "reason", "text", "tokens")
 
     def __init__(self):
         self.text, self.tokens, self.reason, self.n_tokens = [], [], None, 0
@@ -77,8 +91,9 @@ class Service:
                        if self.arch in ("decoder", "encoder-decoder") else None)
         self.chat = ChatFormatter(chat_template, tokenizer)
 
-    @functools.lru_cache(maxsize=65536)
-    def piece(self, i: int) -> str:
+        self.piece = functools.lru_cache(maxsize=65536)(self._piece)  # a token's text, e.g. " the"
+
+    def _piece(self, i: int) -> str:
         return self.tokenizer.decode([i])
 
     # ---- prompts ---------------------------------------------------------------------------
@@ -140,13 +155,16 @@ class Service:
         on the way out (a no-op for finished ones): a client that left frees its slots. ``watch``:
         poll for a disconnected client (a streaming response is told by Starlette instead)."""
         remaining = {k: j.n for k, j in enumerate(jobs)}
+        checked = time.monotonic()
         try:
             while remaining:
-                try:
-                    k, evs = await asyncio.wait_for(queue.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if watch and await request.is_disconnected():
+                if watch and time.monotonic() - checked > 0.5:
+                    if await request.is_disconnected():
                         return
+                    checked = time.monotonic()
+                try:
+                    k, evs = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
                     continue
                 for ev in evs:
                     if isinstance(ev, Failed):
@@ -336,7 +354,7 @@ def _delta(index: int, delta: dict, logprobs, reason) -> dict:
 def _finite(o):
     """JSON has no infinities: a log P of -inf (a token the model rules out) is sent as -9999."""
     if isinstance(o, float):
-        return o if o > -9999.0 else -9999.0
+        return max(o, -9999.0)
     if isinstance(o, dict):
         return {k: _finite(v) for k, v in o.items()}
     if isinstance(o, list):

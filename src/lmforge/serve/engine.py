@@ -34,9 +34,15 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.errors import LMForgeError
-# Private helpers of lmforge.infer.generate (named in the serve notes): the incremental
-# detokenizer with stop strings, and the sampling filters of generate's chooser.
-from lmforge.infer.generate import _TextTracker, make_generator, top_k_filter, top_p_filter
+from lmforge.infer.generate import (
+    _TextTracker,
+    make_generator,
+    top_k_filter,
+    top_p_filter,
+)
+
+# From lmforge.infer.generate, not its public surface (named in the serve notes): the incremental
+# detokenizer with stop strings, and the sampling filters and seeded generator of generate's chooser.
 
 log = logging.getLogger("lmforge.serve")
 
@@ -118,7 +124,7 @@ class Job:
 class _Row:
     """One running choice of a job, in one slot."""
 
-    __slots__ = ("job", "choice", "slot", "tracker", "n_tokens", "length", "last")
+    __slots__ = ("choice", "job", "last", "length", "n_tokens", "slot", "tracker")
 
     def __init__(self, job: Job, choice: int, slot: int, tracker: _TextTracker, length: int):
         self.job, self.choice, self.slot, self.tracker = job, choice, slot, tracker
