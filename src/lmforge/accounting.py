@@ -127,6 +127,8 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     if cfg.decoder_layers:
         parts.update(_stack_parts(cfg, "decoder", cfg.decoder_layers, cross=cfg.arch == "encoder-decoder",
                                   segments=False))
+    if not cfg.share_embeddings:  # an encoder-decoder whose decoder has its own token embedding
+        parts["decoder.token_embedding"] = v * d
     parts.update(_head_parts(cfg))
     total = sum(parts.values())
     embedding = sum(n for k, n in parts.items() if _is_embedding(k))

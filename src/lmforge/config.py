@@ -8,20 +8,68 @@ bad values with a :class:`~lmforge.errors.ConfigError` that names the field and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 from lmforge.errors import ConfigError
 
 ARCHITECTURES = ("decoder", "encoder", "encoder-decoder")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu")
+GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "reglu": "relu"}  # gated FFN -> its gate's activation
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+INT_LIMIT = 2**63  # every integer field must fit in int64, as torch and numpy need
+
+
+def _whole(value: Any, name: str) -> int:
+    """An exact integer from an int, an integral float or a string such as ``"12"`` / ``"1e3"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: {value!r} is not a whole number")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _whole(int(text), name)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"{name}: {value!r} is not a whole number") from None
+    if isinstance(value, float):
+        if not value.is_integer():  # fractions, NaN and infinities
+            raise ConfigError(f"{name}: {value!r} is not a whole number")
+        value = int(value)
+    if not isinstance(value, int):
+        raise ConfigError(f"{name}: {value!r} is not a whole number")
+    if abs(value) >= INT_LIMIT:
+        raise ConfigError(f"{name}: {value} is too large (at most {INT_LIMIT - 1})")
+    return value
+
+
+def _finite(value: Any, name: str) -> float:
+    """A finite float from a number or a string; NaN and infinities are refused."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: {value!r} is not a number")
+    try:
+        x = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    return x
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
@@ -29,7 +77,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
             return None
         return _coerce(value, args[0], name)
     if origin is Literal:
@@ -48,44 +96,54 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return tp.from_dict(value, prefix=f"{name}.")
-    try:
-        if tp is bool:
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if tp is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, str):
-                return int(float(value)) if ("e" in value.lower() or "." in value) else int(value)
-            return int(value)
-        if tp is float:
-            return float(value)
-        if tp is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: {value!r} is not a valid {tp.__name__}") from None
+        try:
+            return tp.from_dict(value, prefix=f"{name}.")
+        except ConfigError as e:  # name the field as the user spells it: model.n_layer
+            if str(e).startswith(f"{name}."):
+                raise
+            raise ConfigError(f"{name}.{e}") from None
+    if tp is int:
+        return _whole(value, name)
+    if tp is float:
+        return _finite(value, name)
+    if tp is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}: {value!r} is not a valid bool")
+        return bool(value)
+    if tp is str:
+        return str(value)
     return value
 
 
 class ConfigBase:
-    """Mixin for config dataclasses: dict / JSON / YAML round trip, overrides, validation."""
+    """Mixin for config dataclasses: dict / JSON / YAML round trip, overrides, validation.
+
+    Every field is converted to its annotated type when the config is made, however it was made
+    (``from_dict``, keyword arguments, ``replace``): integers must be whole, floats finite, and a
+    bad value is a :class:`ConfigError` naming the field (``section`` + name) before ``validate``
+    checks ranges.
+    """
+
+    section: ClassVar[str] = ""  # the prefix of its field names in messages, e.g. "train."
 
     def validate(self) -> None:  # overridden by subclasses
         pass
 
     def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in fields(self):
+            value = _coerce(getattr(self, f.name), hints[f.name], self.section + f.name)
+            object.__setattr__(self, f.name, value)  # frozen subclasses too
         self.validate()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], prefix: str = ""):
-        hints = get_type_hints(cls)
+        hints = _hints(cls)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -197,6 +255,8 @@ class ModelConfig(ConfigBase):
     attention_dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    share_embeddings: bool = True  # encoder-decoder: one token embedding for both stacks (False: one each)
+    scale_attention: bool = True  # scores Q K^T / sqrt(head size); False: unscaled (GPT-2 scale_attn_weights=False)
     lm_head_bias: bool = False  # BERT's MLM decoder and BART's final_logits_bias have one
     embedding_norm: bool = False  # a norm right after the embeddings (BERT, BART)
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Transformer, Marian)
@@ -227,7 +287,7 @@ class ModelConfig(ConfigBase):
 
     @property
     def gated(self) -> bool:
-        return self.activation in ("swiglu", "geglu")
+        return self.activation in GATED
 
     @property
     def ffn_dim(self) -> int:
@@ -291,6 +351,8 @@ class ModelConfig(ConfigBase):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1), got {v}")
+        if self.arch != "encoder-decoder" and not self.share_embeddings:
+            raise ConfigError("share_embeddings: only an encoder-decoder has two token embeddings; set it true")
         if self.arch != "encoder" and self.nsp_head:
             raise ConfigError("nsp_head: only an encoder has a next-sentence head; set nsp_head=false")
         for name in ("pad_id", "bos_id", "eos_id", "mask_id", "cls_id", "sep_id", "decoder_start_id", "text_start_id"):

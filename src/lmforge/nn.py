@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.config import ModelConfig
+from lmforge.config import GATED, ModelConfig
 from lmforge.errors import LMForgeError
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +126,8 @@ def attention_mask_4d(key_mask: torch.Tensor | None, q_len: int, k_len: int, cau
 
 
 class Attention(nn.Module):
-    """Multi-head attention softmax(Q K^T / sqrt(D)) V with grouped key/value heads.
+    """Multi-head attention softmax(Q K^T / sqrt(D)) V with grouped key/value heads (``scale_attention=False``:
+    softmax(Q K^T) V, as GPT-2 with ``scale_attn_weights=False``).
 
     Self-attention projects Q, K, V with one fused matmul (``qkv``); cross-attention projects Q from
     the decoder (``q``) and K, V from the encoder output (``kv``). ``proj`` is W^O.
@@ -144,6 +145,7 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
         self.proj = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attention_dropout
+        self.scale = None if cfg.scale_attention else 1.0  # None: SDPA's 1 / sqrt(D)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -187,7 +189,7 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:  # the explicit path: same outputs, and the probabilities to look at
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
+            scores = (q @ k.transpose(-2, -1)) * (self.scale or 1 / math.sqrt(self.head_dim))  # (B, H, T, S)
             if is_causal:
                 mask = attention_mask_4d(None, T, k.shape[2], causal=True, past=k.shape[2] - T, device=q.device)
             if mask is not None:
@@ -196,7 +198,7 @@ class Attention(nn.Module):
             y = F.dropout(weights, dropout, self.training) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=is_causal and mask is None)
+                                               is_causal=is_causal and mask is None, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.proj(y), weights
 
@@ -209,13 +211,12 @@ _ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,
-    "swiglu": F.silu,  # gated: act(gate) * up
-    "geglu": F.gelu,
 }
 
 
 def activation_fn(name: str):
-    return _ACTIVATIONS[name]
+    """The function of an activation name; a gated FFN's name (swiglu, ...) gives its gate's."""
+    return _ACTIVATIONS[GATED.get(name, name)]
 
 
 class MLP(nn.Module):

@@ -37,7 +37,12 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from lmforge.infer import generate, load_for_inference
+    from lmforge.infer.options import SamplingOptions
 
+    options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=0.0 if args.greedy else args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                              seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                              batch_size=args.batch_size)  # checked before anything loads or prints
     prompts = list(args.prompt)
     if args.prompt_file:
         path = Path(args.prompt_file)
@@ -48,21 +53,22 @@ def run(args) -> int:
         raise DataError("no prompt: give --prompt TEXT (repeatable) or --prompt-file")
     model, tok = load_for_inference(args.model, args.device, args.dtype)
     stream_ok = not args.no_stream and not args.json and args.num_beams == 1 and len(prompts) == 1
-    temperature = 0.0 if args.greedy else args.temperature
+    echo = [stream_ok and model.config.arch == "decoder"]  # the completion continues the prompt
+
+    def show_prompt() -> None:  # with the first new text, so that an error comes alone
+        if echo[0]:
+            sys.stdout.write(prompts[0])
+            echo[0] = False
 
     def stream(i: int, text: str) -> None:
+        show_prompt()
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    if stream_ok and model.config.arch == "decoder":  # the completion continues the prompt
-        sys.stdout.write(prompts[0])
-        sys.stdout.flush()
-    results = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, temperature=temperature,
-                       top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                       stop=args.stop, seed=args.seed, num_beams=args.num_beams,
-                       length_penalty=args.length_penalty, stream=stream if stream_ok else None,
-                       add_bos=False if args.no_bos else None, batch_size=args.batch_size)
+    results = generate(model, tok, prompts, **options.to_dict(), stop=args.stop,
+                       stream=stream if stream_ok else None, add_bos=False if args.no_bos else None)
     if stream_ok:
+        show_prompt()
         sys.stdout.write("\n")
         print(f"[{len(results[0].token_ids)} tokens, {results[0].finish_reason}]", file=sys.stderr)
         return 0

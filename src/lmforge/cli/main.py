@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 import lmforge
@@ -35,8 +36,24 @@ def _verb_modules():
     return mods
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with lmforge's error convention, and negative numbers such as ``-1e21`` or ``-inf``
+    taken as values (argparse knows only ``-1`` and ``-.5``), so the library can say what is wrong."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
+    def error(self, message: str):
+        """One line, ``error: ...`` and exit 2, as for every other user error (no usage block)."""
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmforge", description=lmforge.__doc__.strip().splitlines()[0])
+    parser = _Parser(prog="lmforge", description=lmforge.__doc__.strip().splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lmforge {lmforge.__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -37,6 +38,8 @@ class LoRAConfig(ConfigBase):
     alpha: float | None = None  # None: 2 * rank, so the update's scale alpha / rank stays 2 across ranks
     dropout: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    section: ClassVar[str] = "lora."
 
     @property
     def alpha_value(self) -> float:

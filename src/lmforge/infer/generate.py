@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import LMForgeError
+from lmforge.infer.options import SamplingOptions
 from lmforge.nn import apply_rope
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class _LeanDecodeStep:
         self.splits = [self.H * self.D, self.K * self.D, self.K * self.D]
         self.pre = cfg.norm_position == "pre"
         self.gated, self.act = cfg.gated, activation_fn(cfg.activation)
+        self.scale = tr.blocks[0].attn.scale if len(tr.blocks) else None
         self.positions = cfg.positions
         self.tok_w = tr.tok_emb.weight
         self.pos_w = tr.pos_emb.weight if cfg.positions == "learned" else None
@@ -319,7 +321,7 @@ class _LeanDecodeStep:
             if K != H:
                 k = k.repeat_interleave(H // K, dim=1)
                 v = v.repeat_interleave(H // K, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
             y = linear(y.transpose(1, 2).reshape(B, 1, H * D), wo, bo)
             x = x + y if self.pre else n1(x + y)
             h = linear(n2(x) if self.pre else x, w1, b1)
@@ -544,11 +546,10 @@ def generate_ids(
         raise LMForgeError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
         raise LMForgeError("empty prompt: give at least one token (e.g. a BOS token)")
-    if max_new_tokens < 1:
-        raise LMForgeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if num_beams < 1:
-        raise LMForgeError(f"num_beams must be >= 1, got {num_beams}")
     cfg = model.config
+    SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                    repetition_penalty=repetition_penalty, seed=seed, num_beams=num_beams,
+                    length_penalty=length_penalty).check_model(cfg.vocab_size)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     eos = _resolve_special(eos_id, cfg.eos_id)
@@ -557,12 +558,8 @@ def generate_ids(
         pad = eos if eos is not None else 0
     if do_sample is None:
         do_sample = temperature > 0
-    if do_sample and temperature <= 0:
+    if do_sample and temperature == 0:
         do_sample = False
-    if top_p is not None and not 0 < top_p <= 1:
-        raise LMForgeError(f"top_p must be in (0, 1], got {top_p}")
-    if repetition_penalty <= 0:
-        raise LMForgeError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     if do_sample and generator is None:
         generator = make_generator(seed, device)
     if check_every is None:
@@ -841,6 +838,9 @@ def generate(
     Decoder prompts start with the model's start token (:func:`encode_prompt`; ``add_bos=False``
     leaves it out), are left-padded and run in batches of ``batch_size`` (default: all at once).
     """
+    SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                    repetition_penalty=repetition_penalty, seed=seed, num_beams=num_beams,
+                    length_penalty=length_penalty, batch_size=batch_size)  # refuse bad options before any work
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)

@@ -24,6 +24,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.interop.hf_fields import TABLES, check_hf_config
 from lmforge.models import build_model
 from lmforge.models.io import load_state_into
 
@@ -128,14 +129,22 @@ def _bert_rules(cfg: ModelConfig, prefix: str = "bert.") -> list[Rule]:
         r += _linear("mlm.dense", "cls.predictions.transform.dense")
         r += _norm("mlm.norm", "cls.predictions.transform.LayerNorm")
         r.append(("mlm.decoder.bias", ["cls.predictions.bias"], "copy", []))
+        if not cfg.tie_embeddings:
+            r.append(("mlm.decoder.weight", ["cls.predictions.decoder.weight"], "copy", []))
     if cfg.nsp_head:
         r += _linear("nsp", "cls.seq_relationship")
     return r
 
 
 def _seq2seq_rules(cfg: ModelConfig, bart: bool) -> list[Rule]:
-    r: list[Rule] = [("shared.weight", ["model.shared.weight"], "copy", []),
+    # HF's encoder and decoder read their own embed_tokens (tied to model.shared unless
+    # tie_word_embeddings=False); the import fills the ones a checkpoint leaves out (_fill_tied).
+    r: list[Rule] = [("shared.weight", ["model.encoder.embed_tokens.weight"], "copy", []),
                      ("lm_head.bias", ["final_logits_bias"], "row", [])]
+    if not cfg.share_embeddings:
+        r.append(("decoder.tok_emb.weight", ["model.decoder.embed_tokens.weight"], "copy", []))
+    if not cfg.tie_embeddings:
+        r.append(("lm_head.weight", ["lm_head.weight"], "copy", []))
     for side, n_layer in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
         h0 = f"model.{side}"
         if bart:
@@ -163,12 +172,16 @@ def _seq2seq_rules(cfg: ModelConfig, bart: bool) -> list[Rule]:
 _HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu",
            "relu": "relu", "silu": "silu", "swish": "silu"}
 _OUR_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+_GATED_ACT = {"silu": "swiglu", "gelu": "geglu", "gelu_tanh": "geglu_tanh", "relu": "reglu"}  # LLaMA's gate
+_OUR_GATE = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh", "reglu": "relu"}
 
 
-def _act(name: str) -> str:
+def _act(hf: dict, key: str, default: str, gated: bool = False) -> str:
+    name = hf.get(key, default)
     if name not in _HF_ACT:
-        raise ConfigError(f"activation: HF activation {name!r} has no lmforge equivalent")
-    return _HF_ACT[name]
+        raise ConfigError(f"{key}: HF activation {name!r} has no lmforge equivalent; "
+                          f"lmforge converts {', '.join(sorted(_HF_ACT))}")
+    return _GATED_ACT[_HF_ACT[name]] if gated else _HF_ACT[name]
 
 
 TEXT_START_KEY = "lmforge_text_start_id"  # an extra HF config key: the token texts start after
@@ -185,69 +198,64 @@ def _special(hf: dict, vocab: int, **keys: str) -> dict[str, int]:
     return out
 
 
-def _require(hf: dict, cond: bool, what: str) -> None:
-    if not cond:
-        raise ConfigError(f"HF {hf.get('model_type')} config: {what} is not supported by lmforge")
-
-
 def config_from_hf(hf: dict[str, Any], state_keys: set[str] | None = None) -> tuple[ModelConfig, str]:
-    """The lmforge config for an HF config dict, and the HF family name."""
+    """The lmforge config for an HF config dict, and the HF family name.
+
+    Every field is first checked against the family's table (:mod:`lmforge.interop.hf_fields`):
+    a setting lmforge cannot reproduce is refused with its name and value, never converted into
+    a different model."""
     mt = hf.get("model_type")
+    if mt not in TABLES:
+        raise ConfigError(f"HF model_type {mt!r} is not supported; lmforge converts gpt2, llama, bert, bart, marian")
+    hf = check_hf_config(hf, mt)
     keys = state_keys or set()
     if mt == "gpt2":
-        _require(hf, not hf.get("scale_attn_by_inverse_layer_idx"), "scale_attn_by_inverse_layer_idx")
         v = hf.get("vocab_size", 50257)
         cfg = dict(arch="decoder", vocab_size=v, max_positions=hf.get("n_positions", 1024),
                    n_layer=hf.get("n_layer", 12), d_model=hf.get("n_embd", 768), n_head=hf.get("n_head", 12),
-                   d_ff=hf.get("n_inner"), activation=_act(hf.get("activation_function", "gelu_new")),
+                   d_ff=hf.get("n_inner"), activation=_act(hf, "activation_function", "gelu_new"),
                    norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
                    attention_dropout=hf.get("attn_pdrop", 0.1), tie_embeddings=hf.get("tie_word_embeddings", True),
+                   scale_attention=hf.get("scale_attn_weights", True),
                    **_special(hf, v, bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"))
     elif mt == "llama":
         v = hf["vocab_size"]
         rope = hf.get("rope_parameters") or {}
-        _require(hf, rope.get("rope_type", "default") == "default" and not hf.get("rope_scaling"), "RoPE scaling")
-        _require(hf, hf.get("head_dim") in (None, hf["hidden_size"] // hf["num_attention_heads"]), "a custom head_dim")
-        _require(hf, hf.get("attention_bias", False) == hf.get("mlp_bias", False), "different attention / MLP biases")
         cfg = dict(arch="decoder", vocab_size=v, max_positions=hf.get("max_position_embeddings", 2048),
                    n_layer=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_head=hf["num_attention_heads"],
                    n_kv_head=hf.get("num_key_value_heads"), d_ff=hf["intermediate_size"],
-                   activation={"silu": "swiglu", "gelu": "geglu"}.get(hf.get("hidden_act", "silu"), "swiglu"),
+                   activation=_act(hf, "hidden_act", "silu", gated=True),
                    norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), positions="rope",
                    rope_base=rope.get("rope_theta", hf.get("rope_theta", 10000.0)), bias=hf.get("attention_bias", False),
                    tie_embeddings=hf.get("tie_word_embeddings", False), attention_dropout=hf.get("attention_dropout", 0.0),
                    **_special(hf, v, bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"))
     elif mt == "bert":
-        _require(hf, hf.get("position_embedding_type", "absolute") == "absolute", "relative position embeddings")
-        _require(hf, not hf.get("is_decoder"), "a BERT decoder")
         v = hf["vocab_size"]
         has_head = not keys or any(k.startswith("cls.predictions") for k in keys)
         has_nsp = not keys or any(k.startswith("cls.seq_relationship") for k in keys)
         has_pooler = not keys or any("pooler." in k for k in keys)
         cfg = dict(arch="encoder", vocab_size=v, max_positions=hf.get("max_position_embeddings", 512),
                    n_layer=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_head=hf["num_attention_heads"],
-                   d_ff=hf["intermediate_size"], activation=_act(hf.get("hidden_act", "gelu")), norm_position="post",
+                   d_ff=hf["intermediate_size"], activation=_act(hf, "hidden_act", "gelu"), norm_position="post",
                    norm_eps=hf.get("layer_norm_eps", 1e-12), embedding_norm=True,
                    type_vocab_size=hf.get("type_vocab_size", 2), lm_head_bias=True, mlm_head=has_head,
+                   tie_embeddings=hf.get("tie_word_embeddings", True),
                    pooler=has_pooler, nsp_head=has_nsp and has_pooler, dropout=hf.get("hidden_dropout_prob", 0.1),
                    attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
                    **_special(hf, v, pad_id="pad_token_id"))
-    elif mt in ("bart", "marian"):
-        _require(hf, hf["encoder_attention_heads"] == hf["decoder_attention_heads"], "different encoder/decoder heads")
-        _require(hf, hf["encoder_ffn_dim"] == hf["decoder_ffn_dim"], "different encoder/decoder FFN widths")
-        _require(hf, not hf.get("normalize_before") and not hf.get("add_final_layer_norm"), "pre-norm BART (mBART)")
+    else:  # bart, marian
         v = hf["vocab_size"]
+        tie = hf.get("tie_word_embeddings", True)  # False unties encoder, decoder and head (transformers 5)
         cfg = dict(arch="encoder-decoder", vocab_size=v, max_positions=hf.get("max_position_embeddings", 1024),
                    n_layer=hf["encoder_layers"], n_encoder_layer=hf["encoder_layers"],
                    n_decoder_layer=hf["decoder_layers"], d_model=hf["d_model"], n_head=hf["encoder_attention_heads"],
-                   d_ff=hf["encoder_ffn_dim"], activation=_act(hf.get("activation_function", "gelu")),
+                   d_ff=hf["encoder_ffn_dim"], activation=_act(hf, "activation_function", "gelu"),
                    norm_position="post", positions="learned" if mt == "bart" else "sinusoidal",
                    embedding_norm=mt == "bart", scale_embeddings=bool(hf.get("scale_embedding", False)),
+                   tie_embeddings=tie, share_embeddings=tie and hf.get("share_encoder_decoder_embeddings", True),
                    lm_head_bias=True, dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.0),
                    **_special(hf, v, pad_id="pad_token_id", bos_id="bos_token_id", eos_id="eos_token_id",
                               decoder_start_id="decoder_start_token_id"))
-    else:
-        raise ConfigError(f"HF model_type {mt!r} is not supported; lmforge converts gpt2, llama, bert, bart, marian")
     if cfg["arch"] == "decoder":  # written by config_to_hf for a model lmforge pretrained
         cfg.update(_special(hf, cfg["vocab_size"], text_start_id=TEXT_START_KEY))
     return ModelConfig.from_dict(cfg), mt
@@ -263,12 +271,12 @@ def config_to_hf(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
                  n_positions=cfg.max_positions, n_layer=cfg.n_layer, n_embd=cfg.d_model, n_head=cfg.n_head,
                  n_inner=cfg.d_ff, activation_function=_OUR_ACT[cfg.activation], layer_norm_epsilon=cfg.norm_eps,
                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.attention_dropout,
-                 tie_word_embeddings=cfg.tie_embeddings, **ids)
+                 tie_word_embeddings=cfg.tie_embeddings, scale_attn_weights=cfg.scale_attention, **ids)
     elif family == "llama":
         d = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=cfg.vocab_size,
                  max_position_embeddings=cfg.max_positions, num_hidden_layers=cfg.n_layer, hidden_size=cfg.d_model,
                  num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.ffn_dim,
-                 hidden_act="silu" if cfg.activation == "swiglu" else "gelu", rms_norm_eps=cfg.norm_eps,
+                 hidden_act=_OUR_GATE[cfg.activation], rms_norm_eps=cfg.norm_eps,
                  rope_theta=cfg.rope_base, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
                  attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_embeddings,
                  attention_dropout=cfg.attention_dropout, **ids)
@@ -278,7 +286,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
                  max_position_embeddings=cfg.max_positions, num_hidden_layers=cfg.n_layer, hidden_size=cfg.d_model,
                  num_attention_heads=cfg.n_head, intermediate_size=cfg.ffn_dim, hidden_act=_OUR_ACT[cfg.activation],
                  layer_norm_eps=cfg.norm_eps, type_vocab_size=cfg.type_vocab_size, hidden_dropout_prob=cfg.dropout,
-                 attention_probs_dropout_prob=cfg.attention_dropout, **ids)
+                 attention_probs_dropout_prob=cfg.attention_dropout, tie_word_embeddings=cfg.tie_embeddings, **ids)
     else:
         bart = family == "bart"
         d = dict(model_type=family, architectures=["BartForConditionalGeneration" if bart else "MarianMTModel"],
@@ -288,10 +296,11 @@ def config_to_hf(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
                  encoder_ffn_dim=cfg.ffn_dim, decoder_ffn_dim=cfg.ffn_dim,
                  activation_function=_OUR_ACT[cfg.activation], scale_embedding=cfg.scale_embeddings,
                  dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=0.0,
-                 tie_word_embeddings=True, decoder_start_token_id=cfg.decoder_start_id, **ids)
+                 tie_word_embeddings=cfg.tie_embeddings and (cfg.share_embeddings or not bart),
+                 decoder_start_token_id=cfg.decoder_start_id, **ids)
         if not bart:
             d["decoder_vocab_size"] = cfg.vocab_size
-            d["share_encoder_decoder_embeddings"] = True
+            d["share_encoder_decoder_embeddings"] = cfg.share_embeddings
     if cfg.text_start_id is not None:
         d[TEXT_START_KEY] = cfg.text_start_id
     return d, family
@@ -306,7 +315,8 @@ def hf_family(cfg: ModelConfig) -> str:
 
     if cfg.arch == "decoder":
         if cfg.positions == "rope":
-            need(cfg.norm == "rmsnorm" and cfg.gated and cfg.norm_position == "pre", "RoPE needs RMSNorm + SwiGLU pre-norm (LLaMA)")
+            need(cfg.norm == "rmsnorm" and cfg.gated and cfg.norm_position == "pre" and cfg.scale_attention,
+                 "RoPE needs RMSNorm + a gated FFN, pre-norm, scaled attention (LLaMA)")
             need(not cfg.lm_head_bias and not cfg.embedding_norm and not cfg.scale_embeddings, "extra head bias / embedding norm")
             return "llama"
         need(cfg.positions == "learned" and cfg.norm == "layernorm" and cfg.norm_position == "pre" and cfg.bias
@@ -314,15 +324,16 @@ def hf_family(cfg: ModelConfig) -> str:
              and not cfg.lm_head_bias and not cfg.embedding_norm and not cfg.scale_embeddings,
              "GPT-2 needs learned positions, pre-LayerNorm with biases, MHA, a plain FFN")
         return "gpt2"
+    need(cfg.scale_attention, "unscaled attention exists only in GPT-2")
     if cfg.arch == "encoder":
         need(cfg.positions == "learned" and cfg.norm == "layernorm" and cfg.norm_position == "post" and cfg.bias
              and cfg.embedding_norm and not cfg.gated and cfg.kv_heads == cfg.n_head and cfg.type_vocab_size > 0
-             and cfg.tie_embeddings and cfg.lm_head_bias and cfg.activation in _OUR_ACT,
-             "BERT needs learned positions, segments, post-LayerNorm, MHA, a plain FFN, tied head with bias")
+             and cfg.lm_head_bias and cfg.activation in _OUR_ACT,
+             "BERT needs learned positions, segments, post-LayerNorm, MHA, a plain FFN, a head with bias")
         return "bert"
     need(cfg.norm == "layernorm" and cfg.norm_position == "post" and cfg.bias and not cfg.gated
-         and cfg.kv_heads == cfg.n_head and cfg.tie_embeddings and cfg.lm_head_bias and cfg.activation in _OUR_ACT,
-         "BART / Marian need post-LayerNorm, MHA, a plain FFN and a tied head with bias")
+         and cfg.kv_heads == cfg.n_head and cfg.lm_head_bias and cfg.activation in _OUR_ACT,
+         "BART / Marian need post-LayerNorm, MHA, a plain FFN and a head with bias")
     if cfg.positions == "learned" and cfg.embedding_norm:
         return "bart"
     need(cfg.positions == "sinusoidal" and not cfg.embedding_norm, "learned positions need an embedding norm (BART); "
@@ -344,28 +355,52 @@ def _rules(cfg: ModelConfig, family: str, prefix: str = "bert.") -> list[Rule]:
 # Import / export
 
 
-# Buffers and tied copies that HF checkpoints carry but that lmforge derives.
+# Buffers that HF checkpoints carry but that lmforge derives.
 _IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias", "rotary_emb.inv_freq")
+_EMBED = {side: f"model.{side}.embed_tokens.weight" for side in ("encoder", "decoder")}
 
 
 def _ignorable(name: str, family: str) -> bool:
     if name.endswith(_IGNORED_SUFFIXES):
         return True
-    if family in ("bart", "marian") and name in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
-                                                "lm_head.weight"):
-        return True
     if family == "marian" and name.endswith("embed_positions.weight"):
         return True
-    return (family in ("gpt2", "llama") and name == "lm_head.weight") or name == "cls.predictions.decoder.weight" \
-        or name == "cls.predictions.decoder.bias"
+    return family in ("bart", "marian") and name == "model.shared.weight"  # copied into embed_tokens, or unused
+
+
+def _tied_copies(cfg: ModelConfig, family: str, prefix: str) -> dict[str, str]:
+    """HF tensors that the lmforge config ties to another one: when a checkpoint holds both, they
+    must be equal (else the config does not describe the weights, and converting would change them)."""
+    if family in ("gpt2", "llama"):
+        emb = "transformer.wte.weight" if family == "gpt2" else "model.embed_tokens.weight"
+        return {"lm_head.weight": emb} if cfg.tie_embeddings else {}
+    if family == "bert":
+        tied = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
+        if cfg.tie_embeddings:
+            tied["cls.predictions.decoder.weight"] = f"{prefix}embeddings.word_embeddings.weight"
+        return tied
+    tied = {"model.shared.weight": _EMBED["encoder"]} if cfg.share_embeddings else {}
+    if cfg.share_embeddings:
+        tied[_EMBED["decoder"]] = _EMBED["encoder"]
+    if cfg.tie_embeddings:
+        tied["lm_head.weight"] = _EMBED["decoder"]
+    return tied
 
 
 def from_hf_state(hf_config: dict[str, Any], state: dict[str, torch.Tensor], source: str = "HF model") -> nn.Module:
     """An lmforge model from an HF config dict and state dict (names checked both ways)."""
     cfg, family = config_from_hf(hf_config, set(state))
     prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
+    if family in ("bart", "marian") and "model.shared.weight" in state:  # embed_tokens saved as ties of it
+        state = {**{k: state["model.shared.weight"] for k in _EMBED.values()}, **state}
+    tied = _tied_copies(cfg, family, prefix)
+    for name, other in tied.items():
+        if name in state and other in state and not torch.equal(state[name], state[other]):
+            raise CheckpointError(f"{source}: HF tensor {name!r} differs from {other!r}, but the HF config ties them "
+                                  f"(tie_word_embeddings / share_encoder_decoder_embeddings); converting would "
+                                  f"change the model")
     rules = _rules(cfg, family, prefix)
-    used: set[str] = set()
+    used: set[str] = set(tied)
     ours: dict[str, torch.Tensor] = {}
     for name, hf_names, op, _ in rules:
         missing = [h for h in hf_names if h not in state]
@@ -373,8 +408,6 @@ def from_hf_state(hf_config: dict[str, Any], state: dict[str, torch.Tensor], sou
             raise CheckpointError(f"{source}: missing HF tensor {missing[0]!r} for {name}")
         ours[name] = _load(op, [state[h].float() for h in hf_names]).contiguous()
         used.update(hf_names)
-    if family in ("gpt2", "llama") and not cfg.tie_embeddings:
-        used.add("lm_head.weight")
     left = sorted(k for k in state if k not in used and not _ignorable(k, family))
     if left:
         raise CheckpointError(f"{source}: HF tensor {left[0]!r} has no place in the lmforge model ({len(left)} left over)")
@@ -395,6 +428,15 @@ def to_hf_state(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tenso
             out[h] = t.contiguous().clone()
     if family == "bert" and cfg.mlm_head:  # HF's decoder bias aliases cls.predictions.bias
         out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
+    if family in ("bart", "marian"):
+        enc = out[_EMBED["encoder"]]
+        dec = out.setdefault(_EMBED["decoder"], enc.clone())
+        if not hf_config["tie_word_embeddings"]:  # HF unties everything: each matrix written out
+            out.setdefault("lm_head.weight", dec.clone())
+        if cfg.share_embeddings and hf_config["tie_word_embeddings"]:  # HF ties all to model.shared
+            del out[_EMBED["encoder"]], out[_EMBED["decoder"]]
+        if family == "bart" or cfg.share_embeddings:  # Marian with unshared embeddings has no model.shared
+            out["model.shared.weight"] = enc.clone()
     if family == "marian":
         from lmforge.nn import sinusoidal_table
 

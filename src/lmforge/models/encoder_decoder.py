@@ -1,7 +1,8 @@
 """Encoder-decoder model: P(y | x) = prod_t P(y_t | y_<t, x).
 
 A bidirectional encoder stack reads the source; a causal decoder stack with cross-attention
-writes the target. Token embeddings are shared by encoder, decoder and (tied) LM head.
+writes the target. Token embeddings are shared by encoder, decoder and (tied) LM head
+(``share_embeddings=False``: the decoder has its own, which the tied head then reads).
 ``labels`` are aligned with ``decoder_input_ids`` (the target shifted right behind a start token).
 """
 
@@ -19,13 +20,14 @@ class EncoderDecoderLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)  # the encoder's (and, shared, the decoder's)
         self.encoder = TransformerStack(cfg, cfg.encoder_layers, causal=False, tok_emb=self.shared)
-        self.decoder = TransformerStack(cfg, cfg.decoder_layers, causal=True, cross=True, tok_emb=self.shared)
+        self.decoder = TransformerStack(cfg, cfg.decoder_layers, causal=True, cross=True,
+                                        tok_emb=self.shared if cfg.share_embeddings else None)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         init_weights(self, cfg, cfg.encoder_layers + cfg.decoder_layers)
         if cfg.tie_embeddings:
-            self.lm_head.weight = self.shared.weight
+            self.lm_head.weight = self.decoder.tok_emb.weight
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None) -> KVCache:
         return self.decoder.new_cache(batch, max_len or self.config.max_positions, dtype, device)

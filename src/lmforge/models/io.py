@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,13 +38,70 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+# What an atomic write leaves if it is killed: ".NAME.tmp-XXXX" (the half-written copy) and
+# ".NAME.old-PID" (the replaced one, between the two renames). remove_temporaries knows both.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")
+_OPEN: set[Path] = set()  # temporary directories that an atomic_directory call is filling now
+
+
+def is_temporary(name: str) -> bool:
+    return _TEMPORARY.match(name) is not None
+
+
+def remove_temporaries(directory: str | Path) -> list[Path]:
+    """Remove what killed atomic writes left in ``directory``; a replaced directory whose
+    replacement never arrived (killed between the two renames) is put back instead."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in sorted(directory.iterdir()):
+        m = _TEMPORARY.match(p.name)
+        if m is None or p.resolve() in _OPEN:
+            continue
+        final = p.with_name(m["name"])
+        if m["kind"] == "old" and not final.exists():
+            os.replace(p, final)
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file under a temporary name and rename it when whole."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def atomic_directory(final: Path, write, overwrite: bool = True) -> Path:
-    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final`` (replacing it if allowed)."""
+    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final`` (replacing it if allowed).
+
+    Inside another atomic write (a model directory that is the checkpoint's temporary directory)
+    ``write`` fills ``final`` directly: the outer rename already makes it appear whole, and a
+    second temporary level would be debris that no clean-up knows of."""
     final = Path(final)
+    if final.resolve() in _OPEN:
+        write(final)
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not overwrite:
         raise CheckpointError(f"{final}: already exists; pass overwrite=True to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    _OPEN.add(tmp.resolve())
     try:
         write(tmp)
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
@@ -60,6 +118,8 @@ def atomic_directory(final: Path, write, overwrite: bool = True) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _OPEN.discard(tmp.resolve())
     return final
 
 

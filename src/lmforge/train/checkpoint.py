@@ -7,7 +7,7 @@
   plain containers only, so it loads with ``torch.load(..., weights_only=True)``.
 * ``manifest.json``, written last, lists every file with its size and SHA-256. The directory is
   written under a temporary name and renamed when whole (a killed writer leaves only a
-  ``.step-N.tmp-*`` directory, ignored and cleaned up); the manifest also catches files damaged
+  ``.step-N.tmp-*`` directory, ignored and cleaned up; the model files go straight into it); the manifest also catches files damaged
   after the fact (a truncated copy, a full disk), and :func:`latest_valid` then falls back to the
   previous good checkpoint and says which one was skipped and why.
 """
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import CheckpointError
-from lmforge.models.io import atomic_directory
+from lmforge.models.io import atomic_directory, remove_temporaries
 
 STATE_FILE, MANIFEST_FILE = "state.pt", "manifest.json"
 CHECKPOINTS = "checkpoints"
@@ -93,12 +93,31 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
 
 
 def remove_partial(run_dir: str | Path) -> list[Path]:
-    """Remove ``.step-N.tmp-*`` directories that a killed writer left behind."""
-    root = Path(run_dir) / CHECKPOINTS
-    stale = [*root.glob(".step-*.tmp-*"), *root.glob(".step-*.old-*")]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return stale
+    """Remove what killed writers left in a run directory and its checkpoints (``.step-N.tmp-*``,
+    ``.best.tmp-*``, ``.metrics.jsonl.tmp-*``, ...: every temporary name an atomic write makes)."""
+    return [*remove_temporaries(Path(run_dir) / CHECKPOINTS), *remove_temporaries(run_dir)]
+
+
+def read_metrics(path: str | Path, log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], bool]:
+    """The records of a ``metrics.jsonl`` and whether its last line was torn (a crash while it was
+    written leaves half a line): that line is dropped with a warning; damage elsewhere is an error."""
+    path = Path(path)
+    lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if line.strip()]
+    records, torn = [], False
+    for k, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif k == len(lines) - 1:
+            torn = True
+            log(f"warning: {path}: the last line is torn (the run was killed while writing it); dropped it")
+        else:
+            raise CheckpointError(f"{path}:{number}: not a JSON record; the metrics log is damaged")
+    return records, torn
 
 
 # ----------------------------------------------------------------------------------------------

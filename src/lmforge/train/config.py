@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from lmforge.config import MODEL_PRESETS, ConfigBase, ModelConfig
 from lmforge.errors import ConfigError
@@ -21,6 +21,7 @@ from lmforge.errors import ConfigError
 OBJECTIVES = ("causal", "mlm", "mlm+nsp", "span", "infill")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 STRATEGIES = ("ddp", "fsdp")
+MAX_THREADS = 1024  # torch's thread pools crash far above the core count
 
 
 @dataclass
@@ -45,6 +46,8 @@ class DataConfig(ConfigBase):
     sentinels: int | None = None  # <extra_id_N> tokens to add; default 100 for span corruption, else the kind's
     val_fraction: float = 0.1  # files (not the bundled corpus): held-out share of the documents
 
+    section: ClassVar[str] = "data."
+
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"data.objective: unknown {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -54,6 +57,8 @@ class DataConfig(ConfigBase):
         for name in ("mlm_probability", "noise_density", "val_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}: must be in (0, 1), got {getattr(self, name)}")
+        if self.sentinels is not None and self.sentinels < 0:
+            raise ConfigError(f"data.sentinels: must be >= 0, got {self.sentinels}")
 
 
 @dataclass
@@ -93,17 +98,19 @@ class TrainConfig(ConfigBase):
     tensorboard: bool = True  # write tb/ when TensorBoard is installed
     progress: bool = True  # a tqdm progress bar
 
+    section: ClassVar[str] = "train."
+
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule: unknown {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy: unknown {self.strategy!r}; choose ddp or fsdp")
-        for name in ("max_steps", "batch_size", "grad_accum", "lr", "log_every", "keep_checkpoints",
+        for name in ("max_steps", "batch_size", "grad_accum", "lr", "eps", "log_every", "keep_checkpoints",
                      "max_nonfinite"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}: must be positive, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "weight_decay", "grad_clip",
-                     "sample_tokens", "threads", "peak_flops"):
+                     "sample_tokens", "threads", "peak_flops", "sample_temperature", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -112,6 +119,8 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"train.decay_fraction: must be in (0, 1], got {self.decay_fraction}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"train.beta1/beta2: must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"train.threads: {self.threads} is more than {MAX_THREADS}; use about one per core")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"train.batch_size: {self.batch_size} is not divisible by grad_accum={self.grad_accum}")
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from lmforge import device as dev
 from lmforge.errors import CheckpointError, LMForgeError, TrainingError
-from lmforge.models.io import WEIGHTS_FILE, save_model
+from lmforge.models.io import WEIGHTS_FILE, atomic_write_text, save_model
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import TrainConfig
@@ -607,12 +607,10 @@ class Trainer:
     def _truncate_metrics(self, step: int) -> list[dict[str, Any]]:
         if self.run_dir is None or not (self.run_dir / METRICS_FILE).is_file():
             return []
-        records = [json.loads(line) for line in (self.run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+        records, torn = ckpt.read_metrics(self.run_dir / METRICS_FILE, self.log if self.is_main else lambda m: None)
         kept = [r for r in records if r.get("step", 0) <= step]
-        if self.is_main and len(kept) != len(records):
-            tmp = self.run_dir / (METRICS_FILE + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.run_dir / METRICS_FILE)
+        if self.is_main and (torn or len(kept) != len(records)):
+            atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
         D.barrier()
         return kept
 

@@ -165,6 +165,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh start: no log lines or plots of an earlier attempt
             _clear_run(run_dir)
+        ckpt.remove_partial(run_dir)  # what a killed earlier attempt left half written
         _write_config(cfg, run_dir / CONFIG_FILE)
     say(f"run {run_dir}: {cfg.model.arch} model, objective {cfg.data.objective}, dataset {dataset_dir(cfg)}")
 
