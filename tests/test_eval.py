@@ -15,11 +15,13 @@ from lmforge.config import ModelConfig
 from lmforge.data.corpus import VALIDATION_PLAYS, shakespeare
 from lmforge.errors import LMForgeError
 from lmforge.eval import tasks as shipped
-from lmforge.finetune.tasks import GENRES
+from lmforge.finetune.tasks import GENRES, restoration_prompt, restoration_source
 from lmforge.models import build_model, save_model
 
 TOL = 1e-4
-DOCS = {"shakespeare_ppl": [0], "shakespeare_genre": list(range(18)), "shakespeare_cloze": list(range(16))}
+DOCS = {"shakespeare_ppl": [0], "shakespeare_genre": list(range(18)), "shakespeare_cloze": list(range(16)),
+        "shakespeare_restore": list(range(6))}
+DECODER_TASKS = tuple(DOCS)
 
 
 @pytest.fixture(autouse=True)
@@ -84,12 +86,21 @@ def test_shipped_rows_come_from_held_out_plays_only_and_are_deterministic():
         assert real == [r["choices"][r["label"]]]  # exactly one reading is a line of the play: the answer
         assert r["answer"] in real[0] and r["context"] in plays[r["play"]]
     assert shipped.cloze_rows.__wrapped__() == cloze and shipped.genre_rows.__wrapped__() == genre
+    restore = shipped.restore_rows()
+    assert {r["play"] for r in restore} == held_out and len(restore) == 6 * shipped.RESTORE_PER_PLAY
+    for r in restore:
+        assert r["source"] == restoration_source(r["target"]) and r["prompt"] == restoration_prompt(r["source"])
+        assert r["target"] in plays[r["play"]]
 
 
 def test_task_yaml_names_and_genre_choices():
     configs = {p.stem: yaml.load(p.read_text(), Loader=yaml.BaseLoader) for p in shipped.TASK_DIR.glob("*.yaml")}
     assert sorted(configs) == sorted(shipped.SHIPPED_TASKS)
-    assert all(c["task"] == name and c["tag"] == shipped.TAG for name, c in configs.items())
+    tags = {name: c["tag"] if isinstance(c["tag"], list) else [c["tag"]] for name, c in configs.items()}
+    assert all(c["task"] == name for name, c in configs.items())
+    assert sorted(n for n, t in tags.items() if shipped.TAG in t) == sorted(DECODER_TASKS)
+    assert sorted(n for n, t in tags.items() if shipped.SEQ2SEQ_TAG in t) == \
+        ["shakespeare_cloze", "shakespeare_genre", "shakespeare_restore_seq2seq"]
     assert configs["shakespeare_genre"]["doc_to_choice"] == list(shipped.GENRE_CHOICES.values())
     assert configs["shakespeare_ppl"]["output_type"] == "loglikelihood_rolling"
 
@@ -114,8 +125,8 @@ def test_bits_per_byte_equals_lmforge_score(tiny, runs, tmp_path, capsys):
 
 def test_hf_model_through_the_harness_agrees_on_every_shipped_task(runs):
     ours, theirs = runs["lmforge"], runs["hf"]
-    assert set(ours["results"]) == set(theirs["results"]) == set(shipped.SHIPPED_TASKS)
-    for task in shipped.SHIPPED_TASKS:
+    assert set(ours["results"]) == set(theirs["results"]) == set(DECODER_TASKS)
+    for task in DECODER_TASKS:
         for key, value in ours["results"][task].items():
             if not isinstance(value, float):
                 continue
@@ -129,11 +140,26 @@ def test_hf_model_through_the_harness_agrees_on_every_shipped_task(runs):
         b = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
         assert [s["doc_id"] for s in a] == [s["doc_id"] for s in b] == DOCS[task]
         for x, y in zip(a, b):
+            if task == "shakespeare_restore":  # the same greedy text (see also the test below)
+                assert x["resps"] == y["resps"], x["doc_id"]
+                continue
             lx = [float(r[0][0] if isinstance(r[0], (list, tuple)) else r[0]) for r in x["resps"]]
             ly = [float(r[0][0] if isinstance(r[0], (list, tuple)) else r[0]) for r in y["resps"]]
             # (a whole play's log P, about -4e5 nats, is summed in fp32 by HF: 1e-9 of it relative)
             assert lx == pytest.approx(ly, abs=TOL, rel=1e-8), (task, x["doc_id"])
     assert 0.0 <= ours["results"]["shakespeare_cloze"]["acc,none"] <= 1.0
+
+
+def test_hf_model_generates_the_same_text(tiny):
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok, _, hf_dir = tiny
+    ours = ev.LMForgeLM(model=model, tokenizer=tok, batch_size=2)
+    theirs = HFLM(**ev.hf_model_args(hf_dir), batch_size=2, device="cpu")
+    prompts = [r["prompt"] for r in shipped.restore_rows()[:3]] + ["ROMEO:\n" * 30]  # the last one is cut
+    requests = _requests("generate_until", [(p, {"until": ["QQ"], "max_gen_toks": 12}) for p in prompts])
+    got = ours.generate_until(requests, disable_tqdm=True)
+    assert got == theirs.generate_until(requests, disable_tqdm=True) and all(got)
 
 
 def _requests(kind, args):
@@ -170,6 +196,14 @@ def test_loglikelihood_and_greedy_match_lmforge(tiny):
     sliding = ev.LMForgeLM(model=model, tokenizer=tok, stride=32)
     assert sliding.loglikelihood_rolling(_requests("loglikelihood_rolling", [(long,)]), disable_tqdm=True)[0] == \
         pytest.approx(score(model, tok, [long], window=64, stride=32)[0].logprob, abs=1e-4)
+    # add_start_token: contexts follow the start token too, as in lmforge's own scoring
+    started = ev.LMForgeLM(model=model, tokenizer=tok, add_start_token="true")
+    (lp_started, _), = started.loglikelihood(_requests("loglikelihood", pairs[:1]), disable_tqdm=True)
+    ref = score_ids(model, [[tok.eos_id] + ids + cont])[0]
+    assert lp_started == pytest.approx(sum(ref.token_logprobs[-len(cont):]), abs=1e-5)
+    assert abs(lp_started - lp) > 1e-4
+    assert started.loglikelihood_rolling(_requests("loglikelihood_rolling", [(long,)]), disable_tqdm=True)[0] == \
+        pytest.approx(rolled, abs=1e-6)
 
 
 def test_generate_until_matches_lmforge_generate(tiny):
@@ -183,6 +217,9 @@ def test_generate_until_matches_lmforge_generate(tiny):
     want = [c.text for c in generate(model, tok, prompts, max_new_tokens=12, temperature=0, stop=["\n"],
                                      add_bos=False)]
     assert got == want and all("\n" not in g for g in got)
+    started = ev.LMForgeLM(model=model, tokenizer=tok, add_start_token=True)  # prompts after the start token
+    got = started.generate_until(_requests("generate_until", [(p, kwargs) for p in prompts]), disable_tqdm=True)
+    assert got == [c.text for c in generate(model, tok, prompts, max_new_tokens=12, temperature=0, stop=["\n"])]
     long = "To be, or not to be " * 40  # longer than the context: the prompt keeps its last tokens
     text = lm.generate_until(_requests("generate_until", [(long, {"max_gen_toks": 8})]), disable_tqdm=True)[0]
     ids = tok.encode(long)[-(63 - 8):]  # max_length 63 less the new tokens, as the harness's hf model cuts
@@ -191,7 +228,7 @@ def test_generate_until_matches_lmforge_generate(tiny):
 
 
 def test_encoder_decoder_scores_target_given_source(tiny):
-    from lmforge.infer import score
+    from lmforge.infer import generate_ids, score
 
     _, tok, _, _ = tiny
     torch.manual_seed(1)
@@ -205,7 +242,13 @@ def test_encoder_decoder_scores_target_given_source(tiny):
     with pytest.raises(LMForgeError, match="needs a decoder"):
         lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [("text",)]))
     gen = lm.generate_until(_requests("generate_until", [("to be", {"until": ["."], "max_gen_toks": 5})]))
-    assert isinstance(gen[0], str)
+    ids = generate_ids(s2s, torch.tensor([tok.encode("to be") + [tok.eos_id]]), max_new_tokens=5,
+                       do_sample=False).token_lists()[0]
+    assert gen == [tok.decode([t for t in ids if t != tok.eos_id], skip_special_tokens=True).split(".")[0]]
+    # the tasks an encoder-decoder answers run through the harness
+    res = ev.evaluate(s2s, shipped.SEQ2SEQ_TAG, tokenizer=tok, limit=3, bootstrap_iters=0)
+    assert set(res["results"]) == {"shakespeare_genre", "shakespeare_cloze", "shakespeare_restore_seq2seq"}
+    assert 0 <= res["results"]["shakespeare_restore_seq2seq"]["chrf,none"] <= 100
 
 
 def test_cli_eval_prints_the_table_and_writes_json(tiny, tmp_path, capsys):
