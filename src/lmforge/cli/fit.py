@@ -38,16 +38,14 @@ def run(args) -> None:
     options = {3: {"top_k": None if args.all_starts else args.top_k}, 2: {"tolerance": args.tolerance}, 1: {}}
     result = fit(args.runs, approach=args.approach, bootstrap=args.bootstrap, seed=args.seed,
                  **options[args.approach])
+    # the fit first, then the files: a bad path costs only that file
+    print(json.dumps(result.to_dict(), indent=2, default=float) if args.json else result.summary(), flush=True)
     if args.out:
         result.save(args.out)
     if args.plot:
         from lmforge.plan.plots import plot_fit
 
         plot_fit(result, args.plot)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=float))
-        return
-    print(result.summary())
     for what, path in (("law", args.out), ("plot", args.plot)):
-        if path:
+        if path and not args.json:
             print(f"wrote {what} to {path}")

@@ -90,10 +90,10 @@ def run(args) -> None:
             template=_model_config(args.template) if args.template else None, vocab_size=args.vocab_size,
             tokenizer=args.tokenizer, seq_len=args.seq_len, aspect=_aspect(args.aspect), head_dim=args.head_dim,
             micro_batch=args.micro_batch)
-        if args.plot:
-            from lmforge.plan.plots import plot_allocation
+    print(json.dumps(result.to_dict(), indent=2, default=float) if args.json else result.summary(), flush=True)
+    if args.plot and not args.model:  # after the plan, so that a bad path costs only the plot
+        from lmforge.plan.plots import plot_allocation
 
-            plot_allocation(result, args.plot)
-    print(json.dumps(result.to_dict(), indent=2, default=float) if args.json else result.summary())
-    if args.plot and not args.json and not args.model:
-        print(f"wrote {args.plot}")
+        plot_allocation(result, args.plot)
+        if not args.json:
+            print(f"wrote {args.plot}")

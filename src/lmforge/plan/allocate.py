@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq
 
-from lmforge.accounting import (MemoryEstimate, ParamCount, TimeCost, count_flops, count_params, estimate_memory,
-                                flops_for, human, human_bytes, lookup_device, training_time)
+from lmforge.accounting import (GiB, MemoryEstimate, ParamCount, TimeCost, count_flops, count_params,
+                                estimate_memory, flops_for, human, human_bytes, lookup_device, training_time)
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
+from lmforge.plan.fit import E_COLLAPSED
 from lmforge.plan.laws import LAW_NOTES, Law, ParametricLaw, describe, load_law
 from lmforge.plan.shapes import ASPECT, default_template, shape_for, smallest_shape
 
@@ -196,6 +197,13 @@ class Allocation:
     inference: InferenceAware | None = None
     target_loss: float | None = None
     warnings: list[str] = field(default_factory=list)
+    train_flops: float = 0.0  # 6 N D of the chosen model: the budget, or more for the inference-aware one
+    compute_optimal: dict[str, float | None] = field(default_factory=dict)  # N*, D*, loss at the budget
+
+    @property
+    def objective(self) -> str:
+        """What params / tokens / shape / batch / time answer: the compute- or inference-optimal model."""
+        return "inference-aware" if self.inference is not None else "compute-optimal"
 
     @property
     def tokens_per_param(self) -> float:
@@ -214,6 +222,7 @@ class Allocation:
             "learning_rate": self.learning_rate, "seq_len": self.seq_len,
             "time": self.time.to_dict() if self.time else None, "memory": [m.to_dict() for m in self.memory],
             "inference": self.inference.to_dict() if self.inference else None, "warnings": self.warnings,
+            "objective": self.objective, "train_flops": self.train_flops, "compute_optimal": self.compute_optimal,
         }
 
     def summary(self) -> str:
@@ -225,11 +234,23 @@ class Allocation:
                      f" ({b.hours * b.gpus:,.0f} device-hours, ${b.dollars:,.0f} at ${b.price:.2f}/h)")
         if self.target_loss is not None and self.inference is None:
             head += f"  (the least compute reaching loss {self.target_loss})"
-        lines = [head, f"law: {self.law.name}: {self.law_formula}", "",
-                 f"compute-optimal: N* = {human(self.params)} parameters ({self.counts.replace('_', '-')}), "
-                 f"D* = {human(self.tokens)} tokens, {self.tokens_per_param:.1f} tokens/parameter, "
-                 f"loss {loss(self.loss)}",
-                 "", "frontier at this compute:", f"  {'N / N*':>7} {'params':>9} {'tokens':>9} {'loss':>8}"]
+        lines = [head, f"law: {self.law.name}: {self.law_formula}", ""]
+        answer = (f"N* = {human(self.params)} parameters ({self.counts.replace('_', '-')}), D* = {human(self.tokens)} "
+                  f"tokens, {self.tokens_per_param:.1f} tokens/parameter, loss {loss(self.loss)}")
+        if self.inference:
+            i, co = self.inference, self.compute_optimal
+            saved = 1 - i.total_flops / i.chinchilla_total_flops
+            lines += [f"inference-aware (Sardana et al., {human(i.inference_tokens)} inference tokens): {answer}",
+                      f"  training {i.train_flops:.3g} FLOPs ({i.train_flops / b.flops:.2f}x the budget, whose "
+                      f"compute-optimal loss is the target) + inference {i.inference_flops:.3g} = "
+                      f"{i.total_flops:.3g} FLOPs, vs {i.chinchilla_total_flops:.3g} for the compute-optimal model "
+                      f"({saved:.1%} saved)",
+                      f"  compute-optimal at the budget, for comparison: N = {human(co['params'])}, "
+                      f"D = {human(co['tokens'])}, loss {loss(co['loss'])}"]
+        else:
+            lines.append(f"compute-optimal: {answer}")
+        lines += ["", f"frontier at {self.train_flops:.3g} training FLOPs:",
+                  f"  {'N / N*':>7} {'params':>9} {'tokens':>9} {'loss':>8}"]
         for row in self.frontier:
             lines.append(f"  {row['scale']:>7g} {human(row['params']):>9} {human(row['tokens']):>9} "
                          f"{loss(row['loss']):>8}")
@@ -245,19 +266,11 @@ class Allocation:
         if self.time:
             t = self.time
             lines.append(f"time: {t.seconds / 3600:,.1f} h ({t.days:,.1f} days) on {t.n_devices} x {t.device} at MFU "
-                         f"{t.mfu:.0%}, {t.device_hours:,.0f} device-hours, ${t.dollars:,.0f}")
+                         f"{t.mfu:.0%}, {t.device_hours:,.0f} device-hours, ${t.dollars:,.0f} ({t.flops:.3g} FLOPs: "
+                         f"the shape's 6N + attention per token x {human(self.shape_tokens)} tokens)")
         for m in self.memory:
             lines.append(f"memory per device ({m.strategy} x{m.world_size}, micro-batch {m.micro_batch}, "
                          f"{'checkpointing' if m.checkpointing else 'no checkpointing'}): {human_bytes(m.total)}")
-        if self.inference:
-            i = self.inference
-            saved = 1 - i.total_flops / i.chinchilla_total_flops
-            lines += ["", f"inference-aware (Sardana et al.): loss {i.target_loss:.4f} with "
-                          f"{human(i.inference_tokens)} inference tokens: N = {human(i.params)}, "
-                          f"D = {human(i.train_tokens)} ({i.train_tokens / i.params:.0f} tokens/parameter)",
-                      f"  training {i.train_flops:.3g} + inference {i.inference_flops:.3g} = "
-                      f"{i.total_flops:.3g} FLOPs, vs {i.chinchilla_total_flops:.3g} for the compute-optimal model "
-                      f"({saved:.1%} saved)"]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -288,8 +301,10 @@ def allocate(flops: float | None = None, *, law: Law | str = "chinchilla", devic
     """
     law = load_law(law)
     budget = resolve_budget(flops, device, hours, gpus, mfu, dollars, price)
-    _positive("target_loss", target_loss)
-    _positive("available_tokens", available_tokens)
+    for name, value in (("target_loss", target_loss), ("available_tokens", available_tokens),
+                        ("vocab_size", vocab_size), ("seq_len", seq_len), ("head_dim", head_dim),
+                        ("micro_batch", micro_batch)):
+        _positive(name, value)
     if budget is None:
         if target_loss is None:
             raise ConfigError("budget: give --flops, --device with --hours, --dollars (with --device), "
@@ -313,45 +328,109 @@ def allocate(flops: float | None = None, *, law: Law | str = "chinchilla", devic
     smallest = smallest_shape(template, head_dim)
     n_small = count_params(smallest).total if law.counts == "total" else count_params(smallest).non_embedding
     if n_opt < n_small:
-        c_min = c * (n_small / n_opt) ** (1 / _frontier_exponent(law))
         raise ConfigError(f"budget: {c:.3g} FLOPs is too small: the compute-optimal model has {human(n_opt)} "
                           f"parameters, fewer than the smallest model of this vocabulary ({human(n_small)}, "
-                          f"vocab {template.vocab_size}); give at least ~{c_min:.2g} FLOPs or a smaller vocabulary")
-    shape = shape_for(n_opt, template, law.counts, aspect, head_dim)
-    pc = count_params(shape)
-    n_shape = pc.total if law.counts == "total" else pc.non_embedding
-    fc = count_flops(shape, seq_len)
-    frontier = [{"scale": s, "params": n_opt * s, "tokens": c / (6 * n_opt * s),
-                 "loss": _loss(law, n_opt * s, c / (6 * n_opt * s))} for s in FRONTIER_SCALES]
-    batch = deepseek_batch_tokens(c)
-
-    warnings = []
-    if available_tokens is not None and d_opt > available_tokens:
-        n_data = c / (6 * available_tokens)
-        alt = _loss(law, n_data, available_tokens)
-        warnings.append(
-            f"data-constrained: D* = {human(d_opt)} tokens exceeds the {human(available_tokens)} available "
-            f"({d_opt / available_tokens:.1f} epochs). Repeating data up to ~4 epochs costs little (Muennighoff et al. "
-            f"2023); or train N = {human(n_data)} on one epoch" + (f" (loss {alt:.4f})" if alt is not None else ""))
+                          f"vocab {template.vocab_size}); give at least {_least_flops(law, c, n_opt, n_small):.2g} "
+                          f"FLOPs or a smaller vocabulary")
 
     inference = None
-    if inference_tokens is not None:
+    n_pick, d_pick = n_opt, d_opt
+    if inference_tokens is not None:  # the answer is then the inference-aware model, everywhere below
         goal = target_loss if target_loss is not None else _loss(_as_parametric(law, "inference-aware allocation"),
                                                                  n_opt, d_opt)
         inference = inference_optimal(law, goal, inference_tokens)
+        n_pick, d_pick = inference.params, inference.train_tokens
+        if n_pick < n_small:
+            raise ConfigError(f"inference_tokens: the inference-aware model has {human(n_pick)} parameters, fewer "
+                              f"than the smallest model of this vocabulary ({human(n_small)}); give a larger budget "
+                              f"or fewer inference tokens")
+    c_train = 6 * n_pick * d_pick
+    shape = shape_for(n_pick, template, law.counts, aspect, head_dim)
+    pc = count_params(shape)
+    n_shape = pc.total if law.counts == "total" else pc.non_embedding
+    fc = count_flops(shape, seq_len)
+    shape_tokens = c_train / (6 * n_shape)
+    frontier = [{"scale": s, "params": n_pick * s, "tokens": c_train / (6 * n_pick * s),
+                 "loss": _loss(law, n_pick * s, c_train / (6 * n_pick * s))} for s in FRONTIER_SCALES]
+    batch = deepseek_batch_tokens(c_train)
+    batch_sequences = max(1, round(batch / seq_len))
+
+    warnings = []
+    pick_loss = _loss(law, n_pick, d_pick)
+    if isinstance(law, ParametricLaw) and pick_loss is not None and law.E < E_COLLAPSED * pick_loss:
+        warnings.append(f"the law's irreducible loss E is {law.E:.3g}, about 0: a fit that collapsed (runs far from "
+                        f"the compute-optimal frontier do not pin E down); extrapolated losses are unreliable")
+    if available_tokens is not None and d_pick > available_tokens:
+        n_data = c_train / (6 * available_tokens)
+        alt = _loss(law, n_data, available_tokens)
+        warnings.append(
+            f"data-constrained: D* = {human(d_pick)} tokens exceeds the {human(available_tokens)} available "
+            f"({d_pick / available_tokens:.1f} epochs). Repeating data up to ~4 epochs costs little (Muennighoff et al. "
+            f"2023); or train N = {human(n_data)} on one epoch" + (f" (loss {alt:.4f})" if alt is not None else ""))
 
     memory = [estimate_memory(shape, micro_batch, seq_len, gpus, "fsdp" if gpus > 1 else "ddp", ckpt)
               for ckpt in (False, True)]
+    device = lookup_device(budget.device) if budget.device else None
+    advice = _memory_advice(shape, seq_len, micro_batch, gpus, batch_sequences, device)
+    if advice:
+        warnings.append(advice)
+    time = None
+    if budget.device:  # the shape's own FLOPs per token, not the law's 6N
+        time = training_time(shape_tokens * fc.rule_6n_attention_per_token, budget.device, gpus, mfu, budget.price)
+        over = time.flops / c_train - 1
+        if inference is None and over > 0.005:
+            warnings.append(f"the shape computes {over:.1%} more per token than 6N (attention): training it on "
+                            f"{human(shape_tokens)} tokens takes {time.seconds / 3600:,.1f} h, not the budget's "
+                            f"{budget.hours:,.1f} h; within the budget it trains on {human(shape_tokens / (1 + over))}")
     return Allocation(
         law=law, law_formula=describe(law) + (f"  [{LAW_NOTES[law.name]}]" if law.name in LAW_NOTES else ""),
-        counts=law.counts, budget=budget, params=n_opt, tokens=d_opt,
-        loss=_loss(law, n_opt, d_opt), frontier=frontier, shape=shape, shape_params=pc,
-        shape_tokens=c / (6 * n_shape), shape_loss=_loss(law, n_shape, c / (6 * n_shape)),
+        counts=law.counts, budget=budget, params=n_pick, tokens=d_pick, loss=pick_loss, frontier=frontier,
+        shape=shape, shape_params=pc, shape_tokens=shape_tokens, shape_loss=_loss(law, n_shape, shape_tokens),
         shape_flops_per_token={"6n": fc.rule_6n_per_token, "palm": fc.rule_6n_attention_per_token,
                                "detailed": fc.training_per_token},
-        batch_tokens=batch, batch_sequences=max(1, round(batch / seq_len)), learning_rate=deepseek_learning_rate(c),
-        seq_len=seq_len, time=training_time(c, budget.device, gpus, mfu, budget.price) if budget.device else None,
-        memory=memory, inference=inference, target_loss=target_loss, warnings=warnings)
+        batch_tokens=batch, batch_sequences=batch_sequences, learning_rate=deepseek_learning_rate(c_train),
+        seq_len=seq_len, time=time, memory=memory, inference=inference, target_loss=target_loss, warnings=warnings,
+        train_flops=c_train, compute_optimal={"params": n_opt, "tokens": d_opt, "loss": _loss(law, n_opt, d_opt)})
+
+
+def _least_flops(law: Law, c: float, n_opt: float, n_small: float) -> float:
+    """The least budget whose compute-optimal model reaches ``n_small`` parameters, rounded up to two
+    significant digits, so that the advice given is itself accepted."""
+    least = c * (n_small / n_opt) ** (1 / _frontier_exponent(law))
+    while float(law.optimal(least)[0]) < n_small:  # a frontier that is not a pure power law
+        least *= 1.01
+    step = 10.0 ** (math.floor(math.log10(least)) - 1)
+    return math.ceil(least / step - 1e-9) * step
+
+
+DEVICE_ROOM = 0.9  # of a device's memory usable by the estimate (CUDA context, fragmentation)
+
+
+def _memory_advice(shape: ModelConfig, seq_len: int, micro_batch: int, gpus: int, batch_sequences: int,
+                   device) -> str | None:
+    """When a device cannot hold the training state: how many devices (FSDP) and how much gradient
+    accumulation would fit it; None when it fits."""
+    memory_gib = device.memory_gib if device else 80.0
+    where = f"the {device.name}'s {memory_gib:.0f} GiB" if device else "the 80 GiB of a large accelerator (give --device)"
+    limit = DEVICE_ROOM * memory_gib * GiB
+    need = estimate_memory(shape, micro_batch, seq_len, gpus, "fsdp" if gpus > 1 else "ddp").total
+    if need <= limit:
+        return None
+    n = gpus
+    while n <= 1 << 20:
+        for ckpt in (False, True):
+            m = estimate_memory(shape, micro_batch, seq_len, n, "fsdp" if n > 1 else "ddp", ckpt)
+            if m.total <= limit:
+                accum = max(1, math.ceil(batch_sequences / (micro_batch * n)))
+                how = (f"turn on activation checkpointing ({human_bytes(m.total)} each" if n == gpus else
+                       f"shard with FSDP over {n} devices ({human_bytes(m.total)} each"
+                       f"{' with activation checkpointing' if ckpt else ''}")
+                return (f"memory: {human_bytes(need)} per device exceeds {where}: {how}, micro-batch {micro_batch}) "
+                        f"and accumulate {accum} micro-batches per step for the batch of {batch_sequences} sequences"
+                        + (f" (--gpus {n})" if n != gpus else ""))
+        n *= 2
+    return (f"memory: {human_bytes(need)} per device exceeds {where} on any number of devices: the activations of one "
+            f"micro-batch of {micro_batch} x {seq_len} tokens do not fit; lower --micro-batch or --seq-len")
 
 
 def _loss(law: Law, n: float, d: float) -> float | None:

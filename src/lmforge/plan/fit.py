@@ -121,16 +121,29 @@ def _read_columns(source: Any) -> tuple[dict[str, list], str, int]:
             raise DataError(f"{path}: not a readable CSV file ({e})") from None
         if not header:
             raise DataError(f"{path}: empty file; expected a header params,tokens,loss[,flops]")
-        cols = {name.strip().lower(): [row.get(name) for row in rows] for name in header if name}
-        return cols, str(path), 2
+        return _columns(((name, [row.get(name) for row in rows]) for name in header if name), str(path)), str(path), 2
     if hasattr(source, "columns") and hasattr(source, "__getitem__"):  # a pandas-like data frame
-        return {str(c).strip().lower(): list(source[c]) for c in source.columns}, "runs", 1
+        return _columns(((c, list(source[c])) for c in source.columns), "runs"), "runs", 1
     if isinstance(source, dict):
-        return {str(k).strip().lower(): list(np.atleast_1d(v)) for k, v in source.items()}, "runs", 1
+        return _columns(((k, list(np.atleast_1d(v))) for k, v in source.items()), "runs"), "runs", 1
     if isinstance(source, (list, tuple)) and all(isinstance(r, dict) for r in source):
         keys = list(dict.fromkeys(k for r in source for k in r))
-        return {str(k).strip().lower(): [r.get(k) for r in source] for k in keys}, "runs", 1
+        return _columns(((k, [r.get(k) for r in source]) for k in keys), "runs"), "runs", 1
     raise DataError(f"runs: expected a CSV path, a mapping of columns or a data frame, got {type(source).__name__}")
+
+
+def _columns(named, where: str) -> dict[str, list]:
+    """Columns by their lower-cased, stripped names; two that differ only in case or spaces
+    (``Params`` and ``params``) are refused rather than merged."""
+    cols: dict[str, list] = {}
+    spelled: dict[str, str] = {}
+    for name, values in named:
+        key = str(name).strip().lower()
+        if key in cols:
+            raise DataError(f"{where}: columns {spelled[key]!r} and {str(name)!r} are the same column (names are "
+                            f"case-insensitive); keep one")
+        cols[key], spelled[key] = values, str(name)
+    return cols
 
 
 def _numbers(cols: dict[str, list], name: str, where: str, first_line: int) -> np.ndarray:
@@ -230,8 +243,14 @@ class FitResult:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write JSON that ``lmforge plan --law PATH`` (and :func:`~lmforge.plan.laws.load_law`) reads."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        """Write JSON that ``lmforge plan --law PATH`` (and :func:`~lmforge.plan.laws.load_law`) reads
+        (missing parent directories are created)."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"{path}: cannot write the fitted law ({e.strerror or e})") from None
 
     def summary(self) -> str:
         what = {3: "parametric L(N, D), Huber sum", 2: "IsoFLOP parabolas", 1: "loss-curve envelope"}
@@ -351,6 +370,9 @@ def _rank_starts(starts: np.ndarray, data: tuple[np.ndarray, ...], chunk_element
     return starts[np.argsort(values, kind="stable")]
 
 
+E_COLLAPSED = 0.05  # a fitted E below this share of the lowest loss: the fit let E run to 0
+
+
 def _parametric_estimates(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = (float(x) for x in theta)
     if max(a, b, e) > 700:  # exp would overflow: the optimum ran off to infinity
@@ -401,6 +423,10 @@ def fit_parametric(runs: Runs, top_k: int | None = 32, bootstrap: int = 0, seed:
 
     samples, failed = _bootstrap(resample, bootstrap, seed)
     warnings = [f"{failed} of {bootstrap} bootstrap fits failed and were left out"] if failed else []
+    if est["E"] < E_COLLAPSED * float(runs.loss.min()):
+        warnings.append(f"the irreducible loss E collapsed to {est['E']:.3g} (about 0): these runs do not pin it down "
+                        "(e.g. runs far over-trained, away from the compute-optimal frontier, as in Sardana et al.); "
+                        "the law's extrapolations are unreliable: add runs near the frontier at more budgets")
     return FitResult(approach=3, law=law, estimates=est, ci=_intervals(samples, level), objective=best.value,
                      n_points=len(runs), seconds=time.perf_counter() - t0, bootstrap=bootstrap,
                      warnings=warnings, runs=runs, samples=samples)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.errors import DataError
 from lmforge.plan.allocate import Allocation, isoflop_curve
 from lmforge.plan.fit import FitResult
 from lmforge.plan.laws import Law
@@ -53,21 +54,33 @@ def plot_allocation(alloc: Allocation, path: str | Path) -> Path:
     """IsoFLOP curves around the budget and the frontier, with the chosen point marked."""
     plt = _pyplot()
     law = alloc.law
-    c = alloc.budget.flops
+    c = alloc.train_flops  # the chosen model's training compute (the budget, unless inference-aware)
     budgets = c * 10.0 ** np.arange(-2, 3)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if law.loss(1e9, 1e10) is not None:
         _isoflops(ax, law, budgets, (alloc.params / 100, alloc.params * 100))
-        ax.plot([alloc.params], [alloc.loss], "r*", ms=12, label=f"N* = {alloc.params:.3g}")
+        ax.plot([alloc.params], [alloc.loss], "r*", ms=12, label=f"{alloc.objective} N* = {alloc.params:.3g}")
         ax.legend(fontsize=8)
     else:
         _frontier_panel(ax, law, np.geomspace(c / 1e3, c * 1e3, 50))
         ax.plot([c, c], [alloc.params, alloc.tokens], "r*", ms=12)
-    ax.set_title(f"{law.name}: compute-optimal allocation for {c:.2g} FLOPs")
+    ax.set_title(f"{law.name}: {alloc.objective} allocation, {c:.2g} training FLOPs")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write a figure as PNG, creating missing parent directories; an unwritable path is a DataError."""
+    plt = _pyplot()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write the plot ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
+    return path
 
 
 def plot_fit(result: FitResult, path: str | Path) -> Path:
@@ -111,6 +124,4 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
     left.set_title(f"Approach {result.approach}: {n_runs} runs")
     right.set_title("compute-optimal frontier")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
