@@ -266,6 +266,14 @@ def test_cli_eval_prints_the_table_and_writes_json(tiny, tmp_path, capsys):
     assert "tasks" in capsys.readouterr().err
     assert main(["eval", str(ours), "--model-args", "window=3"]) == 2
     assert "window" in capsys.readouterr().err
+    # a harness task whose data is on the hub: with the network off, one line says so
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hub_task.yaml").write_text(
+        "task: hub_task\ndataset_path: lmforge-test/not-cached\ntest_split: test\noutput_type: loglikelihood\n"
+        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\nmetric_list:\n  - metric: acc\n", encoding="utf-8")
+    assert main(["eval", str(ours), "--tasks", "hub_task", "--include-path", str(tmp_path / "tasks")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: tasks:") and "not on this machine" in err[-1]
 
 
 def test_missing_extra_is_one_line_naming_the_install_command(tiny, monkeypatch, capsys):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.errors import ConfigError, LMForgeError
+from lmforge.errors import ConfigError, DataError, LMForgeError
 from lmforge.eval.tasks import SHIPPED_TASKS, TAG, TASK_DIR
 
 INSTALL_HINT = 'pip install -e ".[eval]"'
@@ -93,10 +93,14 @@ def evaluate(model, tasks: str | Sequence[str], *, tokenizer=None, harness_model
         lm_args = {**hf_model_args(model), "batch_size": batch_size, "device": str(resolve_device(device)), **extra}
     else:
         raise ConfigError(f"harness_model: {harness_model!r} is not one of {', '.join(HARNESS_MODELS)}")
-    return lm_eval.simple_evaluate(model=lm, model_args=lm_args, tasks=names, num_fewshot=num_fewshot, limit=limit,
-                                   samples=samples, task_manager=manager, log_samples=log_samples,
-                                   bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
-                                   torch_random_seed=seed, fewshot_random_seed=seed)
+    try:
+        return lm_eval.simple_evaluate(model=lm, model_args=lm_args, tasks=names, num_fewshot=num_fewshot,
+                                       limit=limit, samples=samples, task_manager=manager, log_samples=log_samples,
+                                       bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
+                                       torch_random_seed=seed, fewshot_random_seed=seed)
+    except ConnectionError as e:  # a harness task whose dataset is neither cached nor reachable
+        raise DataError(f"tasks: {e}; that task's data is not on this machine (run it once with the network to fill "
+                        f"the datasets cache); the shipped tasks ({TAG}) need none") from None
 
 
 def format_results(results: dict) -> str:
