@@ -8,7 +8,7 @@ from lmforge.interop.hf import from_hf, to_hf
 from lmforge.models import (DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, load_model,
                             save_model)
 
-_SUBMODULES = ("plan", "infer", "train", "finetune", "data", "tokenizer", "accounting", "bench")
+_SUBMODULES = ("plan", "infer", "train", "finetune", "data", "tokenizer", "accounting", "bench", "serve")
 
 
 _FUNCTIONS = {"score": "lmforge.infer", "generate": "lmforge.infer", "attention_map": "lmforge.infer",

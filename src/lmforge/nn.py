@@ -320,6 +320,26 @@ class TransformerStack(nn.Module):
         return KVCache(self.n_layer, batch, self.cfg.kv_heads, self.cfg.head_dim, max_len,
                        dtype or w.dtype, device or w.device)
 
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple | None]:
+        """The input of the first block: (B, T, C) token (+ position, + segment) embeddings, and the
+        RoPE tables of ``position_ids`` (B, T) when the model rotates queries and keys (else None)."""
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.emb_scale != 1.0:
+            x = x * self.emb_scale
+        rope = None
+        if self.cfg.positions == "learned":
+            x = x + self.pos_emb(position_ids)
+        elif self.cfg.positions == "sinusoidal":
+            x = x + self.pos_table[position_ids].to(x.dtype)
+        elif self.cfg.positions == "rope":
+            rope = self.rope(position_ids)
+        if hasattr(self, "type_emb"):
+            x = x + self.type_emb(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
+        return self.drop(x), rope
+
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, T)
@@ -338,22 +358,7 @@ class TransformerStack(nn.Module):
             if past + T > self.cfg.max_positions and self.cfg.positions != "none":
                 raise LMForgeError(f"sequence of {past + T} tokens exceeds max_positions={self.cfg.max_positions}")
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
-
-        x = self.tok_emb(input_ids)  # (B, T, C)
-        if self.emb_scale != 1.0:
-            x = x * self.emb_scale
-        rope = None
-        if self.cfg.positions == "learned":
-            x = x + self.pos_emb(position_ids)
-        elif self.cfg.positions == "sinusoidal":
-            x = x + self.pos_table[position_ids].to(x.dtype)
-        elif self.cfg.positions == "rope":
-            rope = self.rope(position_ids)
-        if hasattr(self, "type_emb"):
-            x = x + self.type_emb(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
-        if self.emb_norm is not None:
-            x = self.emb_norm(x)
-        x = self.drop(x)
+        x, rope = self.embed(input_ids, position_ids, token_type_ids)
 
         # One mask for all layers. Unpadded causal attention from position 0 takes SDPA's
         # is_causal fast path; a single query with no padding needs no mask at all.

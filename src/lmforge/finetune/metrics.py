@@ -1,4 +1,4 @@
-"""Task metrics: accuracy, macro-F1, exact match and BLEU.
+"""Task metrics: accuracy, macro-F1, exact match, BLEU and chrF.
 
 Macro-F1 averages the per-class F1 = 2 TP / (2 TP + FP + FN) with every class counting the same,
 so a model that predicts only the majority class scores low however imbalanced the data. A class
@@ -15,7 +15,8 @@ import numpy as np
 from lmforge.errors import LMForgeError
 
 # Metrics where larger is better; "loss" is the only one to minimise.
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "exact_match": True, "bleu": True, "loss": False}
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "exact_match": True, "bleu": True, "chrf": True,
+                    "loss": False}
 
 
 def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
@@ -62,15 +63,27 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sum(_normalise(p) == _normalise(r) for p, r in zip(predictions, references)) / len(references)
 
 
-def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (0-100) with sacrebleu's standard tokenisation, one reference per prediction."""
+def _sacrebleu(name: str, predictions: Sequence[str], references: Sequence[str]):
     try:
         import sacrebleu
     except ImportError:
-        raise LMForgeError("bleu: needs the sacrebleu package (pip install sacrebleu)") from None
+        raise LMForgeError(f"{name}: needs the sacrebleu package (pip install sacrebleu)") from None
     if len(predictions) != len(references):
-        raise LMForgeError(f"bleu: {len(predictions)} predictions for {len(references)} references")
+        raise LMForgeError(f"{name}: {len(predictions)} predictions for {len(references)} references")
+    return sacrebleu
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0-100) with sacrebleu's standard tokenisation, one reference per prediction."""
+    sacrebleu = _sacrebleu("bleu", predictions, references)
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF (0-100, sacrebleu's defaults: character 6-grams, beta 2), one reference each.
+    Unlike BLEU it counts characters, so a restored comma or capital letter moves it."""
+    sacrebleu = _sacrebleu("chrf", predictions, references)
+    return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
 
 
 # ----------------------------------------------------------------------------------------------

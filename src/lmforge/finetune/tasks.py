@@ -15,9 +15,12 @@ Every row is checked before anything trains: a missing field, an empty text, or 
 file) a label the training file did not have raises one :class:`~lmforge.errors.DataError` that names
 the file and the line numbers, so no model is ever trained on bad rows.
 
-The Shakespeare genre task labels passages of the bundled plays by their folder (comedy, history,
-tragedy, roman, romance, problem). Train and validation are split by play with the standard
-validation plays (one per folder), so no play, and no character, is in both.
+Two tasks are built from the bundled plays, both split by play with the standard validation plays
+(one per folder), so no play, and no character, is on both sides:
+
+- genre: passages labelled by their play's folder (comedy, history, tragedy, roman, romance, problem);
+- restoration (seq2seq or completion): a few lines of a speech with case and punctuation removed
+  (:func:`restoration_source`) as the source, the lines as written as the target.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,3 +410,68 @@ def genre_rows(passage_chars: int = 512, max_per_class: int = 0, val_per_play: i
             rows = [rows[i] for i in sorted(rng.choice(len(rows), max_per_class, replace=False))]
         train_rows += rows
     return train_rows, val
+
+
+# ----------------------------------------------------------------------------------------------
+# The Shakespeare restoration task: put back case and punctuation
+
+# A character that is neither a letter, a digit nor whitespace, except an apostrophe inside a word.
+_PUNCTUATION = re.compile(r"(?!(?<=[^\W\d_])'(?=[^\W\d_]))[^\w\s]|_")
+
+
+def restoration_source(text: str) -> str:
+    """The source side of the restoration task, derived from the original ``text`` by three rules:
+    (1) lower case; (2) every character that is not a letter, a digit or whitespace becomes a space,
+    except an apostrophe between two letters ("i'll", "o'er" stay; "'tis" becomes "tis"); (3) on each
+    line, words are separated by single spaces, with none at either end; line breaks stay and lines
+    left empty are dropped. The words of the source are the target's words in order, so a model
+    only has to restore case, punctuation and spacing."""
+    lines = (" ".join(_PUNCTUATION.sub(" ", line.lower()).split()) for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def _speeches(text: str) -> Iterator[list[str]]:
+    """The spoken lines of each speech: blocks of lines after a ``NAME:`` line, up to a blank line."""
+    for block in text.split("\n\n"):
+        lines = block.split("\n")
+        if len(lines) > 1 and lines[0].endswith(":") and not lines[0].endswith("::"):
+            yield [line for line in lines[1:] if line.strip()]
+
+
+def restoration_rows(passage_chars: int = 120, val_per_play: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, validation) rows ``{"source", "target", "play"}`` of the restoration task.
+
+    A target is up to ``passage_chars`` characters of consecutive whole lines of one speech (a line
+    longer than that is a passage alone); the source is :func:`restoration_source` of it. Passages
+    whose source is empty (punctuation only) are left out. Train: the 32 training plays;
+    validation: the standard held-out plays, ``val_per_play`` passages each, evenly spread (all when 0).
+    Short common lines occur in several plays ("Ay, my lord."): a training passage whose source is
+    also a validation source is left out, so no passage is on both sides.
+    """
+    from lmforge.data.corpus import shakespeare
+
+    out: dict[str, list[dict]] = {"val": [], "train": []}
+    for split in out:
+        for play in shakespeare(split):
+            rows = []
+            for lines in _speeches(play.text):
+                current: list[str] = []
+                for line in lines + [None]:
+                    if current and (line is None or len("\n".join(current + [line])) > passage_chars):
+                        target = "\n".join(current)
+                        source = restoration_source(target)
+                        if source:
+                            rows.append({"source": source, "target": target, "play": play.name})
+                        current = []
+                    if line is not None:
+                        current.append(line)
+            if split == "val" and val_per_play and len(rows) > val_per_play:
+                rows = [rows[int(i)] for i in np.linspace(0, len(rows) - 1, val_per_play).round()]
+            out[split] += rows
+    held_out = {r["source"] for r in out["val"]}
+    return [r for r in out["train"] if r["source"] not in held_out], out["val"]
+
+
+def restoration_prompt(source: str) -> str:
+    """The restoration task as a decoder prompt: the source, then a line that asks for the text."""
+    return f"{source}\nRESTORED:\n"

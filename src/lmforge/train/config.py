@@ -182,20 +182,24 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         train=dict(max_steps=800, batch_size=32, lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1,
                    eval_every=200, eval_batches=8, checkpoint_every=200, log_every=10),
     ),
-    # BERT recipe (post-norm, MLM + next-sentence prediction) on the same corpus.
+    # A masked LM that leaves the unigram plateau in minutes (docs/training.md, "The encoder's plateau"):
+    # pre-norm, rotary positions, windows of 64 tokens, 30% of the tokens masked, a high peak learning rate.
     "shakespeare-bert": dict(
         name="shakespeare-bert",
-        model=_model("bert-tiny", max_positions=128, n_layer=4, d_model=192, n_head=6),
-        data=dict(source="shakespeare", tokenizer="wordpiece", vocab_size=4096, objective="mlm+nsp", seq_len=128),
-        train=dict(max_steps=1500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, eval_batches=16,
+        model=_model("bert-tiny", max_positions=64, n_layer=4, d_model=128, n_head=4, norm_position="pre",
+                     positions="rope", nsp_head=False),
+        data=dict(source="shakespeare", tokenizer="wordpiece", vocab_size=4096, objective="mlm", seq_len=64,
+                  mlm_probability=0.3),
+        train=dict(max_steps=1500, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250, eval_batches=8,
                    checkpoint_every=500),
     ),
-    # T5-style span corruption for an encoder-decoder.
+    # T5-style span corruption for an encoder-decoder, on the encoder's recipe: rotary positions, windows of
+    # 64 tokens, a high peak learning rate.
     "shakespeare-t5": dict(
         name="shakespeare-t5",
-        model=_model("seq2seq-tiny", max_positions=128, n_layer=3, d_model=192, n_head=6, positions="learned"),
-        data=dict(source="shakespeare", tokenizer="unigram", vocab_size=4096, objective="span", seq_len=128),
-        train=dict(max_steps=1500, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500, eval_batches=16,
+        model=_model("seq2seq-tiny", max_positions=64, n_layer=3, d_model=192, n_head=6, positions="rope"),
+        data=dict(source="shakespeare", tokenizer="unigram", vocab_size=4096, objective="span", seq_len=64),
+        train=dict(max_steps=1000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=200, eval_batches=8,
                    checkpoint_every=500),
     ),
     # Seconds-long runs for tests and smoke checks (char tokenizer, two-layer models).

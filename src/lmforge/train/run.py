@@ -33,6 +33,7 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import RunConfig
 from lmforge.train.engine import FitResult, Trainer
+from lmforge.train.objective_metrics import objective_metrics
 from lmforge.tokenizer import KINDS
 
 CONFIG_FILE = "config.yaml"
@@ -90,6 +91,11 @@ def objective_options(cfg: RunConfig) -> dict[str, float]:
             "infill": {"noise_density": d.noise_density, "poisson_lambda": d.mean_span_length}}[d.objective]
 
 
+# Held-out masked-LM metrics mask BERT's 15% of the tokens whatever the training rate, so that
+# accuracies compare across recipes (a higher rate hides more of the context a prediction can use).
+EVAL_MLM_PROBABILITY = 0.15
+
+
 def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
     """The training sampler (this rank's rows of each global micro-batch) and the evaluation batches."""
     from lmforge.data import make_batches
@@ -103,10 +109,11 @@ def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
     train = make_batches(d.objective, dataset, micro, d.seq_len, seed=t.seed, split="train", rank=info.rank,
                          world_size=info.world_size, **options)
     eval_size = 2 * micro  # no gradients to keep: larger batches fit
+    eval_options = {**options, "mlm_probability": EVAL_MLM_PROBABILITY} if "mlm_probability" in options else options
 
     def val_sampler(whole: bool):
         return make_batches(d.objective, dataset, eval_size, d.seq_len, seed=t.seed + 1, split="val", rank=info.rank,
-                            world_size=info.world_size, order="sequential" if whole else "random", **options)
+                            world_size=info.world_size, order="sequential" if whole else "random", **eval_options)
 
     def eval_batches(max_batches: int | None):
         """The same batches at every evaluation: a fixed random sample, or (None) every window of the split
@@ -203,13 +210,16 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (FSDP shards them as they are)
     model = build_model(cfg.model)
     train_batches, eval_batches = make_batch_sources(cfg, dataset, info)
-    trainer = Trainer(model, cfg.train, train_batches, eval_batches=eval_batches, run_dir=run_dir,
+    metric_fn = objective_metrics(cfg.data.objective, tokenizer, dataset.split("train"))
+    trainer = Trainer(model, cfg.train, train_batches, eval_batches=eval_batches, metric_fn=metric_fn, run_dir=run_dir,
                       tokenizer=tokenizer, tokens_per_byte=tokens_per_byte(dataset) if cfg.data.objective == "causal"
                       else None, log=log)
     if start is not None:
         trainer.resume(start)
     try:
         result = trainer.fit()
+        if cfg.data.objective == "span" and not result.stopped_by:
+            result.metrics.update(_greedy_span_metrics(trainer, tokenizer, eval_batches, cfg.train.eval_batches, say))
     finally:
         D.teardown()
     if info.is_main and not result.stopped_by:
@@ -219,6 +229,23 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             f"({result.tokens / max(result.train_seconds, 1e-9):,.0f} tokens/s); validation: {shown}")
         say(f"best model: {run_dir / 'best'}; last checkpoint: {result.checkpoint}")
     return result
+
+
+def _greedy_span_metrics(trainer: Trainer, tokenizer, eval_batches, max_batches: int,
+                         say: Callable[[str], None]) -> dict[str, float]:
+    """Span corruption's final check: how many dropped spans greedy decoding restores exactly (the
+    periodic evaluations' batches; teacher forcing, in the engine's metrics, hides error propagation)."""
+    from lmforge.infer.spans import span_filling_metrics
+
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        m = span_filling_metrics(model, tokenizer, eval_batches(max_batches or None))
+    finally:
+        model.train(was_training)
+    say(f"greedy span filling on {int(m['spans']):,} held-out spans: exact match {m['span_exact_match']:.4f}")
+    return {"span_exact_match": m["span_exact_match"]}
 
 
 def _write_config(cfg: RunConfig, path: Path) -> None:

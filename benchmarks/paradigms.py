@@ -1,0 +1,179 @@
+"""Which paradigm for which task? The three presets, pretrained on the same plays, each measured on
+what it can do, then fine-tuned on the two labelled tasks of the bundled corpus.
+
+Needs the three pretrained runs (each <= 10 min on 2 CPU cores; the script says what is missing):
+
+    lmforge train --preset shakespeare-gpt     # decoder: held-out bits per byte
+    lmforge train --preset shakespeare-bert    # encoder: accuracy at the [MASK] positions
+    lmforge train --preset shakespeare-t5      # encoder-decoder: span token accuracy, span exact match
+
+then, over ``--seeds``:
+
+- genre (which kind of play is a passage from?), macro-F1 on the held-out plays: the encoder via
+  [CLS], pretrained and from scratch (same architecture, random weights, the labelled passages
+  alone); the decoder via its last token; the encoder-decoder via its decoder, with the genre word
+  as the target (predicted labels read from greedy outputs);
+- restoration (put back case and punctuation), chrF and exact match on the held-out plays: the
+  encoder-decoder as seq2seq, pretrained and from scratch; the decoder as prompt -> completion.
+
+    python benchmarks/paradigms.py                      # ~40 min on 2 CPU cores
+    python benchmarks/paradigms.py --only restore-t5 restore-t5-scratch --seeds 0
+
+Writes ``benchmarks/results/paradigms.json`` (every run, kept across invocations) and prints the
+Markdown tables of docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import lmforge.finetune as ft
+from lmforge.finetune.metrics import macro_f1
+
+ROOT = Path(__file__).resolve().parent
+PRESETS = {"decoder": "shakespeare-gpt", "encoder": "shakespeare-bert", "encoder-decoder": "shakespeare-t5"}
+PRETRAINING_METRICS = {"decoder": ("bpb", "loss"), "encoder": ("mask_accuracy", "mask_baseline", "mlm_accuracy",
+                                                               "nsp_accuracy"),
+                       "encoder-decoder": ("span_token_accuracy", "span_exact_tf", "span_exact_match", "loss")}
+
+# Fine-tuning recipes: the same steps, batch and schedule for every model of a task.
+GENRE = dict(task="classify", train_file="shakespeare-genre", passage_chars=200, max_per_class=300, val_per_play=40,
+             max_len=64, patience=0, train=dict(max_steps=300, batch_size=32, lr=5e-4, warmup_steps=30, eval_every=0))
+RESTORE = dict(task="seq2seq", train_file="shakespeare-restore", passage_chars=120, val_per_play=32, max_len=64,
+               metric="chrf", patience=0,
+               train=dict(max_steps=400, batch_size=32, lr=1e-3, warmup_steps=40, eval_every=0))
+
+
+def conditions(runs: Path) -> dict[str, dict]:
+    enc, dec, s2s = (str(runs / PRESETS[a]) for a in ("encoder", "decoder", "encoder-decoder"))
+    genre_s2s = dict(GENRE, task="seq2seq", metric="exact_match")  # the label word as the target
+    return {
+        "genre-encoder": dict(GENRE, model=enc),
+        "genre-encoder-scratch": dict(GENRE, model=enc, init="scratch"),
+        "genre-decoder": dict(GENRE, model=dec, max_len=128),
+        "genre-t5": dict(genre_s2s, model=s2s),
+        "restore-t5": dict(RESTORE, model=s2s),
+        "restore-t5-scratch": dict(RESTORE, model=s2s, init="scratch"),
+        "restore-decoder": dict(RESTORE, model=dec, task="completion", max_len=128),
+    }
+
+
+def run(name: str, recipe: dict, seed: int) -> dict:
+    d = json.loads(json.dumps(recipe))
+    d["train"] = dict(ft.FINETUNE_TRAIN_DEFAULTS, **d["train"], seed=seed, progress=False, log_every=50)
+    genre_as_text = d["task"] == "seq2seq" and d["train_file"] == "shakespeare-genre"
+    if genre_as_text:
+        d["train_file"] = _genre_as_seq2seq(d, seed)
+        d["val_file"] = d["train_file"].replace("train", "val")
+        for k in ("passage_chars", "max_per_class", "val_per_play"):
+            d.pop(k)
+    cfg = ft.FinetuneConfig.from_dict({**d, "name": f"{name}-{seed}"})
+    t0 = time.perf_counter()
+    res = ft.finetune(cfg, save=False, log=lambda s: None)
+    metrics = dict(res.metrics)
+    if genre_as_text:
+        metrics.update(_genre_f1_from_text(res, Path(d["val_file"])))
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("macro_f1", "accuracy", "chrf",
+                                                                             "exact_match", "bleu"))
+    print(f"  {name:24s} seed {seed}: {shown}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"condition": name, "seed": seed, **metrics, "seconds": time.perf_counter() - t0,
+            "baseline": res.baseline, "train_size": res.train_size, "val_size": res.val_size, "recipe": recipe}
+
+
+def _genre_as_seq2seq(d: dict, seed: int) -> str:
+    """The genre rows as seq2seq files (source: the passage, target: the genre word)."""
+    from lmforge.finetune.tasks import genre_rows
+
+    train, val = genre_rows(d["passage_chars"], d["max_per_class"], d["val_per_play"], seed=seed)
+    folder = ROOT / "results" / "paradigms-genre-seq2seq"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train), ("val", val)):
+        with open(folder / f"{split}-{seed}.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({"source": r["text"], "target": r["label"]}) + "\n")
+    return str(folder / f"train-{seed}.jsonl")
+
+
+def _genre_f1_from_text(res, val_file: Path) -> dict[str, float]:
+    from lmforge.infer import generate
+
+    rows = [json.loads(line) for line in val_file.read_text(encoding="utf-8").splitlines()]
+    labels = sorted({r["target"] for r in rows})
+    res.model.eval()
+    outs = generate(res.model, res.tokenizer, [r["source"] for r in rows], max_new_tokens=6, temperature=0.0,
+                    batch_size=32)
+    pred = [labels.index(o.text.strip()) if o.text.strip() in labels else -1 for o in outs]
+    gold = [labels.index(r["target"]) for r in rows]
+    wrong = len(labels)  # an answer that is no genre counts as a class of its own that is always wrong
+    pred = [p if p >= 0 else wrong for p in pred]
+    return {"macro_f1": macro_f1(pred, gold, len(labels)),
+            "accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold)}
+
+
+def pretraining_table(runs: Path) -> str:
+    lines = ["| paradigm | preset | held-out metrics (final evaluation) | training time |", "|---|---|---|---|"]
+    for arch, preset in PRESETS.items():
+        path = runs / preset / "metrics.jsonl"
+        if not path.is_file():
+            lines.append(f"| {arch} | {preset} | (not trained: lmforge train --preset {preset}) | |")
+            continue
+        records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        final = [r for r in records if any(k.startswith("val_") for k in r)][-1]
+        shown = ", ".join(f"{k} {final['val_' + k]:.4f}" for k in PRETRAINING_METRICS[arch] if f"val_{k}" in final)
+        secs = max(r.get("elapsed_s", 0) for r in records)
+        lines.append(f"| {arch} | {preset} | {shown} | {secs / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def summary_table(rows: list[dict]) -> str:
+    def ms(values):
+        return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+
+    lines = ["| condition | macro-F1 | accuracy | chrF | exact match | seeds |", "|---|---|---|---|---|---|"]
+    for name in conditions(Path()):
+        chosen = [r for r in rows if r["condition"] == name]
+        if not chosen:
+            continue
+        cells = []
+        for k in ("macro_f1", "accuracy", "chrf", "exact_match"):
+            v = ms([r[k] for r in chosen if k in r])
+            cells.append(f"{v[0]:.3f} ± {v[1]:.3f}" if v else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(chosen)} |")
+    majority = [r["baseline"] for r in rows if r.get("baseline")]
+    if majority:
+        lines.append(f"| genre majority class | {majority[0]['macro_f1']:.3f} | {majority[0]['accuracy']:.3f} "
+                     "| - | - | - |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs", help="the folder holding the three pretrained runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--only", nargs="+", choices=list(conditions(Path())), help="run only these conditions")
+    p.add_argument("--out", default=str(ROOT / "results" / "paradigms.json"))
+    args = p.parse_args()
+    runs, out = Path(args.runs), Path(args.out)
+    print(pretraining_table(runs), "\n", flush=True)
+    rows = json.loads(out.read_text())["runs"] if out.is_file() else []
+    for name, recipe in conditions(runs).items():
+        if args.only and name not in args.only:
+            continue
+        if not (Path(recipe["model"]) / "best" / "config.json").is_file():
+            print(f"  {name}: skipped, {recipe['model']} is not trained yet")
+            continue
+        for seed in args.seeds:
+            rows = [r for r in rows if (r["condition"], r["seed"]) != (name, seed)]
+            rows.append(run(name, recipe, seed))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"runs": rows, "pretraining": pretraining_table(runs)}, indent=2) + "\n")
+    print()
+    print(summary_table(rows))
+
+
+if __name__ == "__main__":
+    main()
