@@ -63,7 +63,7 @@ def bench_objectives(ds, batch_size: int, seq_len: int, steps: int = 20) -> dict
     for objective in ("causal", "mlm", "mlm+nsp", "span", "infill"):
         sampler = make_batches(objective, ds, batch_size, seq_len, seed=0)
         sampler.next_batch()
-        _, seconds = timed(lambda: [sampler.next_batch() for _ in range(steps)])
+        _, seconds = timed(lambda sampler=sampler: [sampler.next_batch() for _ in range(steps)])
         out[objective] = round(steps / seconds, 1)
     return out
 

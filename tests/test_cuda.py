@@ -15,13 +15,12 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 transformers = pytest.importorskip("transformers")
 
-from test_hf_parity import CASES, _batch, _outputs  # noqa: E402
-from test_train_engine import TOKENS, Fixed, Windows, _cfg, _gpt, _run  # noqa: E402
-
 from lmforge.errors import TrainingError  # noqa: E402
 from lmforge.interop import from_hf  # noqa: E402
 from lmforge.train import Trainer  # noqa: E402
 from lmforge.train import checkpoint as ckpt  # noqa: E402
+from test_hf_parity import CASES, _batch, _outputs  # noqa: E402
+from test_train_engine import TOKENS, Fixed, Windows, _cfg, _gpt, _run  # noqa: E402
 
 CUDA = torch.device("cuda")
 needs_bf16 = pytest.mark.skipif(

@@ -258,7 +258,7 @@ def test_training_follows_hf_step_by_step(family):
             hf_out = hf(input_ids=x, attention_mask=mask, token_type_ids=tt, labels=labels, next_sentence_label=nsp)
         ours_out = ours(x, attention_mask=mask, **ours_kw)
         assert ours_out.loss.item() == pytest.approx(hf_out.loss.item(), abs=1e-4), step
-        for model, out, opt in ((hf, hf_out, opt_hf), (ours, ours_out, opt_ours)):
+        for _model, out, opt in ((hf, hf_out, opt_hf), (ours, ours_out, opt_ours)):
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

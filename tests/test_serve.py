@@ -21,9 +21,9 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-from lmforge.serve import Engine, Job, SamplingParams, create_app
-from lmforge.serve.engine import Delta, Failed, Finished
-from lmforge.serve.server import bind
+from lmforge.serve import Engine, Job, SamplingParams, create_app  # noqa: E402
+from lmforge.serve.engine import Delta, Failed, Finished  # noqa: E402
+from lmforge.serve.server import bind  # noqa: E402
 
 KEY = "test-key"
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -11,7 +11,7 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, TrainingError
 from lmforge.models import build_model
-from lmforge.train import Trainer, TrainConfig, lr_at, param_groups
+from lmforge.train import TrainConfig, Trainer, lr_at, param_groups
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.distributed import apply_activation_checkpointing
 from lmforge.train.engine import STOP_AFTER_STEPS_ENV

@@ -6,7 +6,7 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.data import make_batches, prepare
 from lmforge.models import build_model
-from lmforge.train import Trainer, TrainConfig
+from lmforge.train import TrainConfig, Trainer
 from lmforge.train.run import fit_model_to_tokenizer
 
 TEXT = """ROMEO:

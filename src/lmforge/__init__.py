@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError, TrainingError
 from lmforge.interop.hf import from_hf, to_hf
-from lmforge.models import DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, load_model, save_model
+from lmforge.modeldir import load_model
+from lmforge.models import DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, save_model
 
 _SUBMODULES = ("plan", "infer", "train", "finetune", "data", "tokenizer", "accounting", "bench", "serve")
 
@@ -18,7 +19,7 @@ _FUNCTIONS = {
     "load_tokenizer": "lmforge.tokenizer",
     "prepare": "lmforge.data",
     "open_dataset": "lmforge.data",
-    "pretrain": "lmforge.train.run",
+    "pretrain": "lmforge.jobs",
 }
 
 

@@ -466,7 +466,7 @@ def device_from_cuda_name(cuda_name: str) -> Device | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_cpu_peak(sizes: tuple[int, ...] = (2048, 3072), repeats: int = 7, warmup_s: float = 0.5) -> float:
     """Achievable fp32 FLOP/s of this CPU: the best of ``repeats`` timed ``size x size`` matmuls
     for each size, after ``warmup_s`` seconds of the same work (thread pool, caches, clock speed: a

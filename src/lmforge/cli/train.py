@@ -93,7 +93,7 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-    from lmforge.train.run import pretrain
+    from lmforge.jobs import pretrain
 
     cfg, resume = resolve_config(args)
     if args.print_config:

@@ -18,9 +18,10 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -212,7 +213,8 @@ def load_backbone(
     directory (its ``best/``), an lmforge or HF model directory, or a model preset (random weights,
     needs ``tokenizer``). ``init="scratch"`` keeps the architecture and re-draws the weights."""
     from lmforge.interop.hf import from_hf, packaged_model_dir
-    from lmforge.models import build_model, load_model
+    from lmforge.modeldir import load_model
+    from lmforge.models import build_model
     from lmforge.tokenizer import Tokenizer
 
     def tok_from(path: Path):

@@ -27,7 +27,8 @@ from torch import nn
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.finetune.lora import lora_modules, merge_and_unload
-from lmforge.models import load_model, save_model
+from lmforge.modeldir import load_model
+from lmforge.models import save_model
 from lmforge.models.io import atomic_directory, read_config
 
 HEAD_FILE = "head.safetensors"

@@ -27,7 +27,7 @@ def load_for_inference(path: str | Path, device: str = "auto", dtype: str | None
     import torch
 
     from lmforge.device import DTYPES, resolve_device
-    from lmforge.models import load_model
+    from lmforge.modeldir import load_model
     from lmforge.tokenizer import Tokenizer
 
     path = Path(path)

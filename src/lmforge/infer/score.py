@@ -556,7 +556,7 @@ def score(
             tgts.append(ids)
         res = conditional_logprobs(model, srcs, tgts, batch_size, progress)
         texts = [y for _, y in pairs]
-        for r, (s, y) in zip(res, pairs):
+        for r, (_, y) in zip(res, pairs):
             r.text = y
     for r, t in zip(res, texts):
         if r.text is None:

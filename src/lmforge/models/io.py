@@ -193,7 +193,8 @@ def load_model(
 ):
     """Build the model described by ``config.json`` and fill it from ``model.safetensors``.
 
-    If the directory holds a ``tokenizer.json`` its vocabulary must fit the embedding.
+    The weights only: :func:`lmforge.load_model` (:mod:`lmforge.modeldir`, a floor above the
+    tokenizer) also checks that a ``tokenizer.json`` beside them fits the embedding.
     """
     from lmforge.models import build_model
 
@@ -208,15 +209,6 @@ def load_model(
         raise CheckpointError(f"{weights}: corrupt or truncated weights ({e})") from None
     model = build_model(cfg)
     load_state_into(model, state, str(weights))
-    tok_file = directory / TOKENIZER_FILE
-    if tok_file.is_file():
-        _check_tokenizer_file(tok_file, cfg)
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     model.eval()
     return (model, extra) if with_extra else model
-
-
-def _check_tokenizer_file(path: Path, cfg: ModelConfig) -> None:
-    from lmforge.tokenizer import Tokenizer, check_compatible
-
-    check_compatible(Tokenizer.load(path), cfg.vocab_size, str(path))

@@ -185,8 +185,8 @@ class Trainer:
       ``trainable(name, param)``     which parameters train (the rest are frozen); default all
       ``save_fn(model, directory)``  writes a model directory (default :func:`save_model` with the
                                      tokenizer); its ``model.safetensors`` must hold the full state
-      ``sample_fn(model)``           a text sample shown at each evaluation (default: generate
-                                     from ``cfg.sample_prompt`` for decoders when a tokenizer is given)
+      ``sample_fn(model)``           a text sample shown at each evaluation (default: none;
+                                     :func:`lmforge.train.run.sample_fn` builds the pretraining one)
       ``tokens_per_byte``            of the validation text, to report bits per byte (causal LM)
     ``run_dir`` (None: nothing is written) receives metrics.jsonl, checkpoints/, best/, plots/.
     """
@@ -212,7 +212,7 @@ class Trainer:
         self.train_batches, self.eval_batches, self.metric_fn = train_batches, eval_batches, metric_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tokenizer, self.save_fn, self.tokens_per_byte = tokenizer, save_fn, tokens_per_byte
-        self.sample_fn = sample_fn if sample_fn is not None else self._default_sample_fn(model, tokenizer)
+        self.sample_fn = sample_fn
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -540,31 +540,6 @@ class Trainer:
         if self.is_main and self.run_dir is not None and time.perf_counter() - self._last_plot > 60:
             self._plot()  # refreshed at most once a minute (and always at the end)
         return metrics
-
-    def _default_sample_fn(self, model: nn.Module, tokenizer) -> Callable[[nn.Module], str] | None:
-        cfg = self.cfg
-        if (
-            tokenizer is None
-            or cfg.sample_tokens <= 0
-            or getattr(getattr(model, "config", None), "arch", "") != "decoder"
-        ):
-            return None
-
-        def sample(m: nn.Module) -> str:
-            from lmforge.infer.generate import generate
-
-            room = m.config.max_positions - len(tokenizer.encode(cfg.sample_prompt)) - 1  # (+ BOS)
-            out = generate(
-                m,
-                tokenizer,
-                [cfg.sample_prompt],
-                max_new_tokens=max(1, min(cfg.sample_tokens, room)),
-                temperature=cfg.sample_temperature,
-                seed=cfg.seed,
-            )
-            return cfg.sample_prompt + out[0].text
-
-        return sample
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _saveable_model(self) -> nn.Module | None:

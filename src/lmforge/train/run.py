@@ -24,17 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lmforge import device as dev
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models import build_model
+from lmforge.tokenizer import KINDS
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
-from lmforge.train.config import RunConfig
+from lmforge.train.config import RunConfig, TrainConfig
 from lmforge.train.engine import FitResult, Trainer
 from lmforge.train.objective_metrics import objective_metrics
-from lmforge.tokenizer import KINDS
 
 CONFIG_FILE = "config.yaml"
 
@@ -232,10 +233,41 @@ def tokens_per_byte(dataset, split: str = "val") -> float:
     return dataset.meta["splits"][split]["tokens"] / dataset.num_bytes(split)
 
 
+def sample_fn(generate: Callable, tokenizer, cfg: TrainConfig) -> Callable[[nn.Module], str]:
+    """The text sample shown at each evaluation of a decoder: ``cfg.sample_tokens`` tokens after
+    ``cfg.sample_prompt``, drawn by ``generate`` (:func:`lmforge.infer.generate`, passed in: the
+    inference layer sits above training)."""
+
+    def sample(m: nn.Module) -> str:
+        room = m.config.max_positions - len(tokenizer.encode(cfg.sample_prompt)) - 1  # (+ BOS)
+        out = generate(
+            m,
+            tokenizer,
+            [cfg.sample_prompt],
+            max_new_tokens=max(1, min(cfg.sample_tokens, room)),
+            temperature=cfg.sample_temperature,
+            seed=cfg.seed,
+        )
+        return cfg.sample_prompt + out[0].text
+
+    return sample
+
+
 def pretrain(
-    cfg: RunConfig, resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    *,
+    generate: Callable | None = None,
+    fill_spans: Callable | None = None,
 ) -> FitResult:
-    """Prepare data, build the model and train it as ``cfg`` says; see the module docstring."""
+    """Prepare data, build the model and train it as ``cfg`` says; see the module docstring.
+
+    What the job borrows from the inference layer comes in as functions (:func:`lmforge.pretrain`
+    passes them): ``generate`` (:func:`lmforge.infer.generate`) draws the text samples of a
+    decoder at each evaluation, ``fill_spans`` (:func:`lmforge.infer.spans.span_filling_metrics`)
+    is the span objective's final greedy check. None: no samples, no check."""
     device = dev.resolve_device(cfg.train.device)
     info = D.setup(device)
     say = log if info.is_main else (lambda msg: None)
@@ -268,6 +300,7 @@ def pretrain(
     model = build_model(cfg.model)
     train_batches, eval_batches = make_batch_sources(cfg, dataset, info)
     metric_fn = objective_metrics(cfg.data.objective, tokenizer, dataset.split("train"))
+    samples = generate is not None and cfg.train.sample_tokens > 0 and cfg.model.arch == "decoder"
     trainer = Trainer(
         model,
         cfg.train,
@@ -276,6 +309,7 @@ def pretrain(
         metric_fn=metric_fn,
         run_dir=run_dir,
         tokenizer=tokenizer,
+        sample_fn=sample_fn(generate, tokenizer, cfg.train) if samples else None,
         tokens_per_byte=tokens_per_byte(dataset) if cfg.data.objective == "causal" else None,
         log=log,
     )
@@ -283,8 +317,10 @@ def pretrain(
         trainer.resume(start)
     try:
         result = trainer.fit()
-        if cfg.data.objective == "span" and not result.stopped_by:
-            result.metrics.update(_greedy_span_metrics(trainer, tokenizer, eval_batches, cfg.train.eval_batches, say))
+        if cfg.data.objective == "span" and fill_spans is not None and not result.stopped_by:
+            result.metrics.update(
+                _greedy_span_metrics(fill_spans, trainer, tokenizer, eval_batches, cfg.train.eval_batches, say)
+            )
     finally:
         D.teardown()
     if info.is_main and not result.stopped_by:
@@ -299,17 +335,15 @@ def pretrain(
 
 
 def _greedy_span_metrics(
-    trainer: Trainer, tokenizer, eval_batches, max_batches: int, say: Callable[[str], None]
+    fill_spans: Callable, trainer: Trainer, tokenizer, eval_batches, max_batches: int, say: Callable[[str], None]
 ) -> dict[str, float]:
     """Span corruption's final check: how many dropped spans greedy decoding restores exactly (the
     periodic evaluations' batches; teacher forcing, in the engine's metrics, hides error propagation)."""
-    from lmforge.infer.spans import span_filling_metrics
-
     model = trainer.model
     was_training = model.training
     model.eval()
     try:
-        m = span_filling_metrics(model, tokenizer, eval_batches(max_batches or None))
+        m = fill_spans(model, tokenizer, eval_batches(max_batches or None))
     finally:
         model.train(was_training)
     say(f"greedy span filling on {int(m['spans']):,} held-out spans: exact match {m['span_exact_match']:.4f}")
