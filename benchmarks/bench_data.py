@@ -44,11 +44,18 @@ def bench_kind(kind: str, vocab_size: int, root: Path) -> dict:
     ids, encode_s, encode_cpu = cpu_timed(lambda: tok.encode_batch(all_texts))
     corpus._bundled_documents.cache_clear()  # end to end includes reading the plays again
     ds, prepare_s, prepare_cpu = cpu_timed(lambda: prepare("shakespeare", root / kind, tok, progress=False))
-    return {"kind": kind, "vocab_size": tok.vocab_size, "train_s": round(train_s, 2),
-            "encode_mb_s": round(mb / encode_s, 2), "encode_mb_per_cpu_s": round(mb / encode_cpu, 2),
-            "prepare_mb_s": round(mb / prepare_s, 2), "prepare_mb_per_cpu_s": round(mb / prepare_cpu, 2),
-            "tokens": sum(map(len, ids)), "bytes_per_token": round(mb * 1e6 / sum(map(len, ids)), 3),
-            "dataset": ds}
+    return {
+        "kind": kind,
+        "vocab_size": tok.vocab_size,
+        "train_s": round(train_s, 2),
+        "encode_mb_s": round(mb / encode_s, 2),
+        "encode_mb_per_cpu_s": round(mb / encode_cpu, 2),
+        "prepare_mb_s": round(mb / prepare_s, 2),
+        "prepare_mb_per_cpu_s": round(mb / prepare_cpu, 2),
+        "tokens": sum(map(len, ids)),
+        "bytes_per_token": round(mb * 1e6 / sum(map(len, ids)), 3),
+        "dataset": ds,
+    }
 
 
 def bench_objectives(ds, batch_size: int, seq_len: int, steps: int = 20) -> dict:
@@ -56,7 +63,7 @@ def bench_objectives(ds, batch_size: int, seq_len: int, steps: int = 20) -> dict
     for objective in ("causal", "mlm", "mlm+nsp", "span", "infill"):
         sampler = make_batches(objective, ds, batch_size, seq_len, seed=0)
         sampler.next_batch()
-        _, seconds = timed(lambda: [sampler.next_batch() for _ in range(steps)])
+        _, seconds = timed(lambda sampler=sampler: [sampler.next_batch() for _ in range(steps)])
         out[objective] = round(steps / seconds, 1)
     return out
 
@@ -78,22 +85,35 @@ def main() -> None:
         objectives = bench_objectives(rows[0]["dataset"], args.batch_size, args.seq_len)
     for row in rows:
         row.pop("dataset")
-    result = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-              "corpus_load_s": round(load_s, 2), "kinds": rows,
-              "objectives_batches_per_s": {"kind": args.kinds[0], "batch_size": args.batch_size,
-                                           "seq_len": args.seq_len, **objectives}}
+    result = {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "corpus_load_s": round(load_s, 2),
+        "kinds": rows,
+        "objectives_batches_per_s": {
+            "kind": args.kinds[0],
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            **objectives,
+        },
+    }
     if args.json:
         print(json.dumps(result))
         return
     print(f"bundled corpus: read + strip in {load_s:.2f}s on {result['cpus']} CPUs")
-    print(f"{'kind':10} {'vocab':>6} {'train s':>8} {'encode MB/s':>12} {'(per CPU-s)':>12} "
-          f"{'prepare MB/s':>13} {'(per CPU-s)':>12} {'bytes/token':>12}")
+    print(
+        f"{'kind':10} {'vocab':>6} {'train s':>8} {'encode MB/s':>12} {'(per CPU-s)':>12} "
+        f"{'prepare MB/s':>13} {'(per CPU-s)':>12} {'bytes/token':>12}"
+    )
     for r in rows:
-        print(f"{r['kind']:10} {r['vocab_size']:>6} {r['train_s']:>8.2f} {r['encode_mb_s']:>12.2f} "
-              f"{r['encode_mb_per_cpu_s']:>12.2f} {r['prepare_mb_s']:>13.2f} {r['prepare_mb_per_cpu_s']:>12.2f} "
-              f"{r['bytes_per_token']:>12.3f}")
-    print(f"batches/s ({args.kinds[0]}, {args.batch_size} x {args.seq_len}): "
-          + ", ".join(f"{k} {v}" for k, v in objectives.items()))
+        print(
+            f"{r['kind']:10} {r['vocab_size']:>6} {r['train_s']:>8.2f} {r['encode_mb_s']:>12.2f} "
+            f"{r['encode_mb_per_cpu_s']:>12.2f} {r['prepare_mb_s']:>13.2f} {r['prepare_mb_per_cpu_s']:>12.2f} "
+            f"{r['bytes_per_token']:>12.3f}"
+        )
+    print(
+        f"batches/s ({args.kinds[0]}, {args.batch_size} x {args.seq_len}): "
+        + ", ".join(f"{k} {v}" for k, v in objectives.items())
+    )
 
 
 if __name__ == "__main__":

@@ -54,10 +54,27 @@ def pretrain(run_dir: Path, steps: int) -> Path:
     if (run_dir / "best" / "config.json").is_file():
         print(f"reusing the pretrained model in {run_dir / 'best'}")
         return run_dir / "best"
-    code = lmforge_main(["train", "--preset", "shakespeare-gpt", "--out", str(run_dir), "--overwrite",
-                         *PRETRAIN_OVERRIDES, "--train.max_steps", str(steps),
-                         "--train.warmup_steps", str(max(1, steps // 20)), "--train.eval_every", str(steps),
-                         "--train.checkpoint_every", str(steps), "--train.progress", "false"])
+    code = lmforge_main(
+        [
+            "train",
+            "--preset",
+            "shakespeare-gpt",
+            "--out",
+            str(run_dir),
+            "--overwrite",
+            *PRETRAIN_OVERRIDES,
+            "--train.max_steps",
+            str(steps),
+            "--train.warmup_steps",
+            str(max(1, steps // 20)),
+            "--train.eval_every",
+            str(steps),
+            "--train.checkpoint_every",
+            str(steps),
+            "--train.progress",
+            "false",
+        ]
+    )
     if code:
         sys.exit(f"pretraining failed ({code})")
     return run_dir / "best"
@@ -67,15 +84,21 @@ def conditions(pretrained: Path, args) -> dict[str, dict]:
     """Fine-tuning configs (as FinetuneConfig overrides) of each compared condition."""
     gpt_train = dict(max_steps=args.steps, batch_size=16, lr=args.lr, warmup_steps=args.steps // 10)
     lora_train = dict(gpt_train, lr=args.lora_lr)
-    minilm_train = dict(max_steps=args.minilm_steps, batch_size=16, lr=args.minilm_lr,
-                        warmup_steps=args.minilm_steps // 10)
+    minilm_train = dict(
+        max_steps=args.minilm_steps, batch_size=16, lr=args.minilm_lr, warmup_steps=args.minilm_steps // 10
+    )
     return {
         "scratch": dict(model=str(pretrained), init="scratch", params="all", train=gpt_train),
         "pretrained + full": dict(model=str(pretrained), params="all", train=gpt_train),
-        "pretrained + LoRA": dict(model=str(pretrained), params="lora",
-                                  lora=dict(rank=args.lora_rank,  # alpha 2 * rank
-                                            targets=["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]),
-                                  train=lora_train),
+        "pretrained + LoRA": dict(
+            model=str(pretrained),
+            params="lora",
+            lora=dict(
+                rank=args.lora_rank,  # alpha 2 * rank
+                targets=["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
+            ),
+            train=lora_train,
+        ),
         "MiniLM + full": dict(model="minilm", params="all", train=minilm_train),
     }
 
@@ -86,18 +109,35 @@ CONDITIONS = ("scratch", "pretrained + full", "pretrained + LoRA", "MiniLM + ful
 def run_condition(name: str, overrides: dict, seed: int, args) -> dict:
     base = ft.FinetuneConfig.from_preset("shakespeare-genre").to_dict()
     run_recipe = json.loads(json.dumps(overrides))  # what this run was, stored with its result
-    base.update(max_per_class=args.max_per_class, val_per_play=args.val_per_play, passage_chars=args.passage_chars,
-                max_len=128, patience=0)
+    base.update(
+        max_per_class=args.max_per_class,
+        val_per_play=args.val_per_play,
+        passage_chars=args.passage_chars,
+        max_len=128,
+        patience=0,
+    )
     train = dict(base["train"], eval_every=0, progress=False, log_every=50, seed=seed, **overrides.pop("train"))
     cfg = ft.FinetuneConfig.from_dict({**base, **overrides, "train": train, "name": f"genre-{seed}"})
     t0, cpu0 = time.perf_counter(), time.process_time()
     res = ft.finetune(cfg, save=False, log=lambda s: None)
-    row = {"condition": name, "seed": seed, **res.metrics, "trainable": res.trainable.trainable,
-           "total": res.trainable.total, "seconds": time.perf_counter() - t0,
-           "cpu_seconds": time.process_time() - cpu0, "baseline": res.baseline,
-           "train_size": res.train_size, "val_size": res.val_size, "recipe": run_recipe}
-    print(f"  {name:20s} seed {seed}: macro_f1 {res.metrics['macro_f1']:.4f}  accuracy {res.metrics['accuracy']:.4f}"
-          f"  ({res.trainable.trainable:,} / {res.trainable.total:,} trainable, {row['seconds']:.0f} s)", flush=True)
+    row = {
+        "condition": name,
+        "seed": seed,
+        **res.metrics,
+        "trainable": res.trainable.trainable,
+        "total": res.trainable.total,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "baseline": res.baseline,
+        "train_size": res.train_size,
+        "val_size": res.val_size,
+        "recipe": run_recipe,
+    }
+    print(
+        f"  {name:20s} seed {seed}: macro_f1 {res.metrics['macro_f1']:.4f}  accuracy {res.metrics['accuracy']:.4f}"
+        f"  ({res.trainable.trainable:,} / {res.trainable.total:,} trainable, {row['seconds']:.0f} s)",
+        flush=True,
+    )
     return row
 
 
@@ -118,13 +158,28 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
             share = 100 * trainable / chosen[0]["total"]
         f1, acc = ms([r["macro_f1"] for r in chosen]), ms([r["accuracy"] for r in chosen])
         secs = ms([r["seconds"] for r in chosen]) if trainable else (0.0, 0.0)
-        summary.append({"condition": name, "macro_f1_mean": f1[0], "macro_f1_std": f1[1], "accuracy_mean": acc[0],
-                        "accuracy_std": acc[1], "trainable": trainable, "trainable_pct": share,
-                        "seconds_mean": secs[0], "seeds": len(chosen)})
-        table.append(f"| {name} | {f1[0]:.3f} ± {f1[1]:.3f} | {acc[0]:.3f} ± {acc[1]:.3f} | "
-                     + (f"{trainable:,} ({share:.1f}%)" if trainable else "-") + f" | {len(chosen)} |")
-    head = ["| condition | macro-F1 (mean ± std) | accuracy (mean ± std) | trainable parameters | seeds |",
-            "|---|---|---|---|---|"]
+        summary.append(
+            {
+                "condition": name,
+                "macro_f1_mean": f1[0],
+                "macro_f1_std": f1[1],
+                "accuracy_mean": acc[0],
+                "accuracy_std": acc[1],
+                "trainable": trainable,
+                "trainable_pct": share,
+                "seconds_mean": secs[0],
+                "seeds": len(chosen),
+            }
+        )
+        table.append(
+            f"| {name} | {f1[0]:.3f} ± {f1[1]:.3f} | {acc[0]:.3f} ± {acc[1]:.3f} | "
+            + (f"{trainable:,} ({share:.1f}%)" if trainable else "-")
+            + f" | {len(chosen)} |"
+        )
+    head = [
+        "| condition | macro-F1 (mean ± std) | accuracy (mean ± std) | trainable parameters | seeds |",
+        "|---|---|---|---|---|",
+    ]
     return summary, "\n".join(head + table)
 
 
@@ -143,12 +198,27 @@ def write(out: Path, rows: list[dict], args) -> str:
     cpu = sum(r.get("cpu_seconds", 0.0) for r in rows)
     pre = pretraining_seconds(Path(args.pretrain_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": recipe(args), "summary": summary, "table": table, "runs": rows,
-                               "fine_tuning_seconds": total, "fine_tuning_cpu_seconds": cpu,
-                               "pretraining_seconds": pre}, indent=2) + "\n")
-    return (table + f"\n\nwall time: fine-tuning runs {total / 60:.1f} min"
-            + (f" ({cpu / 60:.1f} min of CPU where measured)" if cpu else "")
-            + (f", pretraining {pre / 60:.1f} min" if pre else ""))
+    out.write_text(
+        json.dumps(
+            {
+                "args": recipe(args),
+                "summary": summary,
+                "table": table,
+                "runs": rows,
+                "fine_tuning_seconds": total,
+                "fine_tuning_cpu_seconds": cpu,
+                "pretraining_seconds": pre,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return (
+        table
+        + f"\n\nwall time: fine-tuning runs {total / 60:.1f} min"
+        + (f" ({cpu / 60:.1f} min of CPU where measured)" if cpu else "")
+        + (f", pretraining {pre / 60:.1f} min" if pre else "")
+    )
 
 
 DATA_SETTINGS = ("passage_chars", "max_per_class", "val_per_play", "quick")
@@ -225,8 +295,10 @@ def main() -> None:
                 write(out, rows, args)  # after every run: a stopped experiment keeps what it did
     print()
     print(write(out, rows, args))
-    print(f"\nthis invocation {(time.perf_counter() - t0) / 60:.1f} min (pretraining {pretrain_s:.0f} s of it); "
-          f"wrote {out}")
+    print(
+        f"\nthis invocation {(time.perf_counter() - t0) / 60:.1f} min (pretraining {pretrain_s:.0f} s of it); "
+        f"wrote {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -70,15 +70,26 @@ def run(args) -> None:
     tok = ds.tokenizer
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    cfg = fit_model_to_tokenizer(ModelConfig.from_preset(
-        "bert-tiny", max_positions=args.seq_len, n_layer=args.layers, d_model=args.width, n_head=args.heads,
-        norm_position=args.norm, positions=args.positions, nsp_head=False), tok)
+    cfg = fit_model_to_tokenizer(
+        ModelConfig.from_preset(
+            "bert-tiny",
+            max_positions=args.seq_len,
+            n_layer=args.layers,
+            d_model=args.width,
+            n_head=args.heads,
+            norm_position=args.norm,
+            positions=args.positions,
+            nsp_head=False,
+        ),
+        tok,
+    )
     model = build_model(cfg)
     train = make_batches("mlm", ds, args.batch, args.seq_len, seed=args.seed, mlm_probability=args.mask)
     val = make_batches("mlm", ds, 64, args.seq_len, seed=99, split="val", mlm_probability=0.15)
     val_batches = [val.next_batch() for _ in range(4)]
-    recipe = TrainConfig(max_steps=args.steps, lr=args.lr, warmup_steps=args.warmup, schedule="linear",
-                         min_lr_ratio=0.0)
+    recipe = TrainConfig(
+        max_steps=args.steps, lr=args.lr, warmup_steps=args.warmup, schedule="linear", min_lr_ratio=0.0
+    )
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     metric = masked_lm_metrics(tok.mask_id, most_frequent_token(ds.split("train"), tok.vocab_size, tok.special_ids))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -100,10 +111,17 @@ def run(args) -> None:
         with torch.no_grad():
             sums = [metric(b, model(**b)) for b in val_batches]
         model.train()
-        rec = {"step": step, "seconds": round(time.perf_counter() - t0), "train_loss": round(float(loss), 4),
-               **{k: round(sum(s[k][0] for s in sums) / sum(s[k][1] for s in sums), 4)
-                  for k in ("mlm_loss", "mask_accuracy", "mask_baseline")},
-               "entropy": attention_entropy(model, val_batches[:2]), "grad_norm": grads}
+        rec = {
+            "step": step,
+            "seconds": round(time.perf_counter() - t0),
+            "train_loss": round(float(loss), 4),
+            **{
+                k: round(sum(s[k][0] for s in sums) / sum(s[k][1] for s in sums), 4)
+                for k in ("mlm_loss", "mask_accuracy", "mask_baseline")
+            },
+            "entropy": attention_entropy(model, val_batches[:2]),
+            "grad_norm": grads,
+        }
         print(args.tag, json.dumps(rec), flush=True)
         with open(out, "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -36,16 +36,33 @@ from lmforge.finetune.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parent
 PRESETS = {"decoder": "shakespeare-gpt", "encoder": "shakespeare-bert", "encoder-decoder": "shakespeare-t5"}
-PRETRAINING_METRICS = {"decoder": ("bpb", "loss"), "encoder": ("mask_accuracy", "mask_baseline", "mlm_accuracy",
-                                                               "nsp_accuracy"),
-                       "encoder-decoder": ("span_token_accuracy", "span_exact_tf", "span_exact_match", "loss")}
+PRETRAINING_METRICS = {
+    "decoder": ("bpb", "loss"),
+    "encoder": ("mask_accuracy", "mask_baseline", "mlm_accuracy", "nsp_accuracy"),
+    "encoder-decoder": ("span_token_accuracy", "span_exact_tf", "span_exact_match", "loss"),
+}
 
 # Fine-tuning recipes: the same steps, batch and schedule for every model of a task.
-GENRE = dict(task="classify", train_file="shakespeare-genre", passage_chars=200, max_per_class=300, val_per_play=40,
-             max_len=64, patience=0, train=dict(max_steps=300, batch_size=32, lr=5e-4, warmup_steps=30, eval_every=0))
-RESTORE = dict(task="seq2seq", train_file="shakespeare-restore", passage_chars=120, val_per_play=32, max_len=64,
-               metric="chrf", patience=0,
-               train=dict(max_steps=400, batch_size=32, lr=1e-3, warmup_steps=40, eval_every=0))
+GENRE = dict(
+    task="classify",
+    train_file="shakespeare-genre",
+    passage_chars=200,
+    max_per_class=300,
+    val_per_play=40,
+    max_len=64,
+    patience=0,
+    train=dict(max_steps=300, batch_size=32, lr=5e-4, warmup_steps=30, eval_every=0),
+)
+RESTORE = dict(
+    task="seq2seq",
+    train_file="shakespeare-restore",
+    passage_chars=120,
+    val_per_play=32,
+    max_len=64,
+    metric="chrf",
+    patience=0,
+    train=dict(max_steps=400, batch_size=32, lr=1e-3, warmup_steps=40, eval_every=0),
+)
 
 
 def conditions(runs: Path) -> dict[str, dict]:
@@ -77,11 +94,20 @@ def run(name: str, recipe: dict, seed: int) -> dict:
     metrics = dict(res.metrics)
     if genre_as_text:
         metrics.update(_genre_f1_from_text(res, Path(d["val_file"])))
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("macro_f1", "accuracy", "chrf",
-                                                                             "exact_match", "bleu"))
+    shown = "  ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items() if k in ("macro_f1", "accuracy", "chrf", "exact_match", "bleu")
+    )
     print(f"  {name:24s} seed {seed}: {shown}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"condition": name, "seed": seed, **metrics, "seconds": time.perf_counter() - t0,
-            "baseline": res.baseline, "train_size": res.train_size, "val_size": res.val_size, "recipe": recipe}
+    return {
+        "condition": name,
+        "seed": seed,
+        **metrics,
+        "seconds": time.perf_counter() - t0,
+        "baseline": res.baseline,
+        "train_size": res.train_size,
+        "val_size": res.val_size,
+        "recipe": recipe,
+    }
 
 
 def _genre_as_seq2seq(d: dict, seed: int) -> str:
@@ -104,14 +130,17 @@ def _genre_f1_from_text(res, val_file: Path) -> dict[str, float]:
     rows = [json.loads(line) for line in val_file.read_text(encoding="utf-8").splitlines()]
     labels = sorted({r["target"] for r in rows})
     res.model.eval()
-    outs = generate(res.model, res.tokenizer, [r["source"] for r in rows], max_new_tokens=6, temperature=0.0,
-                    batch_size=32)
+    outs = generate(
+        res.model, res.tokenizer, [r["source"] for r in rows], max_new_tokens=6, temperature=0.0, batch_size=32
+    )
     pred = [labels.index(o.text.strip()) if o.text.strip() in labels else -1 for o in outs]
     gold = [labels.index(r["target"]) for r in rows]
     wrong = len(labels)  # an answer that is no genre counts as a class of its own that is always wrong
     pred = [p if p >= 0 else wrong for p in pred]
-    return {"macro_f1": macro_f1(pred, gold, len(labels)),
-            "accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold)}
+    return {
+        "macro_f1": macro_f1(pred, gold, len(labels)),
+        "accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold),
+    }
 
 
 def pretraining_table(runs: Path) -> str:
@@ -145,8 +174,9 @@ def summary_table(rows: list[dict]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(chosen)} |")
     majority = [r["baseline"] for r in rows if r.get("baseline")]
     if majority:
-        lines.append(f"| genre majority class | {majority[0]['macro_f1']:.3f} | {majority[0]['accuracy']:.3f} "
-                     "| - | - | - |")
+        lines.append(
+            f"| genre majority class | {majority[0]['macro_f1']:.3f} | {majority[0]['accuracy']:.3f} | - | - | - |"
+        )
     return "\n".join(lines)
 
 

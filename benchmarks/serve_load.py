@@ -39,12 +39,16 @@ def prompts(url: str, headers: dict, n: int, tokens: int, max_tokens: int, seed:
     out = []
     while len(out) < n:
         start = rng.randrange(0, len(text) - 8 * tokens)
-        r = httpx.post(f"{url}/tokenize", json={"prompt": text[start:start + 8 * tokens]}, headers=headers, timeout=30)
+        r = httpx.post(
+            f"{url}/tokenize", json={"prompt": text[start : start + 8 * tokens]}, headers=headers, timeout=30
+        )
         r.raise_for_status()
         info = r.json()
         if tokens + max_tokens > info["max_model_len"]:
-            raise SystemExit(f"--prompt-tokens {tokens} + --max-tokens {max_tokens} exceed the model's context "
-                             f"of {info['max_model_len']}")
+            raise SystemExit(
+                f"--prompt-tokens {tokens} + --max-tokens {max_tokens} exceed the model's context "
+                f"of {info['max_model_len']}"
+            )
         if len(info["tokens"]) >= tokens:
             out.append(info["tokens"][:tokens])
     return out
@@ -103,10 +107,19 @@ async def level(url: str, clients: int, duration: float, body: dict, pool: list,
     def pct(xs, q):
         return float(np.percentile(xs, q) * 1e3) if xs else float("nan")
 
-    return {"clients": clients, "duration_s": duration, "requests": out["done"], "failed": out["failed"],
-            "ttft_p50_ms": pct(out["ttft"], 50), "ttft_p99_ms": pct(out["ttft"], 99),
-            "itl_p50_ms": pct(out["itl"], 50), "itl_p99_ms": pct(out["itl"], 99),
-            "tokens_per_s": out["tokens"] / duration, "client_cpu_s": cpu, "errors": out["errors"][:5]}
+    return {
+        "clients": clients,
+        "duration_s": duration,
+        "requests": out["done"],
+        "failed": out["failed"],
+        "ttft_p50_ms": pct(out["ttft"], 50),
+        "ttft_p99_ms": pct(out["ttft"], 99),
+        "itl_p50_ms": pct(out["itl"], 50),
+        "itl_p99_ms": pct(out["itl"], 99),
+        "tokens_per_s": out["tokens"] / duration,
+        "client_cpu_s": cpu,
+        "errors": out["errors"][:5],
+    }
 
 
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
@@ -121,8 +134,8 @@ def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
 
 def main() -> None:
     argv = sys.argv[1:]
-    server_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    server_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", help="model directory (starts a server; or give --url)")
     p.add_argument("--url", help="a running server instead, e.g. http://127.0.0.1:8000")
@@ -142,28 +155,51 @@ def main() -> None:
 
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         info = httpx.get(f"{url}/health", timeout=30).json()
-        body = {"model": info["model"], "max_tokens": args.max_tokens, "temperature": args.temperature,
-                "stream": True, "logprobs": 0}
+        body = {
+            "model": info["model"],
+            "max_tokens": args.max_tokens,
+            "temperature": args.temperature,
+            "stream": True,
+            "logprobs": 0,
+        }
         pool = prompts(url, headers, 64, args.prompt_tokens, args.max_tokens)
         results = []
         print(f"server {url}: {info['slots']} batch slots; flags {' '.join(server_args) or '(defaults)'}")
-        print(f"{'clients':>7} {'requests':>8} {'failed':>6} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>8} "
-              f"{'tokens/s':>9} {'client CPU':>10}")
+        print(
+            f"{'clients':>7} {'requests':>8} {'failed':>6} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>8} "
+            f"{'tokens/s':>9} {'client CPU':>10}"
+        )
         for n in args.clients:
             r = asyncio.run(level(url, n, args.duration, body, pool, args.api_key))
             results.append(r)
-            print(f"{n:>7} {r['requests']:>8} {r['failed']:>6} {r['ttft_p50_ms']:>7.1f}ms {r['ttft_p99_ms']:>6.1f}ms "
-                  f"{r['itl_p50_ms']:>6.1f}ms {r['itl_p99_ms']:>6.1f}ms {r['tokens_per_s']:>9.1f} "
-                  f"{r['client_cpu_s']:>9.1f}s", flush=True)
+            print(
+                f"{n:>7} {r['requests']:>8} {r['failed']:>6} {r['ttft_p50_ms']:>7.1f}ms {r['ttft_p99_ms']:>6.1f}ms "
+                f"{r['itl_p50_ms']:>6.1f}ms {r['itl_p99_ms']:>6.1f}ms {r['tokens_per_s']:>9.1f} "
+                f"{r['client_cpu_s']:>9.1f}s",
+                flush=True,
+            )
             for e in r["errors"]:
                 print(f"        error: {e}")
         if len(results) > 1 and results[0]["tokens_per_s"] > 0:
-            print("throughput vs the first level: " + ", ".join(
-                f"{r['clients']} clients {r['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x" for r in results[1:]))
+            print(
+                "throughput vs the first level: "
+                + ", ".join(
+                    f"{r['clients']} clients {r['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x" for r in results[1:]
+                )
+            )
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump({"url": url, "server_args": server_args, "max_tokens": args.max_tokens,
-                           "temperature": args.temperature, "results": results}, f, indent=2)
+                json.dump(
+                    {
+                        "url": url,
+                        "server_args": server_args,
+                        "max_tokens": args.max_tokens,
+                        "temperature": args.temperature,
+                        "results": results,
+                    },
+                    f,
+                    indent=2,
+                )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

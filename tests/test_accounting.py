@@ -5,9 +5,22 @@ import json
 import pytest
 import torch
 
-from lmforge.accounting import (DEVICES, account, count_flops, count_params, device_from_cuda_name, device_peak,
-                                estimate_memory, flops_for, human, lookup_device, measure_cpu_peak, mfu,
-                                training_flops_per_token, training_time)
+from lmforge.accounting import (
+    DEVICES,
+    account,
+    count_flops,
+    count_params,
+    device_from_cuda_name,
+    device_peak,
+    estimate_memory,
+    flops_for,
+    human,
+    lookup_device,
+    measure_cpu_peak,
+    mfu,
+    training_flops_per_token,
+    training_time,
+)
 from lmforge.config import MODEL_PRESETS, ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.models import build_model, count_parameters
@@ -41,11 +54,14 @@ def test_param_count_equals_built_model_for_variants(preset, variant):
     assert count_params(cfg).total == _built_count(cfg)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(arch="encoder-decoder", n_encoder_layer=3, n_decoder_layer=1, n_kv_head=2),
-    dict(arch="encoder", mlm_head=False, pooler=True, type_vocab_size=0),
-    dict(arch="encoder", nsp_head=True, tie_embeddings=False, bias=False),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(arch="encoder-decoder", n_encoder_layer=3, n_decoder_layer=1, n_kv_head=2),
+        dict(arch="encoder", mlm_head=False, pooler=True, type_vocab_size=0),
+        dict(arch="encoder", nsp_head=True, tie_embeddings=False, bias=False),
+    ],
+)
 def test_param_count_other_shapes(overrides):
     cfg = ModelConfig.from_preset("gpt-tiny", **overrides)
     assert count_params(cfg).total == _built_count(cfg)
@@ -79,8 +95,17 @@ TABLE_A4 = [
 @pytest.mark.parametrize("n_layer, d_model, ffw, n_head, ratio", TABLE_A4)
 def test_appendix_f_count_reproduces_chinchilla_table_a4(n_layer, d_model, ffw, n_head, ratio):
     seq = 2048
-    cfg = ModelConfig(arch="decoder", vocab_size=32000, max_positions=seq, n_layer=n_layer, d_model=d_model,
-                      n_head=n_head, d_ff=ffw, positions="none", tie_embeddings=False)
+    cfg = ModelConfig(
+        arch="decoder",
+        vocab_size=32000,
+        max_positions=seq,
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        d_ff=ffw,
+        positions="none",
+        tie_embeddings=False,
+    )
     # Chinchilla's N: lmforge's non-embedding count (blocks, final norm, untied output) plus the
     # Transformer-XL relative-position parameters Gopher-family models have (d x d + 2 d per layer)
     n = count_params(cfg).non_embedding + n_layer * (d_model**2 + 2 * d_model)
@@ -156,9 +181,17 @@ def test_memory_strategies_and_checkpointing():
 def test_devices_time_and_cost():
     assert lookup_device("H100") is DEVICES["h100-sxm"]
     assert device_peak("h100") == 989.4e12
-    names = {"NVIDIA H100 80GB HBM3": "h100-sxm", "NVIDIA H100 PCIe": "h100-pcie", "NVIDIA H200": "h200",
-             "NVIDIA A100-SXM4-40GB": "a100-40gb", "NVIDIA A100-SXM4-80GB": "a100-80gb",
-             "NVIDIA A100 80GB PCIe": "a100-80gb", "NVIDIA A10G": "a10", "NVIDIA L4": "l4", "NVIDIA L40S": "l40s"}
+    names = {
+        "NVIDIA H100 80GB HBM3": "h100-sxm",
+        "NVIDIA H100 PCIe": "h100-pcie",
+        "NVIDIA H200": "h200",
+        "NVIDIA A100-SXM4-40GB": "a100-40gb",
+        "NVIDIA A100-SXM4-80GB": "a100-80gb",
+        "NVIDIA A100 80GB PCIe": "a100-80gb",
+        "NVIDIA A10G": "a10",
+        "NVIDIA L4": "l4",
+        "NVIDIA L40S": "l40s",
+    }
     for cuda_name, key in names.items():
         assert device_from_cuda_name(cuda_name).name == key, cuda_name
     assert device_from_cuda_name("Some Future GPU") is None

@@ -103,20 +103,23 @@ def test_vocabulary_from_a_tokenizer(tmp_path):
     assert a.shape.vocab_size == 1000 and a.shape.max_positions == 512
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "give --flops"),
-    ({"flops": 1e21, "dollars": 10, "device": "h100"}, "not flops and dollars"),
-    ({"hours": 10}, "needs a device"),
-    ({"flops": -1.0}, "must be a positive"),
-    ({"flops": 0.0}, "must be a positive"),
-    ({"flops": 1e10}, "too small"),
-    ({"flops": 1e21, "law": "nope"}, "neither a preset"),
-    ({"flops": 1e21, "device": "abacus"}, "unknown device"),
-    ({"flops": 1e21, "mfu": 1.5, "device": "h100"}, "mfu"),
-    ({"target_loss": 1.0}, "irreducible"),
-    ({"target_loss": 2.0, "law": "chinchilla-table3"}, "loss model"),
-    ({"flops": 1e21, "law": "kaplan", "inference_tokens": 1e12}, "loss model"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "give --flops"),
+        ({"flops": 1e21, "dollars": 10, "device": "h100"}, "not flops and dollars"),
+        ({"hours": 10}, "needs a device"),
+        ({"flops": -1.0}, "must be a positive"),
+        ({"flops": 0.0}, "must be a positive"),
+        ({"flops": 1e10}, "too small"),
+        ({"flops": 1e21, "law": "nope"}, "neither a preset"),
+        ({"flops": 1e21, "device": "abacus"}, "unknown device"),
+        ({"flops": 1e21, "mfu": 1.5, "device": "h100"}, "mfu"),
+        ({"target_loss": 1.0}, "irreducible"),
+        ({"target_loss": 2.0, "law": "chinchilla-table3"}, "loss model"),
+        ({"flops": 1e21, "law": "kaplan", "inference_tokens": 1e12}, "loss model"),
+    ],
+)
 def test_bad_plans(kwargs, message):
     with pytest.raises(ConfigError, match=message) as err:
         allocate(**kwargs)

@@ -73,8 +73,7 @@ def test_cli_attention(tmp_path, capsys):
     model = build_model(ModelConfig.from_preset("gpt-tiny", vocab_size=64, bos_id=tok.bos_id)).eval()
     directory = save_model(model, tmp_path / "m", tokenizer=tok)
     out = tmp_path / "maps" / "att.png"
-    assert main(["attention", str(directory), "--text", "to be", "--layer", "0", "--head", "1", "--out",
-                 str(out)]) == 0
+    assert main(["attention", str(directory), "--text", "to be", "--layer", "0", "--head", "1", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
     m = np.load(out.with_suffix(".npy"))
     assert m.shape == (6, 6)  # BOS + 5 characters

@@ -62,8 +62,7 @@ def test_unknown_preset():
 @given(n_head=st.integers(1, 8), mult=st.integers(1, 8), kv_div=st.integers(1, 8), gated=st.booleans())
 def test_valid_shapes_always_accepted(n_head, mult, kv_div, gated):
     kv = kv_div if n_head % kv_div == 0 else 1
-    cfg = ModelConfig(d_model=n_head * mult * 2, n_head=n_head, n_kv_head=kv,
-                      activation="swiglu" if gated else "gelu")
+    cfg = ModelConfig(d_model=n_head * mult * 2, n_head=n_head, n_kv_head=kv, activation="swiglu" if gated else "gelu")
     assert cfg.head_dim * cfg.n_head == cfg.d_model and cfg.n_head % cfg.kv_heads == 0
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 

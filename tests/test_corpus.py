@@ -53,10 +53,14 @@ def test_bundled_text_is_plain_with_speakers_and_line_breaks():
 
 
 def test_markdown_to_text():
-    md = ("# Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter KING and\nQUEEN_\n\n**KING**  \n"
-          "Speak, speak!  \n*[Aside.]* So\\--then\n\n\n\n__\\[Reads]_  \n**QUEEN**\nNo.\r\n")
-    assert markdown_to_text(md) == ("Play\n\nACT I\n\nSCENE I. A room.\n\nEnter KING and\nQUEEN\n\nKING:\n"
-                                    "Speak, speak!\n[Aside.] So--then\n\n[Reads]\nQUEEN:\nNo.\n")
+    md = (
+        "# Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter KING and\nQUEEN_\n\n**KING**  \n"
+        "Speak, speak!  \n*[Aside.]* So\\--then\n\n\n\n__\\[Reads]_  \n**QUEEN**\nNo.\r\n"
+    )
+    assert markdown_to_text(md) == (
+        "Play\n\nACT I\n\nSCENE I. A room.\n\nEnter KING and\nQUEEN\n\nKING:\n"
+        "Speak, speak!\n[Aside.] So--then\n\n[Reads]\nQUEEN:\nNo.\n"
+    )
 
 
 # ---- files and bad input -----------------------------------------------------------------------------
@@ -156,13 +160,16 @@ def test_jsonl_records(tmp_path):
     assert [d.text for d in load_documents(f, text_field="body")] == ["first\ndoc", "second"]
 
 
-@pytest.mark.parametrize("records,fragments", [
-    (['{"text": "ok"}', "{broken"], (":2", "invalid JSON")),
-    ([{"body": "x"}], (":1", "no field 'text'", "body")),
-    ([{"text": 3}], (":1", "int")),
-    (["[1, 2]"], (":1", "JSON object")),
-    ([{"text": "  "}], ("no non-empty",)),
-])
+@pytest.mark.parametrize(
+    "records,fragments",
+    [
+        (['{"text": "ok"}', "{broken"], (":2", "invalid JSON")),
+        ([{"body": "x"}], (":1", "no field 'text'", "body")),
+        ([{"text": 3}], (":1", "int")),
+        (["[1, 2]"], (":1", "JSON object")),
+        ([{"text": "  "}], ("no non-empty",)),
+    ],
+)
 def test_bad_jsonl(tmp_path, records, fragments):
     f = write_jsonl(tmp_path / "bad.jsonl", records)
     with pytest.raises(DataError) as e, warnings.catch_warnings():

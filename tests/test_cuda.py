@@ -15,17 +15,18 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 transformers = pytest.importorskip("transformers")
 
-from test_hf_parity import CASES, _batch, _outputs  # noqa: E402
-from test_train_engine import TOKENS, Fixed, Windows, _cfg, _gpt, _run  # noqa: E402
-
 from lmforge.errors import TrainingError  # noqa: E402
 from lmforge.interop import from_hf  # noqa: E402
 from lmforge.train import Trainer  # noqa: E402
 from lmforge.train import checkpoint as ckpt  # noqa: E402
+from test_hf_parity import CASES, _batch, _outputs  # noqa: E402
+from test_train_engine import TOKENS, Fixed, Windows, _cfg, _gpt, _run  # noqa: E402
 
 CUDA = torch.device("cuda")
-needs_bf16 = pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(),
-                                reason="needs a GPU with bf16 (compute capability 8.0+)")
+needs_bf16 = pytest.mark.skipif(
+    not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(),
+    reason="needs a GPU with bf16 (compute capability 8.0+)",
+)
 
 
 @pytest.fixture
@@ -114,8 +115,14 @@ def test_greedy_generation_equals_hf_and_the_uncached_loop(exact_fp32):
     ids = torch.randint(0, 8192, (4, 16), device=CUDA)
     got = generate_ids(ours, ids, max_new_tokens=48, do_sample=False, eos_id=None).tokens
     with torch.inference_mode():
-        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, min_new_tokens=48,
-                          do_sample=False, pad_token_id=0)[:, 16:]
+        ref = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=48,
+            min_new_tokens=48,
+            do_sample=False,
+            pad_token_id=0,
+        )[:, 16:]
         assert torch.equal(got, ref)
         seq = ids  # no KV cache: the whole prefix again at every step
         for _ in range(16):
@@ -171,9 +178,27 @@ def test_out_of_memory_is_a_one_line_error():
 def test_two_ranks_on_one_gpu_is_a_one_line_error(tmp_path):
     if torch.cuda.device_count() > 1:
         pytest.skip("the machine has a GPU per rank")
-    rc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                         "-m", "lmforge", "train", "--preset", "tiny-gpt", "--data.path", str(tmp_path / "d"),
-                         "--out", str(tmp_path / "r")],
-                        capture_output=True, text=True, timeout=300)
+    rc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lmforge",
+            "train",
+            "--preset",
+            "tiny-gpt",
+            "--data.path",
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rc.returncode != 0
     assert "processes on this node but it has 1 GPU(s)" in rc.stderr + rc.stdout

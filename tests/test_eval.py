@@ -19,8 +19,12 @@ from lmforge.finetune.tasks import GENRES, restoration_prompt, restoration_sourc
 from lmforge.models import build_model, save_model
 
 TOL = 1e-4
-DOCS = {"shakespeare_ppl": [0], "shakespeare_genre": list(range(18)), "shakespeare_cloze": list(range(16)),
-        "shakespeare_restore": list(range(6))}
+DOCS = {
+    "shakespeare_ppl": [0],
+    "shakespeare_genre": list(range(18)),
+    "shakespeare_cloze": list(range(16)),
+    "shakespeare_restore": list(range(6)),
+}
 DECODER_TASKS = tuple(DOCS)
 
 
@@ -41,8 +45,14 @@ def tiny(tmp_path_factory):
 
     tok = train_tokenizer("bpe", [d.text for d in shakespeare("train")[:2]], vocab_size=512)
     torch.manual_seed(0)
-    cfg = ModelConfig.from_preset("gpt-tiny", vocab_size=len(tok), bos_id=tok.bos_id, eos_id=tok.eos_id,
-                                  pad_id=tok.pad_id, text_start_id=tok.eos_id)
+    cfg = ModelConfig.from_preset(
+        "gpt-tiny",
+        vocab_size=len(tok),
+        bos_id=tok.bos_id,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        text_start_id=tok.eos_id,
+    )
     model = build_model(cfg).eval()
     root = tmp_path_factory.mktemp("eval")
     ours = save_model(model, root / "lmforge", tokenizer=tok)
@@ -60,8 +70,10 @@ def runs(tiny):
     lm_eval.evaluator.add_env_info = lambda results: None
     try:
         _, _, ours, hf = tiny
-        return {name: ev.evaluate(path, ev.TAG, harness_model=name, samples=DOCS, device="cpu", log_samples=True)
-                for name, path in (("lmforge", ours), ("hf", hf))}
+        return {
+            name: ev.evaluate(path, ev.TAG, harness_model=name, samples=DOCS, device="cpu", log_samples=True)
+            for name, path in (("lmforge", ours), ("hf", hf))
+        }
     finally:
         lm_eval.evaluator.add_env_info = keep
 
@@ -99,8 +111,11 @@ def test_task_yaml_names_and_genre_choices():
     tags = {name: c["tag"] if isinstance(c["tag"], list) else [c["tag"]] for name, c in configs.items()}
     assert all(c["task"] == name for name, c in configs.items())
     assert sorted(n for n, t in tags.items() if shipped.TAG in t) == sorted(DECODER_TASKS)
-    assert sorted(n for n, t in tags.items() if shipped.SEQ2SEQ_TAG in t) == \
-        ["shakespeare_cloze", "shakespeare_genre", "shakespeare_restore_seq2seq"]
+    assert sorted(n for n, t in tags.items() if shipped.SEQ2SEQ_TAG in t) == [
+        "shakespeare_cloze",
+        "shakespeare_genre",
+        "shakespeare_restore_seq2seq",
+    ]
     assert configs["shakespeare_genre"]["doc_to_choice"] == list(shipped.GENRE_CHOICES.values())
     assert configs["shakespeare_ppl"]["output_type"] == "loglikelihood_rolling"
 
@@ -181,29 +196,31 @@ def test_loglikelihood_and_greedy_match_lmforge(tiny):
     out = lm._loglikelihood_tokens([(None, ids, greedy), (None, ids, wrong), (None, ids, greedy[:2])])
     for (lp, _), cont in zip(out, (greedy, wrong, greedy[:2])):
         ref = score_ids(model, [ids + cont])[0]
-        assert lp == pytest.approx(sum(ref.token_logprobs[-len(cont):]), abs=1e-5)
+        assert lp == pytest.approx(sum(ref.token_logprobs[-len(cont) :]), abs=1e-5)
     assert [g for _, g in out] == [True, False, True]
     # text requests: the continuation is what encoding context + continuation adds; an empty
     # context means the start token (EOS for a model lmforge pretrained), as lmforge score does
     pairs = [(ctx, ", that is the question"), ("", "To be")]
     (lp, _), (lp_empty, _) = lm.loglikelihood(_requests("loglikelihood", pairs), disable_tqdm=True)
-    cont = tok.encode(ctx + pairs[0][1])[len(ids):]
-    assert lp == pytest.approx(sum(score_ids(model, [ids + cont])[0].token_logprobs[-len(cont):]), abs=1e-5)
+    cont = tok.encode(ctx + pairs[0][1])[len(ids) :]
+    assert lp == pytest.approx(sum(score_ids(model, [ids + cont])[0].token_logprobs[-len(cont) :]), abs=1e-5)
     assert lp_empty == pytest.approx(score(model, tok, ["To be"])[0].logprob, abs=1e-5)
     long = "word " * 200  # longer than the context: windows, each token once
     rolled = lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [(long,)]), disable_tqdm=True)[0]
     assert rolled == pytest.approx(score(model, tok, [long], window=64, stride=63)[0].logprob, abs=1e-4)
     sliding = ev.LMForgeLM(model=model, tokenizer=tok, stride=32)
-    assert sliding.loglikelihood_rolling(_requests("loglikelihood_rolling", [(long,)]), disable_tqdm=True)[0] == \
-        pytest.approx(score(model, tok, [long], window=64, stride=32)[0].logprob, abs=1e-4)
+    assert sliding.loglikelihood_rolling(_requests("loglikelihood_rolling", [(long,)]), disable_tqdm=True)[
+        0
+    ] == pytest.approx(score(model, tok, [long], window=64, stride=32)[0].logprob, abs=1e-4)
     # add_start_token: contexts follow the start token too, as in lmforge's own scoring
     started = ev.LMForgeLM(model=model, tokenizer=tok, add_start_token="true")
-    (lp_started, _), = started.loglikelihood(_requests("loglikelihood", pairs[:1]), disable_tqdm=True)
+    ((lp_started, _),) = started.loglikelihood(_requests("loglikelihood", pairs[:1]), disable_tqdm=True)
     ref = score_ids(model, [[tok.eos_id] + ids + cont])[0]
-    assert lp_started == pytest.approx(sum(ref.token_logprobs[-len(cont):]), abs=1e-5)
+    assert lp_started == pytest.approx(sum(ref.token_logprobs[-len(cont) :]), abs=1e-5)
     assert abs(lp_started - lp) > 1e-4
-    assert started.loglikelihood_rolling(_requests("loglikelihood_rolling", [(long,)]), disable_tqdm=True)[0] == \
-        pytest.approx(rolled, abs=1e-6)
+    assert started.loglikelihood_rolling(_requests("loglikelihood_rolling", [(long,)]), disable_tqdm=True)[
+        0
+    ] == pytest.approx(rolled, abs=1e-6)
 
 
 def test_generate_until_matches_lmforge_generate(tiny):
@@ -214,15 +231,14 @@ def test_generate_until_matches_lmforge_generate(tiny):
     prompts = ["ROMEO:\nBut soft", "JULIET:\n", "O"]
     kwargs = {"until": ["\n"], "max_gen_toks": 12, "do_sample": False}
     got = lm.generate_until(_requests("generate_until", [(p, kwargs) for p in prompts]), disable_tqdm=True)
-    want = [c.text for c in generate(model, tok, prompts, max_new_tokens=12, temperature=0, stop=["\n"],
-                                     add_bos=False)]
+    want = [c.text for c in generate(model, tok, prompts, max_new_tokens=12, temperature=0, stop=["\n"], add_bos=False)]
     assert got == want and all("\n" not in g for g in got)
     started = ev.LMForgeLM(model=model, tokenizer=tok, add_start_token=True)  # prompts after the start token
     got = started.generate_until(_requests("generate_until", [(p, kwargs) for p in prompts]), disable_tqdm=True)
     assert got == [c.text for c in generate(model, tok, prompts, max_new_tokens=12, temperature=0, stop=["\n"])]
     long = "To be, or not to be " * 40  # longer than the context: the prompt keeps its last tokens
     text = lm.generate_until(_requests("generate_until", [(long, {"max_gen_toks": 8})]), disable_tqdm=True)[0]
-    ids = tok.encode(long)[-(63 - 8):]  # max_length 63 less the new tokens, as the harness's hf model cuts
+    ids = tok.encode(long)[-(63 - 8) :]  # max_length 63 less the new tokens, as the harness's hf model cuts
     ref = generate(model, tok, [tok.decode(ids)], max_new_tokens=8, temperature=0, add_bos=False)[0]
     assert tok.encode(tok.decode(ids)) == ids and text == ref.text
 
@@ -232,18 +248,23 @@ def test_encoder_decoder_scores_target_given_source(tiny):
 
     _, tok, _, _ = tiny
     torch.manual_seed(1)
-    s2s = build_model(ModelConfig.from_preset("seq2seq-tiny", vocab_size=len(tok), pad_id=tok.pad_id,
-                                              eos_id=tok.eos_id, bos_id=tok.bos_id)).eval()
+    s2s = build_model(
+        ModelConfig.from_preset(
+            "seq2seq-tiny", vocab_size=len(tok), pad_id=tok.pad_id, eos_id=tok.eos_id, bos_id=tok.bos_id
+        )
+    ).eval()
     lm = ev.LMForgeLM(model=s2s, tokenizer=tok)
-    out = lm.loglikelihood(_requests("loglikelihood", [("to be or not to be", " that is the question")]),
-                           disable_tqdm=True)
+    out = lm.loglikelihood(
+        _requests("loglikelihood", [("to be or not to be", " that is the question")]), disable_tqdm=True
+    )
     ref = score(s2s, tok, [("to be or not to be", " that is the question")], add_eos=False)[0]
     assert out[0][0] == pytest.approx(ref.logprob, abs=1e-5)
     with pytest.raises(LMForgeError, match="needs a decoder"):
         lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [("text",)]))
     gen = lm.generate_until(_requests("generate_until", [("to be", {"until": ["."], "max_gen_toks": 5})]))
-    ids = generate_ids(s2s, torch.tensor([tok.encode("to be") + [tok.eos_id]]), max_new_tokens=5,
-                       do_sample=False).token_lists()[0]
+    ids = generate_ids(
+        s2s, torch.tensor([tok.encode("to be") + [tok.eos_id]]), max_new_tokens=5, do_sample=False
+    ).token_lists()[0]
     assert gen == [tok.decode([t for t in ids if t != tok.eos_id], skip_special_tokens=True).split(".")[0]]
     # the tasks an encoder-decoder answers run through the harness
     res = ev.evaluate(s2s, shipped.SEQ2SEQ_TAG, tokenizer=tok, limit=3, bootstrap_iters=0)
@@ -256,8 +277,10 @@ def test_cli_eval_prints_the_table_and_writes_json(tiny, tmp_path, capsys):
 
     _, _, ours, _ = tiny
     out = tmp_path / "res.json"
-    assert main(["eval", str(ours), "--tasks", "shakespeare_cloze", "--limit", "6", "--device", "cpu",
-                 "-o", str(out)]) == 0
+    assert (
+        main(["eval", str(ours), "--tasks", "shakespeare_cloze", "--limit", "6", "--device", "cpu", "-o", str(out)])
+        == 0
+    )
     printed = capsys.readouterr()
     assert "shakespeare_cloze" in printed.out and "acc_norm" in printed.out and str(out) in printed.err
     saved = json.loads(out.read_text(encoding="utf-8"))
@@ -270,7 +293,9 @@ def test_cli_eval_prints_the_table_and_writes_json(tiny, tmp_path, capsys):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "hub_task.yaml").write_text(
         "task: hub_task\ndataset_path: lmforge-test/not-cached\ntest_split: test\noutput_type: loglikelihood\n"
-        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\nmetric_list:\n  - metric: acc\n", encoding="utf-8")
+        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\nmetric_list:\n  - metric: acc\n",
+        encoding="utf-8",
+    )
     assert main(["eval", str(ours), "--tasks", "hub_task", "--include-path", str(tmp_path / "tasks")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: tasks:") and "not on this machine" in err[-1]

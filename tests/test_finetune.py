@@ -134,8 +134,8 @@ def test_trainable_counts_are_exact(capsys):
     head = _numel(clf, lambda n: n.startswith("classifier."))
     cases = {
         "all": total,
-        "no-embeddings": total - _numel(clf, lambda n: n.endswith(("tok_emb.weight", "pos_emb.weight",
-                                                                    "type_emb.weight"))),
+        "no-embeddings": total
+        - _numel(clf, lambda n: n.endswith(("tok_emb.weight", "pos_emb.weight", "type_emb.weight"))),
         "bitfit": _numel(clf, lambda n: n.endswith(".bias") and not n.startswith("classifier.")) + head,
         "top-k:1": _numel(clf, lambda n: ".blocks.1." in n or n.startswith(("classifier.", "backbone.pooler."))),
     }
@@ -218,14 +218,20 @@ def _write(path, text):
 
 
 def test_bad_rows_are_reported_by_line_in_one_line(tmp_path):
-    f = _write(tmp_path / "train.jsonl", "\n".join([
-        json.dumps({"text": "good one", "label": "a"}),
-        json.dumps({"text": "no label"}),
-        "",
-        json.dumps({"text": "   ", "label": "b"}),
-        "{not json",
-        json.dumps({"text": "fine", "label": 2}),
-    ]) + "\n")
+    f = _write(
+        tmp_path / "train.jsonl",
+        "\n".join(
+            [
+                json.dumps({"text": "good one", "label": "a"}),
+                json.dumps({"text": "no label"}),
+                "",
+                json.dumps({"text": "   ", "label": "b"}),
+                "{not json",
+                json.dumps({"text": "fine", "label": 2}),
+            ]
+        )
+        + "\n",
+    )
     with pytest.raises(DataError) as e:
         tasks.check_rows(f, "classify")
     msg = str(e.value)
@@ -244,8 +250,10 @@ def test_csv_lines_count_quoted_newlines_and_unknown_labels(tmp_path):
 
 
 def test_classification_labels_are_strings_in_sorted_order(tmp_path):
-    f = _write(tmp_path / "t.jsonl", "".join(json.dumps({"text": t, "label": lab}) + "\n"
-                                             for t, lab in [("a", 10), ("b", 9), ("c", "x")]))
+    f = _write(
+        tmp_path / "t.jsonl",
+        "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in [("a", 10), ("b", 9), ("c", "x")]),
+    )
     data = tasks.load_task(f, "classify", TOK, "encoder", 16)
     assert data.label_names == ["10", "9", "x"] and data.class_ids == [0, 1, 2]
     e = data.examples[0]

@@ -52,11 +52,24 @@ def _backbone(tok, preset="gpt-tiny", seed=0, **kw):
 
 
 def _cfg(files, **kw):
-    train = dict(max_steps=6, batch_size=8, lr=3e-3, warmup_steps=1, eval_every=3, log_every=3, threads=1,
-                 progress=False, sample_tokens=0, checkpoint_every=0, peak_flops=1e11, seed=1)
+    train = dict(
+        max_steps=6,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=1,
+        eval_every=3,
+        log_every=3,
+        threads=1,
+        progress=False,
+        sample_tokens=0,
+        checkpoint_every=0,
+        peak_flops=1e11,
+        seed=1,
+    )
     train.update(kw.pop("train", {}))
-    return FinetuneConfig.from_dict({"task": "classify", "train_file": files[0], "val_file": files[1], "max_len": 32,
-                                     "train": train, **kw})
+    return FinetuneConfig.from_dict(
+        {"task": "classify", "train_file": files[0], "val_file": files[1], "max_len": 32, "train": train, **kw}
+    )
 
 
 @pytest.mark.parametrize("spec", ["bitfit", "top-k:1", "no-embeddings", "lora"])
@@ -97,8 +110,21 @@ def test_bad_rows_stop_the_run_before_training(tok, files, tmp_path):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     # and through the CLI: one line, exit status 2, no traceback
     model_dir = save_model(_backbone(tok), tmp_path / "m", tokenizer=tok)
-    code = main(["finetune", "--task", "classify", "--train", str(bad), "--val", files[1], "--model", str(model_dir),
-                 "--out", str(tmp_path / "run2")])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "classify",
+            "--train",
+            str(bad),
+            "--val",
+            files[1],
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "run2"),
+        ]
+    )
     assert code == 2 and not (tmp_path / "run2").exists()
 
 
@@ -120,10 +146,43 @@ def test_best_checkpoint_follows_the_metric_and_early_stopping(tok, files, tmp_p
 
 def test_cli_lora_run_writes_a_plain_model_and_adapters(tok, files, tmp_path, capsys):
     model_dir = save_model(_backbone(tok), tmp_path / "pre", tokenizer=tok)
-    code = main(["finetune", "--task", "classify", "--train", files[0], "--val", files[1], "--model", str(model_dir),
-                 "--params", "lora", "--lora-rank", "4", "--lora-targets", "attn.qkv,mlp.fc", "--steps", "4",
-                 "--eval-every", "2", "--batch-size", "8", "--lr", "1e-2", "--out", str(tmp_path / "run"),
-                 "--train.threads", "1", "--train.progress", "false", "--train.peak_flops", "1e11", "--max-len", "32"])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "classify",
+            "--train",
+            files[0],
+            "--val",
+            files[1],
+            "--model",
+            str(model_dir),
+            "--params",
+            "lora",
+            "--lora-rank",
+            "4",
+            "--lora-targets",
+            "attn.qkv,mlp.fc",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--out",
+            str(tmp_path / "run"),
+            "--train.threads",
+            "1",
+            "--train.progress",
+            "false",
+            "--train.peak_flops",
+            "1e11",
+            "--max-len",
+            "32",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "trainable parameters (lora):" in out and "macro_f1" in out
@@ -138,8 +197,9 @@ def test_cli_lora_run_writes_a_plain_model_and_adapters(tok, files, tmp_path, ca
 def test_completion_and_seq2seq_tasks(tok, tmp_path):
     pairs = [(f"Q: {a}{b}? A:", f" {b}{a}") for a in "abcd" for b in "efg"]
     comp = _jsonl(tmp_path / "c.jsonl", [{"prompt": p, "completion": c} for p, c in pairs])
-    cfg = _cfg((comp, comp), task="completion", params="lora", metric="exact_match",
-               train=dict(max_steps=4, eval_every=4))
+    cfg = _cfg(
+        (comp, comp), task="completion", params="lora", metric="exact_match", train=dict(max_steps=4, eval_every=4)
+    )
     res = finetune(cfg, _backbone(tok), tok, save=False, log=lambda s: None)
     assert {"loss", "exact_match", "bleu"} <= set(res.metrics)
     s2s = _jsonl(tmp_path / "s.jsonl", [{"source": p, "target": c} for p, c in pairs])
@@ -163,13 +223,37 @@ def test_genre_task_splits_by_play():
 
 def test_genre_preset_through_the_cli(tok, tmp_path, capsys):
     model_dir = save_model(_backbone(tok), tmp_path / "pre", tokenizer=tok)
-    code = main(["finetune", "--preset", "shakespeare-genre", "--model", str(model_dir), "--steps", "2",
-                 "--eval-every", "1", "--max-per-class", "4", "--val-per-play", "2", "--max-len", "32",
-                 "--out", str(tmp_path / "run"), "--train.threads", "1", "--train.progress", "false",
-                 "--train.peak_flops", "1e11", "--json"])
+    code = main(
+        [
+            "finetune",
+            "--preset",
+            "shakespeare-genre",
+            "--model",
+            str(model_dir),
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--max-per-class",
+            "4",
+            "--val-per-play",
+            "2",
+            "--max-len",
+            "32",
+            "--out",
+            str(tmp_path / "run"),
+            "--train.threads",
+            "1",
+            "--train.progress",
+            "false",
+            "--train.peak_flops",
+            "1e11",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
-    result = json.loads(out[out.index("{\n"):])
+    result = json.loads(out[out.index("{\n") :])
     assert result["baseline"]["macro_f1"] < 0.2 and 0 <= result["metrics"]["macro_f1"] <= 1
     _, extra = load_task_model(tmp_path / "run" / "best")
     assert extra["task"]["labels"] == ["comedy", "history", "problem", "roman", "romance", "tragedy"]

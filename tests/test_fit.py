@@ -9,7 +9,7 @@ from scipy.optimize import approx_fprime
 
 from lmforge.cli.main import main
 from lmforge.errors import ConfigError, DataError
-from lmforge.plan.fit import (fit, fit_parametric, grid_starts, huber_objective, load_runs, synthetic_runs)
+from lmforge.plan.fit import fit, fit_parametric, grid_starts, huber_objective, load_runs, synthetic_runs
 from lmforge.plan.laws import LAWS, load_law
 
 TRUE = LAWS["epoch"]  # E 1.8172, A 482.01, B 2085.43, alpha 0.3478, beta 0.3658
@@ -91,8 +91,15 @@ def test_runs_table_formats(tmp_path, runs):
     rows = [{"params": 1e8, "flops": 6e18, "loss": 3.0}, {"params": 2e8, "flops": 6e18, "loss": 2.9}]
     assert load_runs(rows).tokens.tolist() == [1e10, 5e9]
     # loss curves: approaches 2 and 3 use each run's last step
-    curves = load_runs({"params": [1, 1, 2, 2], "tokens": [1, 2, 1, 2], "loss": [4, 3, 5, 2],
-                        "run": ["a", "a", "b", "b"], "step": [1, 2, 1, 2]})
+    curves = load_runs(
+        {
+            "params": [1, 1, 2, 2],
+            "tokens": [1, 2, 1, 2],
+            "loss": [4, 3, 5, 2],
+            "run": ["a", "a", "b", "b"],
+            "step": [1, 2, 1, 2],
+        }
+    )
     assert curves.has_curves and curves.final().loss.tolist() == [3, 2]
 
 
@@ -103,16 +110,19 @@ def test_saved_law_feeds_the_planner(tmp_path, runs):
     assert law.optimal(1e21) == pytest.approx(result.law.optimal(1e21))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "empty file"),
-    ("params,tokens,loss\n", "no rows"),
-    ("params,tokens\n1e8,1e9\n", "missing column 'loss'"),
-    ("params,loss\n1e8,3\n", "needs a tokens or a flops column"),
-    ("params,tokens,loss\n1e8,1e9,3.0\n1e8,1e9,abc\n", "line 3: loss is not a number"),
-    ("params,tokens,loss\n-1e8,1e9,3.0\n", "line 2: params must be a positive"),
-    ("params,tokens,loss\n1e8,0,3.0\n", "line 2: tokens must be a positive"),
-    (b"\xff\xfe\x00\x01garbage", "not a readable CSV"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "empty file"),
+        ("params,tokens,loss\n", "no rows"),
+        ("params,tokens\n1e8,1e9\n", "missing column 'loss'"),
+        ("params,loss\n1e8,3\n", "needs a tokens or a flops column"),
+        ("params,tokens,loss\n1e8,1e9,3.0\n1e8,1e9,abc\n", "line 3: loss is not a number"),
+        ("params,tokens,loss\n-1e8,1e9,3.0\n", "line 2: params must be a positive"),
+        ("params,tokens,loss\n1e8,0,3.0\n", "line 2: tokens must be a positive"),
+        (b"\xff\xfe\x00\x01garbage", "not a readable CSV"),
+    ],
+)
 def test_bad_runs_files(tmp_path, content, message):
     path = tmp_path / "runs.csv"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

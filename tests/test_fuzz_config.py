@@ -24,8 +24,12 @@ from lmforge.infer.options import SamplingOptions
 from lmforge.train.config import DataConfig, TrainConfig
 from lmforge.train.engine import STOP_AFTER_STEPS_ENV
 
-FUZZ = settings(deadline=None, max_examples=40, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    deadline=None,
+    max_examples=40,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def numeric_fields(cls) -> list[str]:
@@ -40,15 +44,18 @@ def numeric_fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if numeric(hints[f.name])]
 
 
-TRAIN_FIELDS = ([f"model.{n}" for n in numeric_fields(ModelConfig)] + [f"data.{n}" for n in numeric_fields(DataConfig)]
-                + [f"train.{n}" for n in numeric_fields(TrainConfig)])
+TRAIN_FIELDS = (
+    [f"model.{n}" for n in numeric_fields(ModelConfig)]
+    + [f"data.{n}" for n in numeric_fields(DataConfig)]
+    + [f"train.{n}" for n in numeric_fields(TrainConfig)]
+)
 FINETUNE_FIELDS = numeric_fields(FinetuneConfig) + [f"lora.{n}" for n in numeric_fields(LoRAConfig)]
 SAMPLING_FIELDS = numeric_fields(SamplingOptions)
 
 SPECIAL = ["nan", "NaN", "inf", "-inf", "1e400", "", " ", "abc", "1e3x", "none"]
 values = st.one_of(
     st.sampled_from(SPECIAL),
-    st.integers(-10**6, -1).map(str),  # negatives
+    st.integers(-(10**6), -1).map(str),  # negatives
     st.sampled_from(["-0.5", "0.5", "1.5", "2.7", "0.999", "1e-3"]),  # fractions
     st.sampled_from(["1e9", "1e12", "1e18", "1e30", "1e300", str(2**63), str(10**25)]),  # huge
     st.integers(0, 64).map(str),  # ordinary whole numbers
@@ -61,18 +68,64 @@ def world(tmp_path_factory):
     """A tiny corpus prepared once, task files, a tokenizer and a model directory."""
     root = tmp_path_factory.mktemp("fuzz")
     (root / "corpus.txt").write_text("FIRST CITIZEN:\nBefore we proceed any further, hear me speak.\n" * 30)
-    base = ["train", "--preset", "tiny-gpt", "--data.source", str(root / "corpus.txt"), "--data.path",
-            str(root / "data"), "--train.max_steps", "1", "--train.eval_every", "0", "--train.checkpoint_every", "0",
-            "--train.threads", "1", "--train.peak_flops", "1e11", "--train.sample_tokens", "4",
-            "--train.tensorboard", "false", "--train.progress", "false"]
+    base = [
+        "train",
+        "--preset",
+        "tiny-gpt",
+        "--data.source",
+        str(root / "corpus.txt"),
+        "--data.path",
+        str(root / "data"),
+        "--train.max_steps",
+        "1",
+        "--train.eval_every",
+        "0",
+        "--train.checkpoint_every",
+        "0",
+        "--train.threads",
+        "1",
+        "--train.peak_flops",
+        "1e11",
+        "--train.sample_tokens",
+        "4",
+        "--train.tensorboard",
+        "false",
+        "--train.progress",
+        "false",
+    ]
     assert run(base + ["--out", str(root / "first")]) == (0, "")
     rows = "text,label\n" + "".join(f"the fox runs {i},a\na dog sleeps {i},b\n" for i in range(6))
     (root / "train.csv").write_text(rows)
     (root / "val.csv").write_text(rows)
-    finetune = ["finetune", "--task", "classify", "--train", str(root / "train.csv"), "--val", str(root / "val.csv"),
-                "--model", "gpt-tiny", "--tokenizer", str(root / "data" / "tokenizer.json"), "--params", "lora",
-                "--steps", "1", "--batch-size", "4", "--eval-every", "0", "--train.threads", "1",
-                "--train.peak_flops", "1e11", "--train.progress", "false", "--train.tensorboard", "false"]
+    finetune = [
+        "finetune",
+        "--task",
+        "classify",
+        "--train",
+        str(root / "train.csv"),
+        "--val",
+        str(root / "val.csv"),
+        "--model",
+        "gpt-tiny",
+        "--tokenizer",
+        str(root / "data" / "tokenizer.json"),
+        "--params",
+        "lora",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--train.threads",
+        "1",
+        "--train.peak_flops",
+        "1e11",
+        "--train.progress",
+        "false",
+        "--train.tensorboard",
+        "false",
+    ]
     generate = ["generate", str(root / "first" / "best"), "--prompt", "FIRST", "--max-new-tokens", "4", "--seed", "0"]
     return types.SimpleNamespace(root=root, train=base, finetune=finetune, generate=generate, n=itertools.count())
 

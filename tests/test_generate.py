@@ -78,12 +78,17 @@ def test_lean_decode_step_equals_model_forward(gpt, llama):
     finally:
         handle.remove()
     torch.manual_seed(5)
-    post = build_model(ModelConfig.from_preset("gpt-tiny", norm_position="post", positions="sinusoidal",
-                                               activation="geglu", embedding_norm=True)).eval()
+    post = build_model(
+        ModelConfig.from_preset(
+            "gpt-tiny", norm_position="post", positions="sinusoidal", activation="geglu", embedding_norm=True
+        )
+    ).eval()
     assert _LeanDecodeStep.supported(post)
     ids = torch.randint(0, 256, (2, 5))
-    assert torch.equal(generate_ids(post, ids, max_new_tokens=10, do_sample=False).tokens,
-                       generate_ids(post, ids, max_new_tokens=10, do_sample=False, use_cache=False).tokens)
+    assert torch.equal(
+        generate_ids(post, ids, max_new_tokens=10, do_sample=False).tokens,
+        generate_ids(post, ids, max_new_tokens=10, do_sample=False, use_cache=False).tokens,
+    )
 
 
 def test_cpu_decode_matmuls_equal_f_linear(monkeypatch):
@@ -119,7 +124,7 @@ def test_greedy_is_the_argmax_chain(gpt):
             logits = gpt(seq).logits[0, -1]
             assert int(logits.argmax()) == int(out.tokens[0, t])
             assert abs(float(logits.log_softmax(-1).max()) - float(out.logprobs[0, t])) < 1e-5
-            seq = torch.cat([seq, out.tokens[:, t:t + 1]], dim=1)
+            seq = torch.cat([seq, out.tokens[:, t : t + 1]], dim=1)
 
 
 # ---- beam width 1, top-k 1, seeds ------------------------------------------------------------
@@ -157,8 +162,10 @@ def test_seed_reproducible_and_global_rng_untouched(gpt):
 
 def test_temperature_zero_is_greedy(gpt):
     ids = torch.randint(0, 256, (1, 4))
-    assert torch.equal(generate_ids(gpt, ids, max_new_tokens=8, temperature=0).tokens,
-                       generate_ids(gpt, ids, max_new_tokens=8, do_sample=False).tokens)
+    assert torch.equal(
+        generate_ids(gpt, ids, max_new_tokens=8, temperature=0).tokens,
+        generate_ids(gpt, ids, max_new_tokens=8, do_sample=False).tokens,
+    )
 
 
 # ---- batches of different lengths ------------------------------------------------------------
@@ -201,7 +208,7 @@ def test_eos_stops_a_row_and_pads_after(gpt):
     first = int((free.tokens[0] == eos).nonzero()[0])
     out = generate_ids(gpt, ids, max_new_tokens=12, do_sample=False, eos_id=eos, pad_id=0)
     assert out.lengths.tolist() == [first + 1]
-    assert out.token_lists()[0] == free.tokens[0, :first + 1].tolist()
+    assert out.token_lists()[0] == free.tokens[0, : first + 1].tolist()
     assert bool(out.finished[0])
 
 
@@ -260,8 +267,9 @@ def hf_pair():
     from lmforge.interop.hf import from_hf
 
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128,
-                                  bos_token_id=None, eos_token_id=None)
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128, bos_token_id=None, eos_token_id=None
+    )
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     return hf, from_hf(hf).eval()
 
@@ -271,14 +279,26 @@ def test_hf_greedy_parity_single_and_left_padded(hf_pair):
     prompts = [torch.randint(0, 1000, (n,)) for n in (5, 12, 8)]
     ids, mask = _left_padded(prompts)
     with torch.inference_mode():
-        single = hf.generate(prompts[0][None], attention_mask=torch.ones(1, 5, dtype=torch.long), max_new_tokens=25,
-                             do_sample=False, pad_token_id=0)
-        batch = hf.generate(ids, attention_mask=mask, max_new_tokens=25, do_sample=False, pad_token_id=0,
-                            output_logits=True, return_dict_in_generate=True)
+        single = hf.generate(
+            prompts[0][None],
+            attention_mask=torch.ones(1, 5, dtype=torch.long),
+            max_new_tokens=25,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        batch = hf.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=25,
+            do_sample=False,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     a = generate_ids(ours, prompts[0][None], max_new_tokens=25, do_sample=False)
     assert torch.equal(a.tokens, single[:, 5:])
     b = generate_ids(ours, ids, mask, max_new_tokens=25, do_sample=False, output_logprobs=True)
-    assert torch.equal(b.tokens, batch.sequences[:, ids.shape[1]:])
+    assert torch.equal(b.tokens, batch.sequences[:, ids.shape[1] :])
     hf_lp = torch.stack([lg.float().log_softmax(-1) for lg in batch.logits], 1)  # (B, N, V)
     hf_lp = hf_lp.gather(2, b.tokens[:, :, None]).squeeze(2)
     assert (hf_lp - b.logprobs).abs().max() < 1e-4
@@ -292,14 +312,24 @@ def test_hf_beam_search_parity(hf_pair, length_penalty):
     free = generate_ids(ours, ids, mask, max_new_tokens=12, do_sample=False)
     eos = int(free.tokens[0, 2])  # a token greedy decoding emits: some beams end early
     with torch.inference_mode():
-        h = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, num_beams=3, pad_token_id=0,
-                        eos_token_id=eos, length_penalty=length_penalty, output_scores=True,
-                        return_dict_in_generate=True)
-    o = generate_ids(ours, ids, mask, max_new_tokens=12, num_beams=3, eos_id=eos, pad_id=0,
-                     length_penalty=length_penalty)
-    hf_new = h.sequences[:, ids.shape[1]:]
+        h = hf.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=12,
+            do_sample=False,
+            num_beams=3,
+            pad_token_id=0,
+            eos_token_id=eos,
+            length_penalty=length_penalty,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    o = generate_ids(
+        ours, ids, mask, max_new_tokens=12, num_beams=3, eos_id=eos, pad_id=0, length_penalty=length_penalty
+    )
+    hf_new = h.sequences[:, ids.shape[1] :]
     for row, hf_row in zip(o.token_lists(), hf_new.tolist()):  # HF fills the tail after EOS with EOS
-        assert row == hf_row[:len(row)]
+        assert row == hf_row[: len(row)]
         assert len(row) == len(hf_row) or row[-1] == eos
     assert (o.scores - h.sequences_scores).abs().max() < 1e-4
 
@@ -350,11 +380,18 @@ def test_generate_beam_text(char_lm):
 def bert_lm(tmp_path_factory):
     from lmforge.tokenizer import train_tokenizer
 
-    tok = train_tokenizer("wordpiece", ["paris is the capital of france and berlin is the capital of germany"] * 5,
-                          vocab_size=80)
+    tok = train_tokenizer(
+        "wordpiece", ["paris is the capital of france and berlin is the capital of germany"] * 5, vocab_size=80
+    )
     torch.manual_seed(4)
-    cfg = ModelConfig.from_preset("bert-tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id, mask_id=tok.mask_id,
-                                  cls_id=tok.cls_id, sep_id=tok.sep_id)
+    cfg = ModelConfig.from_preset(
+        "bert-tiny",
+        vocab_size=tok.vocab_size,
+        pad_id=tok.pad_id,
+        mask_id=tok.mask_id,
+        cls_id=tok.cls_id,
+        sep_id=tok.sep_id,
+    )
     model = build_model(cfg).eval()
     directory = save_model(model, tmp_path_factory.mktemp("models") / "bert", tokenizer=tok)
     return model, tok, directory
@@ -384,8 +421,23 @@ def test_cli_generate_and_fill_mask(char_lm, bert_lm, capsys):
     assert main(["generate", str(dec_dir), "--prompt", "the ", "--max-new-tokens", "12", "--seed", "1"]) == 0
     streamed = capsys.readouterr().out
     assert streamed.startswith("the ")
-    assert main(["generate", str(dec_dir), "--prompt", "the ", "--prompt", "fox", "--max-new-tokens", "5",
-                 "--greedy", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(dec_dir),
+                "--prompt",
+                "the ",
+                "--prompt",
+                "fox",
+                "--max-new-tokens",
+                "5",
+                "--greedy",
+                "--json",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["prompt"] for x in lines] == ["the ", "fox"]
     assert main(["generate", str(dec_dir), "--prompt", "x", "--num-beams", "2", "--max-new-tokens", "4"]) == 0

@@ -16,8 +16,13 @@ from lmforge.interop import from_hf, to_hf  # noqa: E402
 from lmforge.interop.hf_fields import ALIASES, TABLES, field_status, fields_markdown  # noqa: E402
 
 TOL = 1e-4
-CONFIGS = {"gpt2": transformers.GPT2Config, "llama": transformers.LlamaConfig, "bert": transformers.BertConfig,
-           "bart": transformers.BartConfig, "marian": transformers.MarianConfig}
+CONFIGS = {
+    "gpt2": transformers.GPT2Config,
+    "llama": transformers.LlamaConfig,
+    "bert": transformers.BertConfig,
+    "bart": transformers.BartConfig,
+    "marian": transformers.MarianConfig,
+}
 
 
 @pytest.mark.parametrize("family", list(CONFIGS))
@@ -39,28 +44,65 @@ def test_docs_hold_the_rendered_tables():
 
 # ---- parity of the newly supported settings ----------------------------------------------------
 
-SEQ2SEQ = dict(encoder_layers=2, decoder_layers=1, d_model=32, encoder_attention_heads=4, decoder_attention_heads=4,
-               encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=96, max_position_embeddings=24, pad_token_id=1,
-               decoder_start_token_id=1)
-BERT = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=96,
-            max_position_embeddings=24)
-LLAMA = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-             vocab_size=96, max_position_embeddings=24)
+SEQ2SEQ = dict(
+    encoder_layers=2,
+    decoder_layers=1,
+    d_model=32,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    vocab_size=96,
+    max_position_embeddings=24,
+    pad_token_id=1,
+    decoder_start_token_id=1,
+)
+BERT = dict(
+    num_hidden_layers=2,
+    hidden_size=32,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=96,
+    max_position_embeddings=24,
+)
+LLAMA = dict(
+    num_hidden_layers=2,
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+    vocab_size=96,
+    max_position_embeddings=24,
+)
 
 PARITY = {
-    "gpt2-unscaled": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
-        n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=24, scale_attn_weights=False)),
-    **{f"llama-{act}": (transformers.LlamaForCausalLM, transformers.LlamaConfig(**LLAMA, hidden_act=act))
-       for act in ("relu", "gelu_pytorch_tanh", "gelu", "gelu_new")},
-    "bert-pretraining-untied": (transformers.BertForPreTraining, transformers.BertConfig(
-        **BERT, tie_word_embeddings=False)),
+    "gpt2-unscaled": (
+        transformers.GPT2LMHeadModel,
+        transformers.GPT2Config(
+            n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=24, scale_attn_weights=False
+        ),
+    ),
+    **{
+        f"llama-{act}": (transformers.LlamaForCausalLM, transformers.LlamaConfig(**LLAMA, hidden_act=act))
+        for act in ("relu", "gelu_pytorch_tanh", "gelu", "gelu_new")
+    },
+    "bert-pretraining-untied": (
+        transformers.BertForPreTraining,
+        transformers.BertConfig(**BERT, tie_word_embeddings=False),
+    ),
     "bert-mlm-untied": (transformers.BertForMaskedLM, transformers.BertConfig(**BERT, tie_word_embeddings=False)),
-    "bart-untied": (transformers.BartForConditionalGeneration, transformers.BartConfig(
-        **SEQ2SEQ, tie_word_embeddings=False)),
-    "marian-untied": (transformers.MarianMTModel, transformers.MarianConfig(
-        **SEQ2SEQ, decoder_vocab_size=96, tie_word_embeddings=False)),
-    "marian-unshared": (transformers.MarianMTModel, transformers.MarianConfig(
-        **SEQ2SEQ, decoder_vocab_size=96, share_encoder_decoder_embeddings=False)),
+    "bart-untied": (
+        transformers.BartForConditionalGeneration,
+        transformers.BartConfig(**SEQ2SEQ, tie_word_embeddings=False),
+    ),
+    "marian-untied": (
+        transformers.MarianMTModel,
+        transformers.MarianConfig(**SEQ2SEQ, decoder_vocab_size=96, tie_word_embeddings=False),
+    ),
+    "marian-unshared": (
+        transformers.MarianMTModel,
+        transformers.MarianConfig(**SEQ2SEQ, decoder_vocab_size=96, share_encoder_decoder_embeddings=False),
+    ),
 }
 
 
@@ -95,21 +137,33 @@ def test_parity_of_settings_that_converted_wrong(case, tmp_path):
 
 # ---- refusals ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config, field", [
-    (transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, scale_attn_by_inverse_layer_idx=True),
-     "scale_attn_by_inverse_layer_idx=True"),
-    (transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, add_cross_attention=True), "add_cross_attention=True"),
-    (transformers.LlamaConfig(**LLAMA, hidden_act="quick_gelu"), "hidden_act"),
-    (transformers.LlamaConfig(**LLAMA, head_dim=16), "head_dim=16"),
-    (transformers.LlamaConfig(**LLAMA, mlp_bias=True), "mlp_bias=True"),
-    (transformers.LlamaConfig(**LLAMA, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
-     "rope_parameters="),
-    (transformers.BertConfig(**BERT, is_decoder=True), "is_decoder=True"),
-    (transformers.BertConfig(**BERT, hidden_act="mish"), "hidden_act"),
-    (transformers.BartConfig(**{**SEQ2SEQ, "decoder_ffn_dim": 48}), "decoder_ffn_dim=48"),
-    (transformers.MarianConfig(**SEQ2SEQ, decoder_vocab_size=120, share_encoder_decoder_embeddings=False),
-     "decoder_vocab_size=120"),
-])
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        (
+            transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, scale_attn_by_inverse_layer_idx=True),
+            "scale_attn_by_inverse_layer_idx=True",
+        ),
+        (transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, add_cross_attention=True), "add_cross_attention=True"),
+        (transformers.LlamaConfig(**LLAMA, hidden_act="quick_gelu"), "hidden_act"),
+        (transformers.LlamaConfig(**LLAMA, head_dim=16), "head_dim=16"),
+        (transformers.LlamaConfig(**LLAMA, mlp_bias=True), "mlp_bias=True"),
+        (
+            transformers.LlamaConfig(
+                **LLAMA, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+            ),
+            "rope_parameters=",
+        ),
+        (transformers.BertConfig(**BERT, is_decoder=True), "is_decoder=True"),
+        (transformers.BertConfig(**BERT, hidden_act="mish"), "hidden_act"),
+        (transformers.BartConfig(**{**SEQ2SEQ, "decoder_ffn_dim": 48}), "decoder_ffn_dim=48"),
+        (
+            transformers.MarianConfig(**SEQ2SEQ, decoder_vocab_size=120, share_encoder_decoder_embeddings=False),
+            "decoder_vocab_size=120",
+        ),
+    ],
+)
 def test_unsupported_settings_are_refused_by_name_and_value(config, field):
     from lmforge.interop.hf import config_from_hf
 
@@ -122,8 +176,14 @@ def test_legacy_keys_and_aliases():
     from lmforge.interop.hf import config_from_hf
 
     base = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=8).to_dict()
-    cfg, _ = config_from_hf({**{k: v for k, v in base.items() if k != "n_embd"}, "hidden_size": 16,
-                             "num_beams": 4, "torch_dtype": "float16"})
+    cfg, _ = config_from_hf(
+        {
+            **{k: v for k, v in base.items() if k != "n_embd"},
+            "hidden_size": 16,
+            "num_beams": 4,
+            "torch_dtype": "float16",
+        }
+    )
     assert cfg.d_model == 16
     with pytest.raises(ConfigError, match="rope_scaling"):
         config_from_hf({**transformers.LlamaConfig(**LLAMA).to_dict(), "rope_scaling": {"type": "dynamic"}})
@@ -139,8 +199,9 @@ def test_a_tied_copy_that_differs_is_refused():
     """The config says tied, the checkpoint holds two different matrices: converting would drop one."""
     from lmforge.interop.hf import from_hf_state
 
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32,
-                                                              n_positions=8))
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=8)
+    )
     state = {k: v.clone() for k, v in hf.state_dict().items()}
     state["lm_head.weight"] += 1.0
     with pytest.raises(CheckpointError, match="differs from 'transformer.wte.weight'"):

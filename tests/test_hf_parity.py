@@ -27,30 +27,103 @@ def _max_diff(a, b, mask):
 
 
 CASES = {
-    "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config,
-             [dict(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32),
-              dict(n_layer=3, n_embd=96, n_head=3, vocab_size=1000, n_positions=40, activation_function="gelu")]),
-    "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig,
-              [dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=128, vocab_size=128),
-               dict(num_hidden_layers=2, hidden_size=96, num_attention_heads=3, num_key_value_heads=1,
-                    intermediate_size=200, vocab_size=1000, tie_word_embeddings=True, rope_theta=500.0)]),
-    "bert": (transformers.BertForPreTraining, transformers.BertConfig,
-             [dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=128),
-              dict(num_hidden_layers=2, hidden_size=96, num_attention_heads=3, intermediate_size=200, vocab_size=1000,
-                   hidden_act="gelu_new")]),
-    "bart": (transformers.BartForConditionalGeneration, transformers.BartConfig,
-             [dict(encoder_layers=2, decoder_layers=2, d_model=64, encoder_attention_heads=4,
-                   decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=128,
-                   max_position_embeddings=32),
-              dict(encoder_layers=1, decoder_layers=2, d_model=96, encoder_attention_heads=3,
-                   decoder_attention_heads=3, encoder_ffn_dim=200, decoder_ffn_dim=200, vocab_size=1000,
-                   max_position_embeddings=40, scale_embedding=True)]),
-    "marian": (transformers.MarianMTModel, transformers.MarianConfig,
-               [dict(encoder_layers=2, decoder_layers=1, d_model=96, encoder_attention_heads=3,
-                     decoder_attention_heads=3, encoder_ffn_dim=200, decoder_ffn_dim=200, vocab_size=1000,
-                     decoder_vocab_size=1000, max_position_embeddings=40, pad_token_id=1, decoder_start_token_id=1,
-                     scale_embedding=True)]),
+    "gpt2": (
+        transformers.GPT2LMHeadModel,
+        transformers.GPT2Config,
+        [
+            dict(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32),
+            dict(n_layer=3, n_embd=96, n_head=3, vocab_size=1000, n_positions=40, activation_function="gelu"),
+        ],
+    ),
+    "llama": (
+        transformers.LlamaForCausalLM,
+        transformers.LlamaConfig,
+        [
+            dict(
+                num_hidden_layers=2,
+                hidden_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=128,
+                vocab_size=128,
+            ),
+            dict(
+                num_hidden_layers=2,
+                hidden_size=96,
+                num_attention_heads=3,
+                num_key_value_heads=1,
+                intermediate_size=200,
+                vocab_size=1000,
+                tie_word_embeddings=True,
+                rope_theta=500.0,
+            ),
+        ],
+    ),
+    "bert": (
+        transformers.BertForPreTraining,
+        transformers.BertConfig,
+        [
+            dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=128),
+            dict(
+                num_hidden_layers=2,
+                hidden_size=96,
+                num_attention_heads=3,
+                intermediate_size=200,
+                vocab_size=1000,
+                hidden_act="gelu_new",
+            ),
+        ],
+    ),
+    "bart": (
+        transformers.BartForConditionalGeneration,
+        transformers.BartConfig,
+        [
+            dict(
+                encoder_layers=2,
+                decoder_layers=2,
+                d_model=64,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=128,
+                decoder_ffn_dim=128,
+                vocab_size=128,
+                max_position_embeddings=32,
+            ),
+            dict(
+                encoder_layers=1,
+                decoder_layers=2,
+                d_model=96,
+                encoder_attention_heads=3,
+                decoder_attention_heads=3,
+                encoder_ffn_dim=200,
+                decoder_ffn_dim=200,
+                vocab_size=1000,
+                max_position_embeddings=40,
+                scale_embedding=True,
+            ),
+        ],
+    ),
+    "marian": (
+        transformers.MarianMTModel,
+        transformers.MarianConfig,
+        [
+            dict(
+                encoder_layers=2,
+                decoder_layers=1,
+                d_model=96,
+                encoder_attention_heads=3,
+                decoder_attention_heads=3,
+                encoder_ffn_dim=200,
+                decoder_ffn_dim=200,
+                vocab_size=1000,
+                decoder_vocab_size=1000,
+                max_position_embeddings=40,
+                pad_token_id=1,
+                decoder_start_token_id=1,
+                scale_embedding=True,
+            )
+        ],
+    ),
 }
 PARAMS = [(fam, i) for fam, (_, _, cfgs) in CASES.items() for i in range(len(cfgs))]
 
@@ -98,8 +171,9 @@ def test_parity_import_and_export(family, idx, tmp_path):
 
 
 def test_gpt2_parameter_count_matches_hf():
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128,
-                                                              n_positions=32))
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32)
+    )
     assert count_parameters(from_hf(hf)) == hf.num_parameters()
 
 
@@ -116,8 +190,11 @@ def test_real_pretrained_minilm_hidden_states():
     assert isinstance(ours, EncoderLM) and ours.config.n_layer == 6 and ours.config.d_model == 384
     hf = transformers.BertModel.from_pretrained(d).eval()
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-    sentences = ["To be, or not to be, that is the question.", "The quick brown fox jumps over the lazy dog.",
-                 "Shall I compare thee to a summer's day?"]
+    sentences = [
+        "To be, or not to be, that is the question.",
+        "The quick brown fox jumps over the lazy dog.",
+        "Shall I compare thee to a summer's day?",
+    ]
     enc = tok.encode_batch(sentences)
     T = max(len(e.ids) for e in enc)
     ids = torch.tensor([e.ids + [0] * (T - len(e.ids)) for e in enc])
@@ -134,8 +211,10 @@ def test_unsupported_and_broken_inputs(tmp_path):
         from_hf(_write_hf_dir(tmp_path / "a", {"model_type": "xlnet"}))
     with pytest.raises(CheckpointError, match="config.json"):
         from_hf(tmp_path)
-    d = _write_hf_dir(tmp_path / "b", {"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
-                                       "vocab_size": 10, "n_positions": 4})
+    d = _write_hf_dir(
+        tmp_path / "b",
+        {"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 10, "n_positions": 4},
+    )
     (d / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="unreadable"):
         from_hf(d)
@@ -153,8 +232,11 @@ def test_training_follows_hf_step_by_step(family):
     """Ten AdamW steps from the same weights on the same batches: lmforge's losses (MLM + NSP for
     BERT, with padding) stay equal to HF's, so gradients, loss composition and masking agree."""
     cls, config_cls, cfgs = CASES[family]
-    no_dropout = (dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0) if family == "gpt2" else
-                  dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    no_dropout = (
+        dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        if family == "gpt2"
+        else dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    )
     torch.manual_seed(0)
     hf = cls(config_cls(**cfgs[0], **no_dropout)).train()
     ours = from_hf(hf).train()
@@ -176,7 +258,7 @@ def test_training_follows_hf_step_by_step(family):
             hf_out = hf(input_ids=x, attention_mask=mask, token_type_ids=tt, labels=labels, next_sentence_label=nsp)
         ours_out = ours(x, attention_mask=mask, **ours_kw)
         assert ours_out.loss.item() == pytest.approx(hf_out.loss.item(), abs=1e-4), step
-        for model, out, opt in ((hf, hf_out, opt_hf), (ours, ours_out, opt_ours)):
+        for _model, out, opt in ((hf, hf_out, opt_hf), (ours, ours_out, opt_ours)):
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -184,8 +266,11 @@ def test_training_follows_hf_step_by_step(family):
 
 def test_text_start_survives_the_hf_round_trip(tmp_path):
     """A decoder lmforge pretrained starts texts after EOS; exported to HF and imported again it still does."""
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64,
-                                                              n_positions=16, bos_token_id=1, eos_token_id=2))
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16, bos_token_id=1, eos_token_id=2
+        )
+    )
     ours = from_hf(hf)
     assert ours.config.text_start_id is None  # an HF model: BOS, as trained
     ours.config = ours.config.replace(text_start_id=2)

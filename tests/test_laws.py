@@ -8,8 +8,16 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from lmforge.errors import ConfigError
-from lmforge.plan.laws import (CHINCHILLA_TABLE3, LAWS, PF_DAY, KaplanLaw, ParametricLaw, PowerLawFrontier, load_law,
-                               tokens_per_param)
+from lmforge.plan.laws import (
+    CHINCHILLA_TABLE3,
+    LAWS,
+    PF_DAY,
+    KaplanLaw,
+    ParametricLaw,
+    PowerLawFrontier,
+    load_law,
+    tokens_per_param,
+)
 
 
 @pytest.mark.parametrize("name", ["chinchilla", "epoch", "sardana"])
@@ -17,8 +25,12 @@ from lmforge.plan.laws import (CHINCHILLA_TABLE3, LAWS, PF_DAY, KaplanLaw, Param
 def test_closed_form_equals_numerical_minimum_on_the_compute_line(name, flops):
     law = LAWS[name]
     # minimise L(N, C / 6N) over log N
-    res = minimize_scalar(lambda x: law.loss(math.exp(x), flops / (6 * math.exp(x))),
-                          bounds=(math.log(1e3), math.log(1e15)), method="bounded", options={"xatol": 1e-10})
+    res = minimize_scalar(
+        lambda x: law.loss(math.exp(x), flops / (6 * math.exp(x))),
+        bounds=(math.log(1e3), math.log(1e15)),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
     n, d = law.optimal(flops)
     assert 6 * n * d == pytest.approx(flops)
     assert n == pytest.approx(math.exp(res.x), rel=1e-4)
@@ -81,13 +93,16 @@ def test_load_law_from_presets_dicts_and_files(tmp_path):
     assert load_law(path) == LAWS["sardana"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "neither a preset"),
-    ("{not json", "not a JSON law"),
-    ('{"kind": "mystery"}', "unknown law kind"),
-    ('{"kind": "parametric", "name": "x", "E": 1}', "malformed"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "neither a preset"),
+        ("{not json", "not a JSON law"),
+        ('{"kind": "mystery"}', "unknown law kind"),
+        ('{"kind": "parametric", "name": "x", "E": 1}', "malformed"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_load_law_errors(tmp_path, content, message):
     path = tmp_path / "law.json"
     if content is not None:

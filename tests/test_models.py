@@ -16,8 +16,9 @@ DECODERS = {
 }
 SEQ2SEQ = {
     "learned": ModelConfig.from_preset("seq2seq-tiny"),
-    "rope-gqa": ModelConfig.from_preset("seq2seq-tiny", positions="rope", n_kv_head=2, norm="rmsnorm",
-                                        activation="swiglu", bias=False),
+    "rope-gqa": ModelConfig.from_preset(
+        "seq2seq-tiny", positions="rope", n_kv_head=2, norm="rmsnorm", activation="swiglu", bias=False
+    ),
 }
 
 
@@ -44,7 +45,7 @@ def test_decoder_is_causal(t, seed):
         g = torch.Generator().manual_seed(seed)
         x = torch.randint(0, cfg.vocab_size, (2, 16), generator=g)
         y = x.clone()
-        y[:, t + 1:] = torch.randint(0, cfg.vocab_size, y[:, t + 1:].shape, generator=g)
+        y[:, t + 1 :] = torch.randint(0, cfg.vocab_size, y[:, t + 1 :].shape, generator=g)
         with torch.no_grad():
             a, b = m(x).logits, m(y).logits
         assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
@@ -67,7 +68,7 @@ def test_padding_invariance_single_stack(cfg):
     with torch.no_grad():
         batch = m(x, attention_mask=mask).logits
         for i, n in enumerate(lengths):
-            alone = m(x[i:i + 1, :n]).logits
+            alone = m(x[i : i + 1, :n]).logits
             assert (batch[i, :n] - alone[0]).abs().max() <= 1e-5
 
 
@@ -92,7 +93,7 @@ def test_padding_invariance_seq2seq(cfg):
     with torch.no_grad():
         batch = m(src, smask, tgt, tmask).logits
         for i, (ns, nt) in enumerate([(10, 8), (6, 5)]):
-            alone = m(src[i:i + 1, :ns], None, tgt[i:i + 1, :nt]).logits
+            alone = m(src[i : i + 1, :ns], None, tgt[i : i + 1, :nt]).logits
             assert (batch[i, :nt] - alone[0]).abs().max() <= 1e-5
 
 
@@ -104,7 +105,7 @@ def test_kv_cache_equals_full_forward_decoder(name):
     with torch.no_grad():
         full = m(x).logits
         cache = m.new_cache(2, 32)
-        steps = [m(x[:, :5], cache=cache).logits] + [m(x[:, i:i + 1], cache=cache).logits for i in range(5, 20)]
+        steps = [m(x[:, :5], cache=cache).logits] + [m(x[:, i : i + 1], cache=cache).logits for i in range(5, 20)]
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
 
 
@@ -118,13 +119,18 @@ def test_kv_cache_equals_full_forward_seq2seq(name):
         full = m(src, smask, tgt).logits
         enc = m.encode(src, smask).last_hidden_state
         cache = m.new_cache(2, 16)
-        steps = [m(attention_mask=smask, decoder_input_ids=tgt[:, i:i + 1], encoder_hidden_states=enc,
-                   cache=cache).logits for i in range(12)]
+        steps = [
+            m(attention_mask=smask, decoder_input_ids=tgt[:, i : i + 1], encoder_hidden_states=enc, cache=cache).logits
+            for i in range(12)
+        ]
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("cfg", [DECODERS["learned"], DECODERS["rope-gqa"], ModelConfig.from_preset("bert-tiny"),
-                                 SEQ2SEQ["learned"]], ids=lambda c: c.arch + c.positions)
+@pytest.mark.parametrize(
+    "cfg",
+    [DECODERS["learned"], DECODERS["rope-gqa"], ModelConfig.from_preset("bert-tiny"), SEQ2SEQ["learned"]],
+    ids=lambda c: c.arch + c.positions,
+)
 def test_attention_probabilities(cfg):
     m = _model(cfg)
     x, mask = _padded([10, 6], cfg.vocab_size)
@@ -168,7 +174,6 @@ def test_losses():
     assert torch.allclose(out.loss, ref, atol=1e-6)
 
 
-
 def test_mlm_head_on_masked_positions_only_is_exact():
     """With labels, the MLM head runs on the labelled rows only: same loss, same gradients,
     logits equal to the full logits' labelled rows."""
@@ -190,6 +195,7 @@ def test_mlm_head_on_masked_positions_only_is_exact():
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "bert-tiny", "seq2seq-tiny"])
 def test_save_load_round_trip(name, tmp_path):

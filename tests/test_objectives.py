@@ -52,7 +52,7 @@ def test_causal_labels_are_the_next_tokens(ds):
     assert set(b) == {"input_ids", "labels"} and b["input_ids"].shape == (8, 32) and b["input_ids"].dtype == torch.int64
     assert torch.equal(b["input_ids"][:, 1:], b["labels"][:, :-1])
     seq = make_batches("causal", ds, 4, 32, order="sequential").next_batch()
-    stream = torch.from_numpy(ds.train[:4 * 32 + 1].astype(np.int64))
+    stream = torch.from_numpy(ds.train[: 4 * 32 + 1].astype(np.int64))
     assert torch.equal(seq["input_ids"].flatten(), stream[:-1]) and torch.equal(seq["labels"].flatten(), stream[1:])
 
 
@@ -77,15 +77,18 @@ def test_restored_state_gives_the_same_batches(ds, objective):
     assert all(same(a, b) for a, b in zip(batches(resumed, 3), expected))
     assert state["step"] == 2 and state["seed"] == 3
     other = make_batches(objective, ds, 4, 48, seed=4, **OPTIONS.get(objective, {}))
-    assert not same(other.next_batch(), make_batches(objective, ds, 4, 48, seed=3,
-                                                     **OPTIONS.get(objective, {})).next_batch())
+    assert not same(
+        other.next_batch(), make_batches(objective, ds, 4, 48, seed=3, **OPTIONS.get(objective, {})).next_batch()
+    )
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_ranks_take_contiguous_rows_of_the_global_batch(ds, objective):
     single = batches(make_batches(objective, ds, 6, 40, seed=1, **OPTIONS.get(objective, {})), 2)
-    ranks = [batches(make_batches(objective, ds, 6, 40, seed=1, rank=r, world_size=3,
-                                  **OPTIONS.get(objective, {})), 2) for r in range(3)]
+    ranks = [
+        batches(make_batches(objective, ds, 6, 40, seed=1, rank=r, world_size=3, **OPTIONS.get(objective, {})), 2)
+        for r in range(3)
+    ]
     for step, full in enumerate(single):
         for key, value in full.items():
             assert torch.equal(torch.cat([ranks[r][step][key] for r in range(3)]), value), (step, key)
@@ -172,9 +175,9 @@ def test_nsp_pairs(ds):
             seps = np.flatnonzero(ids == tok.sep_id)
             first, second = seps[0], seps[-1]
             assert ids[0] == tok.cls_id and second == n - 1 and len(seps) == 2
-            assert (types[: first + 1] == 0).all() and (types[first + 1:n] == 1).all() and (types[n:] == 0).all()
+            assert (types[: first + 1] == 0).all() and (types[first + 1 : n] == 1).all() and (types[n:] == 0).all()
             assert (att[:n] == 1).all() and (ids[n:] == tok.pad_id).all()
-            pair = np.concatenate([ids[1:first], ids[first + 1:second]]).tobytes()
+            pair = np.concatenate([ids[1:first], ids[first + 1 : second]]).tobytes()
             if b["next_sentence_label"][row] == 0:  # B continues A in the stream
                 assert _aligned_find(stream, pair)
     assert len(labels) == 10_000 and abs(np.mean(labels) - 0.5) < 0.02
@@ -196,7 +199,7 @@ def test_span_corruption_reconstructs_the_original(ds):
         b = s.next_batch()
         for row in range(16):
             index = step * 16 + row
-            original = ds.train[index * s.window:(index + 1) * s.window].astype(np.int64).tolist()
+            original = ds.train[index * s.window : (index + 1) * s.window].astype(np.int64).tolist()
             inputs = [i for i, m in zip(b["input_ids"][row].tolist(), b["attention_mask"][row].tolist()) if m]
             targets = b["labels"][row].tolist()
             assert inputs[-1] == targets[-1] == tok.eos_id
@@ -271,16 +274,19 @@ def test_infill_batches(ds):
 
 
 # ---- the factory -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("call,error,message", [
-    (lambda ds: make_batches("prefix-lm", ds, 4, 32), ConfigError, "unknown objective"),
-    (lambda ds: make_batches("causal", ds, 4, 32, whole_word=True), ConfigError, "not an option"),
-    (lambda ds: make_batches("causal", ds, 6, 32, world_size=4), ConfigError, "divisible"),
-    (lambda ds: make_batches("causal", ds, 4, 32, rank=2, world_size=2), ConfigError, "rank"),
-    (lambda ds: make_batches("causal", ds, 4, 10**8), ConfigError, "seq_len"),
-    (lambda ds: make_batches("mlm+nsp", ds, 4, 32, order="sequential"), ConfigError, "order"),
-    (lambda ds: make_batches("causal", ds, 4, 32, split="test"), DataError, "no split"),
-    (lambda ds: make_batches("causal", ds, 4, 32, train_tokenizer("char", ["abc"])), DataError, "tokenizer"),
-])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (lambda ds: make_batches("prefix-lm", ds, 4, 32), ConfigError, "unknown objective"),
+        (lambda ds: make_batches("causal", ds, 4, 32, whole_word=True), ConfigError, "not an option"),
+        (lambda ds: make_batches("causal", ds, 6, 32, world_size=4), ConfigError, "divisible"),
+        (lambda ds: make_batches("causal", ds, 4, 32, rank=2, world_size=2), ConfigError, "rank"),
+        (lambda ds: make_batches("causal", ds, 4, 10**8), ConfigError, "seq_len"),
+        (lambda ds: make_batches("mlm+nsp", ds, 4, 32, order="sequential"), ConfigError, "order"),
+        (lambda ds: make_batches("causal", ds, 4, 32, split="test"), DataError, "no split"),
+        (lambda ds: make_batches("causal", ds, 4, 32, train_tokenizer("char", ["abc"])), DataError, "tokenizer"),
+    ],
+)
 def test_factory_errors(ds, call, error, message):
     with pytest.raises(error, match=message) as e:
         call(ds)

@@ -30,8 +30,9 @@ def test_mask_accuracy_counts_only_mask_positions_and_baseline_by_hand():
     input_ids = torch.tensor([[0, MASK, 6, 7, MASK]])
     labels = torch.tensor([[-100, 5, 6, 3, 3]])
     # predictions at the labelled positions, in order: 5 (right), 6 (right, kept), 3 (right, random), 4 (wrong)
-    out = SimpleNamespace(logits=_one_hot_logits([5, 6, 3, 4]), loss=torch.tensor(1.0), mlm_loss=torch.tensor(1.0),
-                          nsp_logits=None)
+    out = SimpleNamespace(
+        logits=_one_hot_logits([5, 6, 3, 4]), loss=torch.tensor(1.0), mlm_loss=torch.tensor(1.0), nsp_logits=None
+    )
     m = masked_lm_metrics(MASK, FREQ)({"input_ids": input_ids, "labels": labels}, out)
     assert m["mask_accuracy"] == (1, 2)  # of the two [MASK] positions only the first is right
     assert m["mask_baseline"] == (1, 2)  # always answering 3 gets the second [MASK] right
@@ -70,7 +71,6 @@ def test_split_spans():
     assert split_spans([EOS], [S0, S1, S2], EOS) == {}
 
 
-
 def test_span_filling_metrics_greedy_by_hand(monkeypatch):
     import lmforge.infer.spans as spans
 
@@ -81,8 +81,9 @@ def test_span_filling_metrics_greedy_by_hand(monkeypatch):
         return SimpleNamespace(token_lists=lambda: produced)
 
     monkeypatch.setattr(spans, "generate_ids", fake_generate)
-    model = SimpleNamespace(config=SimpleNamespace(arch="encoder-decoder", eos_id=EOS),
-                            parameters=lambda: iter([torch.zeros(1)]))
+    model = SimpleNamespace(
+        config=SimpleNamespace(arch="encoder-decoder", eos_id=EOS), parameters=lambda: iter([torch.zeros(1)])
+    )
     tok = SimpleNamespace(sentinel_ids=[S0, S1, S2])
     batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4), "labels": gold}
     m = span_filling_metrics(model, tok, [batch])
@@ -120,12 +121,15 @@ def test_fill_spans_refuses_text_without_sentinels_and_other_models(tiny_t5, gpt
 
 
 # ---- restoration -----------------------------------------------------------------------------
-@pytest.mark.parametrize("target, source", [
-    ("Now, sir, 'thought is free:' I pray you, bring", "now sir thought is free i pray you bring"),
-    ("And then 'twas fresh in murmur,--as, you know,", "and then twas fresh in murmur as you know"),
-    ("O'er the twelve-month: I'll go.\n--\nHa!", "o'er the twelve month i'll go\nha"),
-    ("  Two  spaces,and tabs\t!", "two spaces and tabs"),
-])
+@pytest.mark.parametrize(
+    "target, source",
+    [
+        ("Now, sir, 'thought is free:' I pray you, bring", "now sir thought is free i pray you bring"),
+        ("And then 'twas fresh in murmur,--as, you know,", "and then twas fresh in murmur as you know"),
+        ("O'er the twelve-month: I'll go.\n--\nHa!", "o'er the twelve month i'll go\nha"),
+        ("  Two  spaces,and tabs\t!", "two spaces and tabs"),
+    ],
+)
 def test_restoration_source_by_hand(target, source):
     assert restoration_source(target) == source
     assert restoration_source(source) == source  # the rules are idempotent

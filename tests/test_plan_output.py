@@ -46,8 +46,9 @@ def test_inference_aware_answer_is_used_everywhere(monkeypatch, tmp_path):
     stars = []
 
     def capture(fig, path):  # the star of the plot: where the chosen model sits
-        stars.extend((ln.get_xdata()[0], ln.get_ydata()[0]) for ax in fig.axes for ln in ax.lines
-                     if ln.get_marker() == "*")
+        stars.extend(
+            (ln.get_xdata()[0], ln.get_ydata()[0]) for ax in fig.axes for ln in ax.lines if ln.get_marker() == "*"
+        )
         fig.clf()
         return path
 
@@ -61,8 +62,20 @@ def test_plot_and_out_into_missing_directories(tmp_path, capsys):
     assert main(["plan", "--flops", "1e21", "--plot", str(png)]) == 0
     assert png.stat().st_size > 1000 and "compute-optimal" in capsys.readouterr().out
     runs = tmp_path / "runs.csv"
-    assert main(["fit", str(runs), "--synthetic", "--out", str(tmp_path / "a" / "law.json"),
-                 "--plot", str(tmp_path / "b" / "fit.png")]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(runs),
+                "--synthetic",
+                "--out",
+                str(tmp_path / "a" / "law.json"),
+                "--plot",
+                str(tmp_path / "b" / "fit.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "a" / "law.json").is_file() and (tmp_path / "b" / "fit.png").is_file()
     capsys.readouterr()
     blocker = tmp_path / "a-file"
@@ -91,7 +104,9 @@ def test_a_fit_that_collapses_to_e_zero_warns(capsys):
     assert any("irreducible loss E is" in w for w in planned.warnings)
 
 
-@pytest.mark.parametrize("header", ["Params,tokens,loss,params", "params,tokens,loss,params", "params,Loss,tokens,loss "])
+@pytest.mark.parametrize(
+    "header", ["Params,tokens,loss,params", "params,tokens,loss,params", "params,Loss,tokens,loss "]
+)
 def test_duplicate_csv_columns_are_refused(header, tmp_path, capsys):
     path = tmp_path / "runs.csv"
     path.write_text(header + "\n" + "\n".join("1e6,2e7,3.1,1e6" for _ in range(6)) + "\n")
@@ -103,8 +118,10 @@ def test_duplicate_csv_columns_are_refused(header, tmp_path, capsys):
         fit({"params": [1e6] * 6, "Params": [2e6] * 6, "tokens": [2e7] * 6, "loss": [3.0] * 6})
 
 
-@pytest.mark.parametrize("law, vocab", [("chinchilla", None), ("epoch", None), ("epoch", 50257),
-                                        ("chinchilla-table3", None), ("kaplan", 8000)])
+@pytest.mark.parametrize(
+    "law, vocab",
+    [("chinchilla", None), ("epoch", None), ("epoch", 50257), ("chinchilla-table3", None), ("kaplan", 8000)],
+)
 def test_the_least_budget_advised_is_itself_accepted(law, vocab):
     with pytest.raises(ConfigError) as e:
         allocate(flops=1e9, law=law, vocab_size=vocab)
@@ -134,8 +151,9 @@ def test_memory_that_exceeds_the_device_gets_a_device_count_and_accumulation():
     accum = int(re.search(r"accumulate (\d+) micro-batches", advice[0]).group(1))
     fits = [estimate_memory(a.shape, 1, a.seq_len, n, "fsdp", ckpt).total <= 0.9 * 80 * GiB for ckpt in (False, True)]
     assert any(fits) and n * accum >= a.batch_sequences
-    assert not any(estimate_memory(a.shape, 1, a.seq_len, n // 2, "fsdp", ckpt).total <= 0.9 * 80 * GiB
-                   for ckpt in (False, True))  # the least power of two that fits
+    assert not any(
+        estimate_memory(a.shape, 1, a.seq_len, n // 2, "fsdp", ckpt).total <= 0.9 * 80 * GiB for ckpt in (False, True)
+    )  # the least power of two that fits
     with_them = allocate(flops=6 * 34e9 * 700e9, law="epoch", device="h100", gpus=n)
     left = [w for w in with_them.warnings if w.startswith("memory:")]
     assert bool(left) == (not fits[0])  # enough devices: at most checkpointing is left to turn on
@@ -143,13 +161,24 @@ def test_memory_that_exceeds_the_device_gets_a_device_count_and_accumulation():
     assert any(w.startswith("memory:") and "80 GiB" in w for w in allocate(flops=6 * 34e9 * 700e9).warnings)
 
 
-@pytest.mark.parametrize("flag, value, field", [
-    ("--flops", "-1e21", "flops"), ("--flops", "-inf", "flops"), ("--flops", "nan", "flops"),
-    ("--hours", "-10", "hours"), ("--gpus", "-8", "gpus"), ("--mfu", "-0.4", "mfu"),
-    ("--inference-tokens", "-1e12", "inference_tokens"), ("--available-tokens", "-5", "available_tokens"),
-    ("--vocab-size", "-3", "vocab_size"), ("--seq-len", "-1", "seq_len"), ("--head-dim", "-64", "head_dim"),
-    ("--micro-batch", "0", "micro_batch"), ("--target-loss", "-2", "target_loss"),
-])
+@pytest.mark.parametrize(
+    "flag, value, field",
+    [
+        ("--flops", "-1e21", "flops"),
+        ("--flops", "-inf", "flops"),
+        ("--flops", "nan", "flops"),
+        ("--hours", "-10", "hours"),
+        ("--gpus", "-8", "gpus"),
+        ("--mfu", "-0.4", "mfu"),
+        ("--inference-tokens", "-1e12", "inference_tokens"),
+        ("--available-tokens", "-5", "available_tokens"),
+        ("--vocab-size", "-3", "vocab_size"),
+        ("--seq-len", "-1", "seq_len"),
+        ("--head-dim", "-64", "head_dim"),
+        ("--micro-batch", "0", "micro_batch"),
+        ("--target-loss", "-2", "target_loss"),
+    ],
+)
 def test_negative_and_nonfinite_numbers_are_one_line_errors(flag, value, field, capsys):
     argv = ["plan", flag, value] + ([] if flag == "--flops" else ["--flops", "1e21"])
     if flag in ("--hours",):

@@ -27,10 +27,29 @@ def test_main_job_command_runs(tmp_path, capsys):
     job = _quick_start_commands()[0].split("&&")[-1].split()
     assert job[:2] == ["lmforge", "train"]
     (tmp_path / "play.txt").write_text(shakespeare("train")[0].text, encoding="utf-8")
-    rc = main(job[1:] + ["--out", str(tmp_path / "run"), "--data.source", str(tmp_path / "play.txt"),
-                         "--data.path", str(tmp_path / "data"), "--data.vocab_size", "300", "--train.max_steps", "3",
-                         "--train.warmup_steps", "1", "--train.eval_batches", "1", "--train.sample_tokens", "8",
-                         "--train.progress", "false"])
+    rc = main(
+        job[1:]
+        + [
+            "--out",
+            str(tmp_path / "run"),
+            "--data.source",
+            str(tmp_path / "play.txt"),
+            "--data.path",
+            str(tmp_path / "data"),
+            "--data.vocab_size",
+            "300",
+            "--train.max_steps",
+            "3",
+            "--train.warmup_steps",
+            "1",
+            "--train.eval_batches",
+            "1",
+            "--train.sample_tokens",
+            "8",
+            "--train.progress",
+            "false",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert "sample" in capsys.readouterr().out

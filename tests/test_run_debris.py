@@ -40,9 +40,26 @@ def base(tmp_path_factory):
     corpus.mkdir()
     for i in range(3):
         (corpus / f"part{i}.txt").write_text(TEXT * (20 + i), encoding="utf-8")
-    return root, ["--preset", "tiny-gpt", "--data.source", str(corpus), "--data.path", str(root / "data"),
-                  "--train.threads", "1", "--train.peak_flops", "1e11", "--train.max_steps", "8",
-                  "--train.checkpoint_every", "3", "--train.eval_every", "4", "--train.sample_tokens", "0"]
+    return root, [
+        "--preset",
+        "tiny-gpt",
+        "--data.source",
+        str(corpus),
+        "--data.path",
+        str(root / "data"),
+        "--train.threads",
+        "1",
+        "--train.peak_flops",
+        "1e11",
+        "--train.max_steps",
+        "8",
+        "--train.checkpoint_every",
+        "3",
+        "--train.eval_every",
+        "4",
+        "--train.sample_tokens",
+        "0",
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +77,13 @@ def test_kill_while_writing_a_checkpoint_model_leaves_no_unknown_debris(base):
     root, args = base
     out = root / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", DIE_WRITING_MODEL, "train", *args, "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", DIE_WRITING_MODEL, "train", *args, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     left = hidden(out / "checkpoints")
     assert left and all(is_temporary(n) for n in left), left

@@ -11,8 +11,7 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
-from lmforge.infer import (conditional_logprobs, plan_windows, pseudo_log_likelihood, score, score_ids,
-                           summarize)
+from lmforge.infer import conditional_logprobs, plan_windows, pseudo_log_likelihood, score, score_ids, summarize
 from lmforge.models import build_model, save_model
 
 
@@ -35,7 +34,7 @@ def test_chain_rule_with_kv_cache(name, request):
     steps = []
     with torch.no_grad():
         for t in range(29):
-            logits = model(ids[None, t:t + 1], cache=cache).logits[0, -1]
+            logits = model(ids[None, t : t + 1], cache=cache).logits[0, -1]
             steps.append(float(logits.log_softmax(-1)[ids[t + 1]]))
     assert res.n_tokens == 29
     assert abs(res.logprob - sum(steps)) <= 1e-4
@@ -165,8 +164,9 @@ def test_hf_gpt2_token_logprobs_match():
     from lmforge.interop.hf import from_hf
 
     torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000,
-                                                              n_positions=128)).eval()
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128)
+    ).eval()
     ours = from_hf(hf).eval()
     ids = torch.randint(0, 1000, (3, 50))
     with torch.no_grad():
@@ -217,12 +217,21 @@ def test_score_encoder_and_seq2seq_texts(tmp_path):
 
     tok = train_tokenizer("wordpiece", ["the cat sat on the mat"] * 3, vocab_size=60)
     torch.manual_seed(5)
-    enc = build_model(ModelConfig.from_preset("bert-tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                                              mask_id=tok.mask_id, cls_id=tok.cls_id, sep_id=tok.sep_id)).eval()
+    enc = build_model(
+        ModelConfig.from_preset(
+            "bert-tiny",
+            vocab_size=tok.vocab_size,
+            pad_id=tok.pad_id,
+            mask_id=tok.mask_id,
+            cls_id=tok.cls_id,
+            sep_id=tok.sep_id,
+        )
+    ).eval()
     r = score(enc, tok, ["the cat sat"])[0]
     assert r.kind == "pll" and r.n_tokens == len(tok.encode("the cat sat"))
-    s2s = build_model(ModelConfig.from_preset("seq2seq-tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                                              eos_id=tok.eos_id)).eval()
+    s2s = build_model(
+        ModelConfig.from_preset("seq2seq-tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id, eos_id=tok.eos_id)
+    ).eval()
     r = score(s2s, tok, [("the cat", "sat on the mat")])[0]
     assert r.kind == "conditional" and r.n_tokens == len(tok.encode("sat on the mat")) + 1  # + EOS
     with pytest.raises(LMForgeError, match="pairs"):
@@ -244,8 +253,27 @@ def test_cli_score_jsonl_csv_and_files(char_models, tmp_path, capsys):
     long = tmp_path / "long.txt"
     long.write_text("to be or not to be " * 10, encoding="utf-8")  # 190 chars > the context of 64
     out = tmp_path / "scores.csv"
-    assert main(["score", str(directory), "--file", str(long), "--text", "To be", "--window", "32", "--stride",
-                 "16", "--format", "csv", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(directory),
+                "--file",
+                str(long),
+                "--text",
+                "To be",
+                "--window",
+                "32",
+                "--stride",
+                "16",
+                "--format",
+                "csv",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert [int(r["n_tokens"]) for r in table] == [5, 190]
     assert float(table[1]["bits_per_byte"]) > 0

@@ -21,9 +21,9 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-from lmforge.serve import Engine, Job, SamplingParams, create_app
-from lmforge.serve.engine import Delta, Failed, Finished
-from lmforge.serve.server import bind
+from lmforge.serve import Engine, Job, SamplingParams, create_app  # noqa: E402
+from lmforge.serve.engine import Delta, Failed, Finished  # noqa: E402
+from lmforge.serve.server import bind  # noqa: E402
 
 KEY = "test-key"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -50,8 +50,15 @@ def tok(hamlet):
 def gpt_dir(tok, tmp_path_factory):
     """A random 2-layer GPT (context 128) that, like a model lmforge pretrained, reads EOS before a text."""
     torch.manual_seed(0)
-    cfg = ModelConfig.from_preset("gpt-tiny", vocab_size=tok.vocab_size, max_positions=128, pad_id=tok.pad_id,
-                                  bos_id=tok.bos_id, eos_id=tok.eos_id, text_start_id=tok.eos_id)
+    cfg = ModelConfig.from_preset(
+        "gpt-tiny",
+        vocab_size=tok.vocab_size,
+        max_positions=128,
+        pad_id=tok.pad_id,
+        bos_id=tok.bos_id,
+        eos_id=tok.eos_id,
+        text_start_id=tok.eos_id,
+    )
     return save_model(build_model(cfg).eval(), tmp_path_factory.mktemp("serve") / "gpt", tokenizer=tok)
 
 
@@ -119,8 +126,9 @@ def test_models_and_health(srv, client):
 
 def test_greedy_completion_equals_lmforge_generate(gpt_dir, client, capsys):
     for prompt in PROMPTS:
-        ref = cli_json(capsys, "generate", str(gpt_dir), "--prompt", prompt, "--greedy", "--max-new-tokens", "24",
-                       "--json")[0]
+        ref = cli_json(
+            capsys, "generate", str(gpt_dir), "--prompt", prompt, "--greedy", "--max-new-tokens", "24", "--json"
+        )[0]
         r = client.completions.create(model="tiny-gpt", prompt=prompt, max_tokens=24, temperature=0)
         assert r.choices[0].text == ref["text"]
         assert r.usage.completion_tokens == ref["n_tokens"]
@@ -131,8 +139,9 @@ def test_echo_logprobs_equal_lmforge_score(gpt_dir, client, tok, capsys):
     for prompt in PROMPTS:
         ref = cli_json(capsys, "score", str(gpt_dir), "--text", prompt, "--per-token", "--no-progress")[0]
         for max_tokens in (0, 1):  # 1: what lm-evaluation-harness sends
-            r = client.completions.create(model="tiny-gpt", prompt=prompt, max_tokens=max_tokens, temperature=0,
-                                          echo=True, logprobs=1)
+            r = client.completions.create(
+                model="tiny-gpt", prompt=prompt, max_tokens=max_tokens, temperature=0, echo=True, logprobs=1
+            )
             lp = r.choices[0].logprobs
             n = len(ref["token_ids"])
             assert lp.tokens[:n] == [tok.decode([i]) for i in ref["token_ids"]]  # the start token stays hidden
@@ -146,16 +155,32 @@ def test_echo_logprobs_equal_lmforge_score(gpt_dir, client, tok, capsys):
 
 def test_streaming_completion(srv, client):
     full = client.completions.create(model="tiny-gpt", prompt=PROMPTS[0], max_tokens=30, temperature=0, logprobs=0)
-    chunks = list(client.completions.create(model="tiny-gpt", prompt=PROMPTS[0], max_tokens=30, temperature=0,
-                                            logprobs=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny-gpt",
+            prompt=PROMPTS[0],
+            max_tokens=30,
+            temperature=0,
+            logprobs=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == full.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.choices[0].finish_reason
-    streamed_lp = [x for c in chunks if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs]
+    streamed_lp = [
+        x for c in chunks if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs
+    ]
     assert streamed_lp == full.choices[0].logprobs.token_logprobs
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
     # the raw stream: server-sent events in OpenAI's chunk shape, ending with [DONE]
-    with httpx.stream("POST", f"{srv.url}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
-                      json={"model": "tiny-gpt", "prompt": "Who", "max_tokens": 5, "stream": True}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{srv.url}/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+        json={"model": "tiny-gpt", "prompt": "Who", "max_tokens": 5, "stream": True},
+    ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = [line for line in resp.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
@@ -164,11 +189,9 @@ def test_streaming_completion(srv, client):
 
 
 def test_prompt_list_n_and_seed(client, tok):
-    r = client.completions.create(model="tiny-gpt", prompt=PROMPTS[:2], n=2, max_tokens=8, temperature=0.9,
-                                  seed=7)
+    r = client.completions.create(model="tiny-gpt", prompt=PROMPTS[:2], n=2, max_tokens=8, temperature=0.9, seed=7)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
-    again = client.completions.create(model="tiny-gpt", prompt=PROMPTS[:2], n=2, max_tokens=8, temperature=0.9,
-                                      seed=7)
+    again = client.completions.create(model="tiny-gpt", prompt=PROMPTS[:2], n=2, max_tokens=8, temperature=0.9, seed=7)
     assert [c.text for c in again.choices] == [c.text for c in r.choices]  # a seed reproduces
     assert r.usage.prompt_tokens == sum(len(tok.encode(p)) + 1 for p in PROMPTS[:2])  # + the start token
     tokens = client.completions.create(model="tiny-gpt", prompt=[[5, 6, 7], [8, 9]], max_tokens=3, temperature=0)
@@ -176,10 +199,33 @@ def test_prompt_list_n_and_seed(client, tok):
 
 
 def test_seeded_sampling_equals_lmforge_generate(gpt_dir, client, capsys):
-    ref = cli_json(capsys, "generate", str(gpt_dir), "--prompt", PROMPTS[1], "--max-new-tokens", "20",
-                   "--temperature", "0.8", "--top-k", "40", "--top-p", "0.95", "--seed", "3", "--json")[0]
-    r = client.completions.create(model="tiny-gpt", prompt=PROMPTS[1], max_tokens=20, temperature=0.8, top_p=0.95,
-                                  seed=3, extra_body={"top_k": 40})
+    ref = cli_json(
+        capsys,
+        "generate",
+        str(gpt_dir),
+        "--prompt",
+        PROMPTS[1],
+        "--max-new-tokens",
+        "20",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "3",
+        "--json",
+    )[0]
+    r = client.completions.create(
+        model="tiny-gpt",
+        prompt=PROMPTS[1],
+        max_tokens=20,
+        temperature=0.8,
+        top_p=0.95,
+        seed=3,
+        extra_body={"top_k": 40},
+    )
     assert r.choices[0].text == ref["text"]
 
 
@@ -188,15 +234,17 @@ def test_chat(srv, client, tok):
     from lmforge.serve.chat import render_plain
 
     messages = [{"role": "system", "content": "You speak verse."}, {"role": "user", "content": "Who's there?"}]
-    r = client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=12, temperature=0,
-                                       logprobs=True, top_logprobs=2)
+    r = client.chat.completions.create(
+        model="tiny-gpt", messages=messages, max_tokens=12, temperature=0, logprobs=True, top_logprobs=2
+    )
     prompt = render_plain(messages)
     assert prompt == "System: You speak verse.\nUser: Who's there?\nAssistant:"
     assert r.usage.prompt_tokens == len(encode_prompt(tok, prompt, srv.service.model))
     assert r.choices[0].message.role == "assistant"
     assert all(len(t.top_logprobs) == 2 for t in r.choices[0].logprobs.content)
-    parts = list(client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=12, temperature=0,
-                                                stream=True))
+    parts = list(
+        client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=12, temperature=0, stream=True)
+    )
     assert parts[0].choices[0].delta.role == "assistant"
     assert "".join(p.choices[0].delta.content or "" for p in parts) == r.choices[0].message.content
     assert parts[-1].choices[0].finish_reason == r.choices[0].finish_reason
@@ -207,8 +255,11 @@ def test_chat(srv, client, tok):
 def test_chat_template_of_the_model(tok):
     from lmforge.serve.chat import ChatFormatter, load_chat_template
 
-    fmt = ChatFormatter("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-                        "{% if add_generation_prompt %}<assistant>{% endif %}{{ eos_token }}", tok)
+    fmt = ChatFormatter(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}{{ eos_token }}",
+        tok,
+    )
     assert fmt.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant></s>"
     assert fmt.stops == ()
     with pytest.raises(Exception, match="refused"):
@@ -234,6 +285,7 @@ def _collector():
             elif isinstance(e, Failed):
                 out["failed"] = e.message
                 out["done"].set()
+
     return out, sink
 
 
@@ -249,6 +301,7 @@ def test_greedy_request_is_exact_whatever_else_is_in_the_batch(gpt_dir, tok, inv
     engine = Engine(model, tok, max_batch=6, batch_invariant=invariant)
     engine.start()
     try:
+
         def submit(prompt, **params):
             out, sink = _collector()
             engine.submit(Job(encode_prompt(tok, prompt, model), SamplingParams(**params), sink))
@@ -257,9 +310,11 @@ def test_greedy_request_is_exact_whatever_else_is_in_the_batch(gpt_dir, tok, inv
         target = {"max_tokens": 20, "temperature": 0, "logprobs": 3}
         alone = submit(PROMPTS[2], **target)
         assert alone["done"].wait(60)
-        others = [submit(PROMPTS[0], max_tokens=70, temperature=1.0, seed=1, logprobs=1),
-                  submit("Who", max_tokens=70, temperature=0.7, top_k=20, seed=2),
-                  submit(PROMPTS[1] * 3, max_tokens=60, temperature=0)]
+        others = [
+            submit(PROMPTS[0], max_tokens=70, temperature=1.0, seed=1, logprobs=1),
+            submit("Who", max_tokens=70, temperature=0.7, top_k=20, seed=2),
+            submit(PROMPTS[1] * 3, max_tokens=60, temperature=0),
+        ]
         deadline = time.monotonic() + 60
         while min(o["n_seen"] for o in others) < 5:  # all three are decoding
             assert time.monotonic() < deadline
@@ -281,8 +336,9 @@ def test_greedy_request_is_exact_whatever_else_is_in_the_batch(gpt_dir, tok, inv
 
 def test_concurrent_http_requests_match_their_solo_runs(srv, client):
     prompts = [p + s for p in PROMPTS for s in ("", " and")]  # 6 requests on 4 slots: some wait, then join
-    solo = [client.completions.create(model="tiny-gpt", prompt=p, max_tokens=25, temperature=0, logprobs=0)
-            for p in prompts]
+    solo = [
+        client.completions.create(model="tiny-gpt", prompt=p, max_tokens=25, temperature=0, logprobs=0) for p in prompts
+    ]
     before = srv.health()
     results = [None] * len(prompts)
     barrier = threading.Barrier(len(prompts))
@@ -290,8 +346,7 @@ def test_concurrent_http_requests_match_their_solo_runs(srv, client):
     def one(i):
         c = srv.client()
         barrier.wait()
-        results[i] = c.completions.create(model="tiny-gpt", prompt=prompts[i], max_tokens=25, temperature=0,
-                                          logprobs=0)
+        results[i] = c.completions.create(model="tiny-gpt", prompt=prompts[i], max_tokens=25, temperature=0, logprobs=0)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
     for t in threads:
@@ -308,8 +363,12 @@ def test_concurrent_http_requests_match_their_solo_runs(srv, client):
 def test_disconnect_frees_the_slot(gpt_dir):
     s = Running(create_app(gpt_dir, max_batch=1))
     try:
-        with httpx.stream("POST", f"{s.url}/v1/completions", timeout=60,
-                          json={"prompt": "Who", "max_tokens": 120, "stream": True, "temperature": 0}) as resp:
+        with httpx.stream(
+            "POST",
+            f"{s.url}/v1/completions",
+            timeout=60,
+            json={"prompt": "Who", "max_tokens": 120, "stream": True, "temperature": 0},
+        ) as resp:
             lines = resp.iter_lines()
             assert next(lines).startswith("data: ")  # decoding has begun; now hang up
         deadline = time.monotonic() + 30
@@ -339,15 +398,17 @@ def test_a_failing_request_does_not_take_down_the_others(srv, client):
         out = {}
 
         def bystander():
-            out["r"] = srv.client().completions.create(model="tiny-gpt", prompt=PROMPTS[0], max_tokens=30,
-                                                       temperature=0)
+            out["r"] = srv.client().completions.create(
+                model="tiny-gpt", prompt=PROMPTS[0], max_tokens=30, temperature=0
+            )
 
         t = threading.Thread(target=bystander)
         t.start()
         with pytest.raises(openai.InternalServerError, match="boom"):
             client.completions.create(model="tiny-gpt", prompt="Who", max_tokens=30, temperature=0.5, seed=666)
-        stream = client.completions.create(model="tiny-gpt", prompt="Who", max_tokens=30, temperature=0.5, seed=666,
-                                           stream=True)
+        stream = client.completions.create(
+            model="tiny-gpt", prompt="Who", max_tokens=30, temperature=0.5, seed=666, stream=True
+        )
         with pytest.raises(openai.APIError, match="boom"):
             list(stream)
         t.join(60)
@@ -365,8 +426,14 @@ def test_encoder_decoder_answers_source_to_target(tok, tmp_path):
     from lmforge.infer import generate
 
     torch.manual_seed(1)
-    cfg = ModelConfig.from_preset("seq2seq-tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id,
-                                  eos_id=tok.eos_id, decoder_start_id=tok.bos_id)
+    cfg = ModelConfig.from_preset(
+        "seq2seq-tiny",
+        vocab_size=tok.vocab_size,
+        pad_id=tok.pad_id,
+        bos_id=tok.bos_id,
+        eos_id=tok.eos_id,
+        decoder_start_id=tok.bos_id,
+    )
     model = build_model(cfg).eval()
     s = Running(create_app(model=model, tokenizer=tok, max_batch=2))
     try:
@@ -385,13 +452,16 @@ def test_encoder_points_to_fill_mask(tmp_path):
     from lmforge.tokenizer import train_tokenizer
 
     wp = train_tokenizer("wordpiece", ["paris is the capital of france"] * 5, vocab_size=60)
-    cfg = ModelConfig.from_preset("bert-tiny", vocab_size=wp.vocab_size, pad_id=wp.pad_id, mask_id=wp.mask_id,
-                                  cls_id=wp.cls_id, sep_id=wp.sep_id)
+    cfg = ModelConfig.from_preset(
+        "bert-tiny", vocab_size=wp.vocab_size, pad_id=wp.pad_id, mask_id=wp.mask_id, cls_id=wp.cls_id, sep_id=wp.sep_id
+    )
     s = Running(create_app(model=build_model(cfg).eval(), tokenizer=wp))
     try:
         c = s.client()
-        for call in (lambda: c.completions.create(model="lmforge", prompt="paris is"),
-                     lambda: c.chat.completions.create(model="lmforge", messages=[{"role": "user", "content": "x"}])):
+        for call in (
+            lambda: c.completions.create(model="lmforge", prompt="paris is"),
+            lambda: c.chat.completions.create(model="lmforge", messages=[{"role": "user", "content": "x"}]),
+        ):
             with pytest.raises(openai.BadRequestError, match="fill-mask"):
                 call()
         assert s.health()["status"] == "ok"
@@ -426,16 +496,24 @@ BAD = [  # (route, body, status, the field named)
     ("chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role"),
     ("chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content"),
     ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400, "top_logprobs"),
-    ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400,
-     "tools"),
+    (
+        "chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+        400,
+        "tools",
+    ),
 ]
 
 
 @pytest.mark.parametrize("route,body,status,param", BAD, ids=[f"{i}-{b[3]}" for i, b in enumerate(BAD)])
 def test_bad_request(srv, route, body, status, param):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = httpx.post(f"{srv.url}/v1/{route}", content=raw, timeout=30,
-                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    r = httpx.post(
+        f"{srv.url}/v1/{route}",
+        content=raw,
+        timeout=30,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     assert r.status_code == status
     err = r.json()["error"]
     assert err["param"] == param and err["message"] and err["type"]
@@ -451,8 +529,9 @@ def test_prompt_beyond_the_context_names_both_numbers(client):
 
 def test_limits_of_size_route_and_method(srv):
     h = {"Authorization": f"Bearer {KEY}"}
-    big = httpx.post(f"{srv.url}/v1/completions", content=b'{"prompt": "' + b"x" * (2 << 20) + b'"}', headers=h,
-                     timeout=30)
+    big = httpx.post(
+        f"{srv.url}/v1/completions", content=b'{"prompt": "' + b"x" * (2 << 20) + b'"}', headers=h, timeout=30
+    )
     assert big.status_code == 413 and big.json()["error"]["param"] == "body"
     assert httpx.get(f"{srv.url}/v1/nowhere", headers=h, timeout=30).status_code == 404
     wrong = httpx.get(f"{srv.url}/v1/completions", headers=h, timeout=30)
@@ -471,8 +550,9 @@ def test_api_key(srv):
 
 
 def test_unknown_fields_are_ignored(client):
-    r = client.completions.create(model="tiny-gpt", prompt="Who", max_tokens=2,
-                                  extra_body={"frobnicate": True, "user_tier": {"x": 1}})
+    r = client.completions.create(
+        model="tiny-gpt", prompt="Who", max_tokens=2, extra_body={"frobnicate": True, "user_tier": {"x": 1}}
+    )
     assert r.usage.completion_tokens >= 1
 
 
@@ -481,14 +561,34 @@ def test_unknown_fields_are_ignored(client):
 
 def test_cli_serve_finishes_in_flight_on_sigterm(gpt_dir):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "serve", str(gpt_dir), "--port", "0", "--max-batch",
-                             "2", "--log-level", "warning"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmforge",
+            "serve",
+            str(gpt_dir),
+            "--port",
+            "0",
+            "--max-batch",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stderr.readline()
         assert "listening on http://127.0.0.1:" in line, line
         url = line.split("listening on ")[1].strip()
-        with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
-                          json={"prompt": "Who", "max_tokens": 110, "temperature": 0, "stream": True}) as resp:
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/completions",
+            timeout=60,
+            json={"prompt": "Who", "max_tokens": 110, "temperature": 0, "stream": True},
+        ) as resp:
             lines = resp.iter_lines()
             assert next(lines).startswith("data: ")
             proc.send_signal(signal.SIGTERM)  # mid-stream
@@ -537,16 +637,27 @@ def test_lm_eval_local_completions_matches_lmforge_scoring(srv, gpt_dir, hamlet,
         "test_split: test\noutput_type: loglikelihood\n"
         'doc_to_text: "{{context}}"\ndoc_to_target: "{{continuation}}"\ntarget_delimiter: ""\n'
         "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
-        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n", encoding="utf-8")
+        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
+        encoding="utf-8",
+    )
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
     out = lm_eval.simple_evaluate(
         model="local-completions",
-        model_args={"model": "tiny-gpt", "base_url": f"{srv.url}/v1/completions", "tokenizer_backend": "remote",
-                    "tokenized_requests": False, "num_concurrent": 4, "max_retries": 1, "auth_token": KEY,
-                    "max_length": 128},
-        tasks=["lmforge_hamlet_lines"], task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
-        log_samples=True)
+        model_args={
+            "model": "tiny-gpt",
+            "base_url": f"{srv.url}/v1/completions",
+            "tokenizer_backend": "remote",
+            "tokenized_requests": False,
+            "num_concurrent": 4,
+            "max_retries": 1,
+            "auth_token": KEY,
+            "max_length": 128,
+        },
+        tasks=["lmforge_hamlet_lines"],
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+        log_samples=True,
+    )
     samples = out["samples"]["lmforge_hamlet_lines"]
     assert len(samples) == len(docs)
     model, _ = load_for_inference(gpt_dir, "cpu")

@@ -52,7 +52,7 @@ def test_bundled_shards_equal_the_tokenizer_output(bundled):
     assert bundled.val.dtype == np.uint16
     assert bundled.val.tolist() == expected
     for i, play in list(enumerate(shakespeare("train")))[::10]:
-        lo, hi = bundled.offsets["train"][i:i + 2]
+        lo, hi = bundled.offsets["train"][i : i + 2]
         assert bundled.train[lo:hi].tolist() == tok.encode(play.text) + [eos]
 
 
@@ -68,8 +68,12 @@ def test_validation_plays_never_appear_in_train(bundled):
 def test_meta_records_what_later_stages_need(bundled):
     meta = json.loads((bundled.path / "meta.json").read_text())
     tok = bundled.tokenizer
-    assert meta["tokenizer"] == {"kind": "char", "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size,
-                                 "file": "tokenizer.json"}
+    assert meta["tokenizer"] == {
+        "kind": "char",
+        "fingerprint": tok.fingerprint,
+        "vocab_size": tok.vocab_size,
+        "file": "tokenizer.json",
+    }
     assert meta["dtype"] == "uint16" and meta["separator"] == {"token": "</s>", "id": tok.eos_id}
     assert meta["sources"] == ["shakespeare"]
     for split, docs in (("train", shakespeare("train")), ("val", shakespeare("val"))):
@@ -144,7 +148,7 @@ def test_text_files_split_by_document(corpus_dir, tmp_path):
     assert ds.tokenizer.kind == "bpe" and ds.tokenizer.vocab_size == 300
     text = open(names["val"][0]).read()
     lo, hi = ds.offsets["val"][:2]
-    assert ds.tokenizer.decode(ds.val[lo:hi - 1]) == text and ds.val[hi - 1] == ds.tokenizer.eos_id
+    assert ds.tokenizer.decode(ds.val[lo : hi - 1]) == text and ds.val[hi - 1] == ds.tokenizer.eos_id
 
 
 def test_jsonl_source_and_a_given_tokenizer_file(tmp_path):
@@ -183,16 +187,23 @@ def test_open_dataset_refuses_another_tokenizer(bundled):
     assert open_dataset(bundled.path, bundled.path / "tokenizer.json").val.shape == bundled.val.shape
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-2]), "truncated"),
-    (lambda d: (d / "val.bin").unlink(), "missing"),
-    (lambda d: (d / "meta.json").unlink(), "no meta.json"),
-    (lambda d: (d / "meta.json").write_text("{"), "unreadable"),
-    (lambda d: (d / "val.idx.npy").unlink(), "offsets"),
-    (lambda d: np.save(d / "train.idx.npy", np.array([0, 5])), "offsets"),
-    (lambda d: (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text().replace('"<pad>"', '"<PAD>"')),
-     "changed"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-2]), "truncated"),
+        (lambda d: (d / "val.bin").unlink(), "missing"),
+        (lambda d: (d / "meta.json").unlink(), "no meta.json"),
+        (lambda d: (d / "meta.json").write_text("{"), "unreadable"),
+        (lambda d: (d / "val.idx.npy").unlink(), "offsets"),
+        (lambda d: np.save(d / "train.idx.npy", np.array([0, 5])), "offsets"),
+        (
+            lambda d: (d / "tokenizer.json").write_text(
+                (d / "tokenizer.json").read_text().replace('"<pad>"', '"<PAD>"')
+            ),
+            "changed",
+        ),
+    ],
+)
 def test_open_dataset_refuses_broken_directories(corpus_dir, tmp_path, damage, message):
     ds = prepare(corpus_dir, tmp_path / "out", "char", progress=False)
     damage(ds.path)
@@ -203,8 +214,22 @@ def test_open_dataset_refuses_broken_directories(corpus_dir, tmp_path, damage, m
 
 def test_cli_prepare(corpus_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["prepare", "--corpus", str(corpus_dir), "--tokenizer", "char", "--out", str(out),
-                 "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--corpus",
+                str(corpus_dir),
+                "--tokenizer",
+                "char",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["splits"]["val"]["documents"] == 1 and summary["dtype"] == "uint16"
     assert main(["prepare", "--corpus", str(corpus_dir), "--out", str(out), "--no-progress"]) == 2

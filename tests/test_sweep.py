@@ -17,10 +17,17 @@ def _base(tmp_path):
     # a small corpus (two plays) keeps the final whole-split evaluations short
     text = "\n".join(doc.text for doc in shakespeare("train")[:2])
     (tmp_path / "plays.txt").write_text(text, encoding="utf-8")
-    return RunConfig.from_preset("tiny-gpt").override({
-        "data.source": str(tmp_path / "plays.txt"), "data.path": str(tmp_path / "data"), "data.val_fraction": "0.05",
-        "data.seq_len": "16", "train.batch_size": "64",
-        "train.eval_batches": "2", "model.max_positions": "16"})
+    return RunConfig.from_preset("tiny-gpt").override(
+        {
+            "data.source": str(tmp_path / "plays.txt"),
+            "data.path": str(tmp_path / "data"),
+            "data.val_fraction": "0.05",
+            "data.seq_len": "16",
+            "train.batch_size": "64",
+            "train.eval_batches": "2",
+            "model.max_positions": "16",
+        }
+    )
 
 
 def test_plan_runs_matches_budgets(tmp_path):
@@ -77,8 +84,18 @@ def test_sizes_follow_the_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "_train_one", fake_train)
     base = _base(tmp_path).override({"model.n_head": "4"})  # head size 16: shapes from a few thousand params
     budgets = [3e11, 3e12]
-    result = sweep(base, budgets, tmp_path / "sw", sizes=3, spread=2.0, tokens_per_param=20, extend=3,
-                   bootstrap=0, plot=False, log=lambda m: None)
+    result = sweep(
+        base,
+        budgets,
+        tmp_path / "sw",
+        sizes=3,
+        spread=2.0,
+        tokens_per_param=20,
+        extend=3,
+        bootstrap=0,
+        plot=False,
+        log=lambda m: None,
+    )
     rows = result.runs
     for budget in budgets:
         mine = sorted((r for r in rows if abs(float(r["flops"]) / budget - 1) < 0.05), key=lambda r: int(r["params"]))
@@ -87,6 +104,16 @@ def test_sizes_follow_the_runs(tmp_path, monkeypatch):
         assert 0 < best < len(losses) - 1, (budget, losses)
     assert len(calls) > 6  # the first budget needed extra sizes
     calls.clear()
-    sweep(base, budgets, tmp_path / "sw", sizes=3, spread=2.0, tokens_per_param=20, extend=3,
-          bootstrap=0, plot=False, log=lambda m: None)
+    sweep(
+        base,
+        budgets,
+        tmp_path / "sw",
+        sizes=3,
+        spread=2.0,
+        tokens_per_param=20,
+        extend=3,
+        bootstrap=0,
+        plot=False,
+        log=lambda m: None,
+    )
     assert calls == []

@@ -45,11 +45,19 @@ def test_special_tokens_of_each_kind(toks, kind):
     assert [tok.id_to_token(i) for i in tok.sentinel_ids] == [f"<extra_id_{i}>" for i in range(4)]
     assert set(tok.special_ids) >= {tok.pad_id, tok.mask_id, *tok.sentinel_ids}
     if kind == "wordpiece":
-        assert [tok.id_to_token(i) for i in (tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id)] == \
-            ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+        assert [tok.id_to_token(i) for i in (tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id)] == [
+            "[PAD]",
+            "[CLS]",
+            "[SEP]",
+            "[MASK]",
+        ]
     else:
-        assert [tok.id_to_token(i) for i in (tok.pad_id, tok.bos_id, tok.eos_id, tok.mask_id)] == \
-            ["<pad>", "<s>", "</s>", "<mask>"]
+        assert [tok.id_to_token(i) for i in (tok.pad_id, tok.bos_id, tok.eos_id, tok.mask_id)] == [
+            "<pad>",
+            "<s>",
+            "</s>",
+            "<mask>",
+        ]
     if SMALL_VOCAB[kind]:
         assert tok.vocab_size == SMALL_VOCAB[kind]
 
@@ -100,9 +108,46 @@ def test_char_fast_path_on_the_corpus(toks, texts):
 
 # Text built to stress GPT-2's piece regex: contractions, runs of spaces before words, every ASCII
 # space and control character, digits, punctuation, and non-ASCII characters after newlines.
-_PIECE_PARTS = st.sampled_from(["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'", "''", "'S", "'x", " ", "  ", "\n",
-                                "\n\n", "\t", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u3000",
-                                "—", "é", "世界", "😀", "a", "Zz", "12", "٣", "!?", "--", "_", "<s>"])
+_PIECE_PARTS = st.sampled_from(
+    [
+        "'s",
+        "'t",
+        "'re",
+        "'ve",
+        "'m",
+        "'ll",
+        "'d",
+        "'",
+        "''",
+        "'S",
+        "'x",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "\t",
+        "\r\n",
+        "\x0b",
+        "\x0c",
+        "\x1c",
+        "\x1f",
+        "\x85",
+        "\xa0",
+        "\u3000",
+        "—",
+        "é",
+        "世界",
+        "😀",
+        "a",
+        "Zz",
+        "12",
+        "٣",
+        "!?",
+        "--",
+        "_",
+        "<s>",
+    ]
+)
 
 
 @fixture_settings
@@ -155,11 +200,18 @@ def test_ascii_stretches_cut_where_pieces_end():
 
     text = "Hello\nworld—\nAnd so\n  x—y\nZ\nplain é\nlines\n"
     stretches = _ascii_stretches(text)
-    assert stretches == [("Hello", True), ("\nworld—\nAnd so\n  x—y", False), ("\nZ", True),
-                         ("\nplain é\nlines", False), ("\n", True)]  # a line ending in "é" joins the next
+    assert stretches == [
+        ("Hello", True),
+        ("\nworld—\nAnd so\n  x—y", False),
+        ("\nZ", True),
+        ("\nplain é\nlines", False),
+        ("\n", True),
+    ]  # a line ending in "é" joins the next
     assert _ascii_stretches("—\n—") == [("—\n—", False)] and _ascii_stretches("") == [("", True)]
     assert all(s.isascii() == a for s, a in stretches)
-    assert all(prev[-1] in string.printable[:94] and s[0] == "\n" for (prev, _), (s, _) in zip(stretches, stretches[1:]))
+    assert all(
+        prev[-1] in string.printable[:94] and s[0] == "\n" for (prev, _), (s, _) in zip(stretches, stretches[1:])
+    )
 
 
 @fixture_settings

@@ -27,9 +27,26 @@ def base(tmp_path_factory):
     corpus.mkdir()
     for i in range(5):
         (corpus / f"part{i}.txt").write_text(TEXT * (20 + i), encoding="utf-8")
-    return root, ["--preset", "tiny-gpt", "--data.source", str(corpus), "--data.path", str(root / "data"),
-                  "--train.threads", "1", "--train.peak_flops", "1e11", "--train.max_steps", "8",
-                  "--train.checkpoint_every", "3", "--train.eval_every", "4", "--model.dropout", "0.1"]
+    return root, [
+        "--preset",
+        "tiny-gpt",
+        "--data.source",
+        str(corpus),
+        "--data.path",
+        str(root / "data"),
+        "--train.threads",
+        "1",
+        "--train.peak_flops",
+        "1e11",
+        "--train.max_steps",
+        "8",
+        "--train.checkpoint_every",
+        "3",
+        "--train.eval_every",
+        "4",
+        "--model.dropout",
+        "0.1",
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +61,10 @@ def train(*args) -> int:
 
 
 def losses(run_dir):
-    return [(r["step"], r.get("loss"), r.get("val_loss"))
-            for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    return [
+        (r["step"], r.get("loss"), r.get("val_loss"))
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    ]
 
 
 def final_weights(run_dir, step=8):
@@ -82,8 +101,10 @@ def test_run_directory_layout(reference):
     assert {"val_loss", "val_ppl", "val_bpb"} <= set(records[3]) and "val_bpb" in records[-1]
     from lmforge.models import load_model
 
-    assert load_model(reference / "best").config.vocab_size == load_model(reference / "checkpoints" / "step-8") \
-        .config.vocab_size
+    assert (
+        load_model(reference / "best").config.vocab_size
+        == load_model(reference / "checkpoints" / "step-8").config.vocab_size
+    )
 
 
 def test_causal_pretraining_makes_eos_the_text_start(reference):
@@ -117,6 +138,7 @@ def test_resuming_a_finished_run_gives_its_final_evaluation(reference, tmp_path)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert result.step == 8 and result.metrics["loss"] == last["val_loss"] and result.metrics["bpb"] == last["val_bpb"]
 
+
 def test_sigterm_then_resume_is_bit_exact(base, reference, monkeypatch):
     root, args = base
     out = root / "stopped"
@@ -147,8 +169,9 @@ def test_corrupt_checkpoint_falls_back_to_the_previous(base, reference, monkeypa
 def run_command(cmd, env=None, timeout=240):
     """Run in a new process group; on a timeout kill the whole group (torchrun's workers too)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -161,8 +184,10 @@ def run_command(cmd, env=None, timeout=240):
 def test_sigkill_while_checkpointing_resumes_from_the_previous(base, reference):
     root, args = base
     out = root / "killed"
-    rc, _, err = run_command([sys.executable, "-m", "lmforge", "train", *map(str, args), "--out", str(out)],
-                             env={KILL_DURING_CHECKPOINT_ENV: "6"})
+    rc, _, err = run_command(
+        [sys.executable, "-m", "lmforge", "train", *map(str, args), "--out", str(out)],
+        env={KILL_DURING_CHECKPOINT_ENV: "6"},
+    )
     assert rc == -signal.SIGKILL, err[-2000:]
     assert [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")] == ["step-3"]
     assert any(p.name.startswith(".step-6.tmp") for p in (out / "checkpoints").iterdir())  # the half-written one
@@ -179,13 +204,43 @@ def test_torchrun_matches_one_process(base, strategy):
     # (the first micro-step skips the all-reduce). Summation order differs, so gradients agree to float
     # rounding; eps=1e-6 keeps Adam from blowing up that rounding where a gradient is almost exactly 0.
     # on the CPU (gloo) even where a GPU is present: two ranks need two GPUs under NCCL
-    common = [*args, "--train.device", "cpu", "--train.max_steps", "3", "--train.eval_every", "0", "--model.dropout", "0",
-              "--train.batch_size", "8", "--train.grad_accum", "2", "--train.eps", "1e-6"]
+    common = [
+        *args,
+        "--train.device",
+        "cpu",
+        "--train.max_steps",
+        "3",
+        "--train.eval_every",
+        "0",
+        "--model.dropout",
+        "0",
+        "--train.batch_size",
+        "8",
+        "--train.grad_accum",
+        "2",
+        "--train.eps",
+        "1e-6",
+    ]
     if not (root / "single").exists():
         assert train(*common, "--out", root / "single") == 0
-    rc, _, err = run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              "-m", "lmforge", "train", *map(str, common), "--train.strategy", strategy,
-                              "--out", str(root / strategy)])
+    rc, _, err = run_command(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lmforge",
+            "train",
+            *map(str, common),
+            "--train.strategy",
+            strategy,
+            "--out",
+            str(root / strategy),
+        ]
+    )
     assert rc == 0, err[-3000:]
     single, multi = losses(root / "single"), losses(root / strategy)
     assert [s for s, *_ in multi] == [1, 2, 3]

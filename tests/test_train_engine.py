@@ -11,7 +11,7 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, TrainingError
 from lmforge.models import build_model
-from lmforge.train import Trainer, TrainConfig, lr_at, param_groups
+from lmforge.train import TrainConfig, Trainer, lr_at, param_groups
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.distributed import apply_activation_checkpointing
 from lmforge.train.engine import STOP_AFTER_STEPS_ENV
@@ -26,7 +26,7 @@ class Windows:
 
     def next_batch(self):
         starts = torch.randint(0, len(self.tokens) - self.seq - 1, (self.batch,), generator=self.g)
-        x = torch.stack([self.tokens[s:s + self.seq + 1] for s in starts.tolist()])
+        x = torch.stack([self.tokens[s : s + self.seq + 1] for s in starts.tolist()])
         return {"input_ids": x[:, :-1], "labels": x[:, 1:]}
 
     def state_dict(self):
@@ -56,8 +56,21 @@ class Fixed:
 def _cfg(**kw) -> TrainConfig:
     # on the CPU, where fp32 makes these properties exact; tests/test_cuda.py repeats the ones that
     # depend on the device (bf16 training, resume, compile) on a GPU
-    base = dict(device="cpu", max_steps=10, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=0, log_every=1, checkpoint_every=0,
-                threads=1, peak_flops=1e11, progress=False, sample_tokens=0, seed=3)
+    base = dict(
+        device="cpu",
+        max_steps=10,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=0,
+        log_every=1,
+        checkpoint_every=0,
+        threads=1,
+        peak_flops=1e11,
+        progress=False,
+        sample_tokens=0,
+        seed=3,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -182,8 +195,7 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path):
 
 def test_too_many_nonfinite_in_a_row_stop_cleanly(tmp_path):
     m = PoisonAt(_gpt(), bad_calls={5, 6, 7})
-    t = Trainer(m, _cfg(max_steps=10, max_nonfinite=3, checkpoint_every=2), Windows(TOKENS, 4, 16),
-                run_dir=tmp_path)
+    t = Trainer(m, _cfg(max_steps=10, max_nonfinite=3, checkpoint_every=2), Windows(TOKENS, 4, 16), run_dir=tmp_path)
     with pytest.raises(TrainingError, match="3 non-finite steps in a row.*step-4"):
         t.fit()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4]  # the last good one is kept
@@ -197,8 +209,13 @@ def _run(tmp, steps, resume_from=None, stop_at=None, **kw):
     cfg = _cfg(max_steps=steps, checkpoint_every=3, keep_checkpoints=2, **kw)
     os.environ[STOP_AFTER_STEPS_ENV] = str(stop_at or 0)  # SIGTERM to itself after this step
     try:
-        t = Trainer(_gpt(dropout=0.1), cfg, Windows(TOKENS, 4, 16, seed=5), eval_batches=lambda n: [
-            Windows(TOKENS, 4, 16, seed=9).next_batch()], run_dir=tmp)
+        t = Trainer(
+            _gpt(dropout=0.1),
+            cfg,
+            Windows(TOKENS, 4, 16, seed=5),
+            eval_batches=lambda n: [Windows(TOKENS, 4, 16, seed=9).next_batch()],
+            run_dir=tmp,
+        )
     finally:
         del os.environ[STOP_AFTER_STEPS_ENV]
     if resume_from is not None:

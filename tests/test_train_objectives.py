@@ -6,7 +6,7 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.data import make_batches, prepare
 from lmforge.models import build_model
-from lmforge.train import Trainer, TrainConfig
+from lmforge.train import TrainConfig, Trainer
 from lmforge.train.run import fit_model_to_tokenizer
 
 TEXT = """ROMEO:
@@ -59,16 +59,30 @@ CASES = {
 @pytest.mark.parametrize("objective", list(CASES))
 def test_each_paradigm_overfits_a_fixed_batch(dataset, objective):
     tok = dataset.tokenizer
-    model_cfg = fit_model_to_tokenizer(ModelConfig.from_preset(CASES[objective], max_positions=32,
-                                                               nsp_head=objective == "mlm+nsp")
-                                       if objective.startswith("mlm") else ModelConfig.from_preset(
-                                           CASES[objective], max_positions=32), tok)
+    model_cfg = fit_model_to_tokenizer(
+        ModelConfig.from_preset(CASES[objective], max_positions=32, nsp_head=objective == "mlm+nsp")
+        if objective.startswith("mlm")
+        else ModelConfig.from_preset(CASES[objective], max_positions=32),
+        tok,
+    )
     batch = make_batches(objective, dataset, 8, 32, seed=0).next_batch()
     torch.manual_seed(0)
     model = build_model(model_cfg)
-    cfg = TrainConfig(max_steps=100, batch_size=8, lr=3e-3, warmup_steps=5, min_lr_ratio=0.1, weight_decay=0.0,
-                      eval_every=0, checkpoint_every=0, log_every=10, threads=1, peak_flops=1e11, progress=False,
-                      sample_tokens=0)
+    cfg = TrainConfig(
+        max_steps=100,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=5,
+        min_lr_ratio=0.1,
+        weight_decay=0.0,
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=10,
+        threads=1,
+        peak_flops=1e11,
+        progress=False,
+        sample_tokens=0,
+    )
     trainer = Trainer(model, cfg, Fixed(batch), eval_batches=lambda n: [batch], log=lambda m: None)
     start = trainer.evaluate()["loss"]
     result = trainer.fit()

@@ -5,15 +5,22 @@ __version__ = "0.1.0"
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError, TrainingError
 from lmforge.interop.hf import from_hf, to_hf
-from lmforge.models import (DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, load_model,
-                            save_model)
+from lmforge.modeldir import load_model
+from lmforge.models import DecoderLM, EncoderDecoderLM, EncoderLM, build_model, count_parameters, save_model
 
 _SUBMODULES = ("plan", "infer", "train", "finetune", "data", "tokenizer", "accounting", "bench", "serve")
 
 
-_FUNCTIONS = {"score": "lmforge.infer", "generate": "lmforge.infer", "attention_map": "lmforge.infer",
-              "fill_mask": "lmforge.infer", "load_tokenizer": "lmforge.tokenizer", "prepare": "lmforge.data",
-              "open_dataset": "lmforge.data", "pretrain": "lmforge.train.run"}
+_FUNCTIONS = {
+    "score": "lmforge.infer",
+    "generate": "lmforge.infer",
+    "attention_map": "lmforge.infer",
+    "fill_mask": "lmforge.infer",
+    "load_tokenizer": "lmforge.tokenizer",
+    "prepare": "lmforge.data",
+    "open_dataset": "lmforge.data",
+    "pretrain": "lmforge.jobs",
+}
 
 
 def __getattr__(name: str):
@@ -27,6 +34,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", "LMForgeError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
-           "DecoderLM", "EncoderLM", "EncoderDecoderLM", "build_model", "count_parameters", "load_model",
-           "save_model", "from_hf", "to_hf"]
+__all__ = [
+    "ModelConfig",
+    "LMForgeError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "TrainingError",
+    "DecoderLM",
+    "EncoderLM",
+    "EncoderDecoderLM",
+    "build_model",
+    "count_parameters",
+    "load_model",
+    "save_model",
+    "from_hf",
+    "to_hf",
+]

@@ -125,8 +125,9 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     if cfg.encoder_layers:
         parts.update(_stack_parts(cfg, "encoder", cfg.encoder_layers, cross=False, segments=True))
     if cfg.decoder_layers:
-        parts.update(_stack_parts(cfg, "decoder", cfg.decoder_layers, cross=cfg.arch == "encoder-decoder",
-                                  segments=False))
+        parts.update(
+            _stack_parts(cfg, "decoder", cfg.decoder_layers, cross=cfg.arch == "encoder-decoder", segments=False)
+        )
     if not cfg.share_embeddings:  # an encoder-decoder whose decoder has its own token embedding
         parts["decoder.token_embedding"] = v * d
     parts.update(_head_parts(cfg))
@@ -134,8 +135,13 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     embedding = sum(n for k, n in parts.items() if _is_embedding(k))
     has_logits = cfg.arch != "encoder" or cfg.mlm_head
     tied_output = v * d if (cfg.tie_embeddings and has_logits) else 0
-    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding,
-                      compute=total - embedding + tied_output, breakdown={k: n for k, n in parts.items() if n})
+    return ParamCount(
+        total=total,
+        embedding=embedding,
+        non_embedding=total - embedding,
+        compute=total - embedding + tied_output,
+        breakdown={k: n for k, n in parts.items() if n},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,14 +217,18 @@ class FlopCount:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(forward_per_token=self.forward_per_token, training_per_token=self.training_per_token,
-                 rule_6n_per_token=self.rule_6n_per_token,
-                 rule_6n_attention_per_token=self.rule_6n_attention_per_token)
+        d.update(
+            forward_per_token=self.forward_per_token,
+            training_per_token=self.training_per_token,
+            rule_6n_per_token=self.rule_6n_per_token,
+            rule_6n_attention_per_token=self.rule_6n_attention_per_token,
+        )
         return d
 
 
-def count_flops(cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | None = None,
-                mlm_fraction: float = 1.0) -> FlopCount:
+def count_flops(
+    cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | None = None, mlm_fraction: float = 1.0
+) -> FlopCount:
     """FLOPs of one sequence of ``seq_len`` tokens (default ``cfg.max_positions``).
 
     For an encoder-decoder, ``seq_len`` is the source length and ``tgt_len`` (default ``seq_len``)
@@ -260,8 +270,9 @@ def count_flops(cfg: ModelConfig, seq_len: int | None = None, tgt_len: int | Non
     head = (v * d + (2 * d * d if cfg.arch == "encoder" else 0)) if out_len else 0
     rule += 6 * out_len * head
     hk = cfg.n_head * cfg.head_dim
-    return FlopCount(tokens=enc_len + dec_len, forward_breakdown=f, rule_6n=rule,
-                     rule_6n_attention=rule + 12 * hk * attn_pairs)
+    return FlopCount(
+        tokens=enc_len + dec_len, forward_breakdown=f, rule_6n=rule, rule_6n_attention=rule + 12 * hk * attn_pairs
+    )
 
 
 def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, method: str = "palm") -> float:
@@ -339,9 +350,16 @@ def _activation_elements(cfg: ModelConfig, n_q: int, n_kv: int, cross: bool, fla
     return elems, masks
 
 
-def estimate_memory(cfg: ModelConfig, micro_batch: int = 1, seq_len: int | None = None, world_size: int = 1,
-                    strategy: str = "ddp", checkpointing: bool = False, precision: str = "bf16",
-                    flash: bool = True) -> MemoryEstimate:
+def estimate_memory(
+    cfg: ModelConfig,
+    micro_batch: int = 1,
+    seq_len: int | None = None,
+    world_size: int = 1,
+    strategy: str = "ddp",
+    checkpointing: bool = False,
+    precision: str = "bf16",
+    flash: bool = True,
+) -> MemoryEstimate:
     """Training memory per device for ``micro_batch`` sequences of ``seq_len`` tokens."""
     if strategy not in ("ddp", "fsdp"):
         raise ConfigError(f"strategy: unknown {strategy!r}; choose ddp or fsdp")
@@ -373,9 +391,18 @@ def estimate_memory(cfg: ModelConfig, micro_batch: int = 1, seq_len: int | None 
     out_len = 0 if (cfg.arch == "encoder" and not cfg.mlm_head) else seq_len
     logits = out_len * cfg.vocab_size * (act + 4)  # logits + fp32 log-softmax for the loss
     activations = micro_batch * (elems * act + masks + logits)
-    return MemoryEstimate(strategy=strategy, world_size=world_size, micro_batch=micro_batch, seq_len=seq_len,
-                          checkpointing=checkpointing, weights=4.0 * n / shard, gradients=4.0 * n / shard,
-                          optimizer=8.0 * n / shard, gathered=float(gathered), activations=float(activations))
+    return MemoryEstimate(
+        strategy=strategy,
+        world_size=world_size,
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        checkpointing=checkpointing,
+        weights=4.0 * n / shard,
+        gradients=4.0 * n / shard,
+        optimizer=8.0 * n / shard,
+        gathered=float(gathered),
+        activations=float(activations),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,8 +452,9 @@ def lookup_device(name: str) -> Device:
     key = name.strip().lower()
     key = DEVICE_ALIASES.get(key, key)
     if key not in DEVICES:
-        raise ConfigError(f"device: unknown device {name!r}; choose one of {', '.join(DEVICES)} "
-                          "(or give the budget in FLOPs)")
+        raise ConfigError(
+            f"device: unknown device {name!r}; choose one of {', '.join(DEVICES)} (or give the budget in FLOPs)"
+        )
     return DEVICES[key]
 
 
@@ -438,7 +466,7 @@ def device_from_cuda_name(cuda_name: str) -> Device | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_cpu_peak(sizes: tuple[int, ...] = (2048, 3072), repeats: int = 7, warmup_s: float = 0.5) -> float:
     """Achievable fp32 FLOP/s of this CPU: the best of ``repeats`` timed ``size x size`` matmuls
     for each size, after ``warmup_s`` seconds of the same work (thread pool, caches, clock speed: a
@@ -516,8 +544,9 @@ def _check_mfu(value: float) -> None:
         raise ConfigError(f"mfu: must be in (0, 1], got {value} (typical: 0.3-0.5 on GPUs)")
 
 
-def training_time(flops: float, device: str | Device, n_devices: int = 1, mfu: float = 0.4,
-                  price: float | None = None) -> TimeCost:
+def training_time(
+    flops: float, device: str | Device, n_devices: int = 1, mfu: float = 0.4, price: float | None = None
+) -> TimeCost:
     """Wall time and cost of ``flops`` training FLOPs (``price`` per device-hour overrides the table)."""
     dev = device if isinstance(device, Device) else lookup_device(device)
     _check_mfu(mfu)
@@ -526,8 +555,16 @@ def training_time(flops: float, device: str | Device, n_devices: int = 1, mfu: f
     seconds = flops / (n_devices * dev.peak_flops * mfu)
     hours = seconds / 3600 * n_devices
     price = dev.price if price is None else price
-    return TimeCost(flops=flops, device=dev.name, n_devices=n_devices, mfu=mfu, seconds=seconds,
-                    device_hours=hours, dollars=hours * price, price=price)
+    return TimeCost(
+        flops=flops,
+        device=dev.name,
+        n_devices=n_devices,
+        mfu=mfu,
+        seconds=seconds,
+        device_hours=hours,
+        dollars=hours * price,
+        price=price,
+    )
 
 
 def flops_for(device: str | Device, hours: float, n_devices: int = 1, mfu: float = 0.4) -> float:
@@ -577,43 +614,65 @@ class ModelReport:
     time: TimeCost | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "params": self.params.to_dict(), "flops": self.flops.to_dict(),
-                "memory": [m.to_dict() for m in self.memory], "tokens": self.tokens,
-                "time": self.time.to_dict() if self.time else None}
+        return {
+            "config": self.config.to_dict(),
+            "params": self.params.to_dict(),
+            "flops": self.flops.to_dict(),
+            "memory": [m.to_dict() for m in self.memory],
+            "tokens": self.tokens,
+            "time": self.time.to_dict() if self.time else None,
+        }
 
     def summary(self) -> str:
         p, f, cfg = self.params, self.flops, self.config
-        lines = [f"model: {cfg.arch}, {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads"
-                 f" ({cfg.kv_heads} kv), ffn {cfg.ffn_dim} {cfg.activation}, vocab {cfg.vocab_size}",
-                 f"parameters: {p.total:,} total, {p.non_embedding:,} non-embedding, {p.embedding:,} embedding",
-                 *[f"  {k:<28} {v:>16,}" for k, v in p.breakdown.items()],
-                 f"training FLOPs per token (sequence of {f.tokens}):",
-                 f"  detailed (Chinchilla App. F)  {f.training_per_token:.4g}",
-                 f"  6N                            {f.rule_6n_per_token:.4g}   (N = {p.compute:,} compute parameters)",
-                 f"  6N + 12 L T d (PaLM)          {f.rule_6n_attention_per_token:.4g}",
-                 f"  detailed / 6N                 {f.training_per_token / f.rule_6n_per_token:.3f}",
-                 "memory per device (AdamW, fp32 master weights; activations of one micro-batch):"]
+        lines = [
+            f"model: {cfg.arch}, {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads"
+            f" ({cfg.kv_heads} kv), ffn {cfg.ffn_dim} {cfg.activation}, vocab {cfg.vocab_size}",
+            f"parameters: {p.total:,} total, {p.non_embedding:,} non-embedding, {p.embedding:,} embedding",
+            *[f"  {k:<28} {v:>16,}" for k, v in p.breakdown.items()],
+            f"training FLOPs per token (sequence of {f.tokens}):",
+            f"  detailed (Chinchilla App. F)  {f.training_per_token:.4g}",
+            f"  6N                            {f.rule_6n_per_token:.4g}   (N = {p.compute:,} compute parameters)",
+            f"  6N + 12 L T d (PaLM)          {f.rule_6n_attention_per_token:.4g}",
+            f"  detailed / 6N                 {f.training_per_token / f.rule_6n_per_token:.3f}",
+            "memory per device (AdamW, fp32 master weights; activations of one micro-batch):",
+        ]
         for m in self.memory:
             ckpt = "checkpointing" if m.checkpointing else "no checkpointing"
-            lines.append(f"  {m.strategy} x{m.world_size}, batch {m.micro_batch}, {ckpt:<16} "
-                         f" {human_bytes(m.total):>11}"
-                         f"  (states {human_bytes(m.weights + m.gradients + m.optimizer)},"
-                         f" activations {human_bytes(m.activations)})")
+            lines.append(
+                f"  {m.strategy} x{m.world_size}, batch {m.micro_batch}, {ckpt:<16} "
+                f" {human_bytes(m.total):>11}"
+                f"  (states {human_bytes(m.weights + m.gradients + m.optimizer)},"
+                f" activations {human_bytes(m.activations)})"
+            )
         if self.time:
             t = self.time
-            lines.append(f"training on {human(self.tokens)} tokens = {t.flops:.3g} FLOPs: {t.n_devices} x "
-                         f"{t.device} at MFU {t.mfu:.0%}: {t.seconds / 3600:,.1f} h ({t.days:,.2f} days), "
-                         f"{t.device_hours:,.0f} device-hours, ${t.dollars:,.0f} at ${t.price:.2f}/h")
+            lines.append(
+                f"training on {human(self.tokens)} tokens = {t.flops:.3g} FLOPs: {t.n_devices} x "
+                f"{t.device} at MFU {t.mfu:.0%}: {t.seconds / 3600:,.1f} h ({t.days:,.2f} days), "
+                f"{t.device_hours:,.0f} device-hours, ${t.dollars:,.0f} at ${t.price:.2f}/h"
+            )
         return "\n".join(lines)
 
 
-def account(cfg: ModelConfig, seq_len: int | None = None, micro_batch: int = 1, world_size: int = 1,
-            tokens: float | None = None, device: str | None = None, mfu: float = 0.4, price: float | None = None,
-            precision: str = "bf16") -> ModelReport:
+def account(
+    cfg: ModelConfig,
+    seq_len: int | None = None,
+    micro_batch: int = 1,
+    world_size: int = 1,
+    tokens: float | None = None,
+    device: str | None = None,
+    mfu: float = 0.4,
+    price: float | None = None,
+    precision: str = "bf16",
+) -> ModelReport:
     """Everything accounting knows about ``cfg``; memory under DDP and FSDP, with and without checkpointing."""
     flops = count_flops(cfg, seq_len)
-    memory = [estimate_memory(cfg, micro_batch, seq_len, world_size, strategy, ckpt, precision)
-              for strategy in ("ddp", "fsdp") for ckpt in (False, True)]
+    memory = [
+        estimate_memory(cfg, micro_batch, seq_len, world_size, strategy, ckpt, precision)
+        for strategy in ("ddp", "fsdp")
+        for ckpt in (False, True)
+    ]
     time_cost = None
     if tokens is not None and device is not None:
         time_cost = training_time(tokens * flops.training_per_token, device, world_size, mfu, price)

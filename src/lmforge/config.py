@@ -21,7 +21,12 @@ from lmforge.errors import ConfigError
 
 ARCHITECTURES = ("decoder", "encoder", "encoder-decoder")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu")
-GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "reglu": "relu"}  # gated FFN -> its gate's activation
+GATED = {
+    "swiglu": "silu",
+    "geglu": "gelu",
+    "geglu_tanh": "gelu_tanh",
+    "reglu": "relu",
+}  # gated FFN -> its gate's activation
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -329,8 +334,21 @@ class ModelConfig(ConfigBase):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: unknown value {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        _positive(self, "vocab_size", "max_positions", "n_layer", "n_encoder_layer", "n_decoder_layer",
-                  "d_model", "n_head", "n_kv_head", "d_ff", "norm_eps", "rope_base", "init_std")
+        _positive(
+            self,
+            "vocab_size",
+            "max_positions",
+            "n_layer",
+            "n_encoder_layer",
+            "n_decoder_layer",
+            "d_model",
+            "n_head",
+            "n_kv_head",
+            "d_ff",
+            "norm_eps",
+            "rope_base",
+            "init_std",
+        )
         if self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size: must be >= 0, got {self.type_vocab_size}")
         if self.d_model % self.n_head:
@@ -372,25 +390,73 @@ class ModelConfig(ConfigBase):
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # a few-second model for tests and CI
-    "gpt-tiny": dict(arch="decoder", vocab_size=256, max_positions=64, n_layer=2, d_model=64, n_head=4,
-                     activation="gelu_tanh"),
+    "gpt-tiny": dict(
+        arch="decoder", vocab_size=256, max_positions=64, n_layer=2, d_model=64, n_head=4, activation="gelu_tanh"
+    ),
     # the GPT-2 124M shape (vocabulary padded to a multiple of 64 as nanoGPT does: 50304)
-    "gpt2-small": dict(arch="decoder", vocab_size=50257, max_positions=1024, n_layer=12, d_model=768,
-                       n_head=12, activation="gelu_tanh"),
+    "gpt2-small": dict(
+        arch="decoder", vocab_size=50257, max_positions=1024, n_layer=12, d_model=768, n_head=12, activation="gelu_tanh"
+    ),
     # the LLaMA recipe at toy size: RoPE, RMSNorm, SwiGLU, GQA, no biases, untied head
-    "llama-tiny": dict(arch="decoder", vocab_size=256, max_positions=128, n_layer=2, d_model=64, n_head=4,
-                       n_kv_head=2, activation="swiglu", norm="rmsnorm", norm_eps=1e-6, positions="rope",
-                       bias=False, tie_embeddings=False),
-    "bert-tiny": dict(arch="encoder", vocab_size=256, max_positions=128, n_layer=2, d_model=64, n_head=4,
-                      norm_position="post", norm_eps=1e-12, embedding_norm=True, type_vocab_size=2,
-                      lm_head_bias=True, nsp_head=True),
-    "bert-base": dict(arch="encoder", vocab_size=30522, max_positions=512, n_layer=12, d_model=768, n_head=12,
-                      norm_position="post", norm_eps=1e-12, embedding_norm=True, type_vocab_size=2,
-                      lm_head_bias=True, nsp_head=True, dropout=0.1, attention_dropout=0.1),
-    "seq2seq-tiny": dict(arch="encoder-decoder", vocab_size=256, max_positions=128, n_layer=2, d_model=64,
-                         n_head=4),
+    "llama-tiny": dict(
+        arch="decoder",
+        vocab_size=256,
+        max_positions=128,
+        n_layer=2,
+        d_model=64,
+        n_head=4,
+        n_kv_head=2,
+        activation="swiglu",
+        norm="rmsnorm",
+        norm_eps=1e-6,
+        positions="rope",
+        bias=False,
+        tie_embeddings=False,
+    ),
+    "bert-tiny": dict(
+        arch="encoder",
+        vocab_size=256,
+        max_positions=128,
+        n_layer=2,
+        d_model=64,
+        n_head=4,
+        norm_position="post",
+        norm_eps=1e-12,
+        embedding_norm=True,
+        type_vocab_size=2,
+        lm_head_bias=True,
+        nsp_head=True,
+    ),
+    "bert-base": dict(
+        arch="encoder",
+        vocab_size=30522,
+        max_positions=512,
+        n_layer=12,
+        d_model=768,
+        n_head=12,
+        norm_position="post",
+        norm_eps=1e-12,
+        embedding_norm=True,
+        type_vocab_size=2,
+        lm_head_bias=True,
+        nsp_head=True,
+        dropout=0.1,
+        attention_dropout=0.1,
+    ),
+    "seq2seq-tiny": dict(arch="encoder-decoder", vocab_size=256, max_positions=128, n_layer=2, d_model=64, n_head=4),
     # Vaswani et al. 2017 "base": 6+6 layers, 512 wide, 8 heads, FFN 2048, sinusoidal, post-norm
-    "transformer-base": dict(arch="encoder-decoder", vocab_size=37000, max_positions=1024, n_layer=6,
-                             d_model=512, n_head=8, d_ff=2048, activation="relu", norm_position="post",
-                             positions="sinusoidal", scale_embeddings=True, dropout=0.1),
+    "transformer-base": dict(
+        arch="encoder-decoder",
+        vocab_size=37000,
+        max_positions=1024,
+        n_layer=6,
+        d_model=512,
+        n_head=8,
+        d_ff=2048,
+        activation="relu",
+        norm_position="post",
+        positions="sinusoidal",
+        scale_embeddings=True,
+        dropout=0.1,
+    ),
 }

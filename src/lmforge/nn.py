@@ -75,8 +75,16 @@ class KVCache:
     encoder-decoder are computed once from the encoder output and kept in ``cross``.
     """
 
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str):
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
         shape = (n_layer, batch, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -92,20 +100,27 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise LMForgeError(f"KV cache full: {end} positions needed, cache holds {self.max_len}")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select / repeat batch rows (beam search)."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
-        self.cross = [None if c is None else (c[0].index_select(0, index), c[1].index_select(0, index))
-                      for c in self.cross]
+        self.cross = [
+            None if c is None else (c[0].index_select(0, index), c[1].index_select(0, index)) for c in self.cross
+        ]
 
 
-def attention_mask_4d(key_mask: torch.Tensor | None, q_len: int, k_len: int, causal: bool,
-                      past: int = 0, device: torch.device | None = None) -> torch.Tensor | None:
+def attention_mask_4d(
+    key_mask: torch.Tensor | None,
+    q_len: int,
+    k_len: int,
+    causal: bool,
+    past: int = 0,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
     """Boolean (B or 1, 1, T, S) mask, True where a query may attend, on ``key_mask``'s device (else
     ``device``).
 
@@ -177,7 +192,8 @@ class Attention(nn.Module):
                     cache.cross[layer] = (k, v)
         else:
             q, k, v = self.qkv(x).split(
-                [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
+                [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+            )
             q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -197,8 +213,9 @@ class Attention(nn.Module):
             weights = scores.softmax(dim=-1)
             y = F.dropout(weights, dropout, self.training) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=is_causal and mask is None, scale=self.scale)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal and mask is None, scale=self.scale
+            )
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.proj(y), weights
 
@@ -266,14 +283,30 @@ class Block(nn.Module):
         out, w = fn(x)
         return norm(x + self.drop(out)), w
 
-    def forward(self, x, mask=None, is_causal=False, rope=None, cache=None, layer=0,
-                context=None, context_mask=None, need_weights=False):
-        x, w_self = self._residual(x, self.norm1, lambda h: self.attn(
-            h, mask, is_causal, rope, cache, layer, need_weights=need_weights))
+    def forward(
+        self,
+        x,
+        mask=None,
+        is_causal=False,
+        rope=None,
+        cache=None,
+        layer=0,
+        context=None,
+        context_mask=None,
+        need_weights=False,
+    ):
+        x, w_self = self._residual(
+            x, self.norm1, lambda h: self.attn(h, mask, is_causal, rope, cache, layer, need_weights=need_weights)
+        )
         w_cross = None
         if context is not None:
-            x, w_cross = self._residual(x, self.norm_cross, lambda h: self.cross_attn(
-                h, context_mask, cache=cache, layer=layer, context=context, need_weights=need_weights))
+            x, w_cross = self._residual(
+                x,
+                self.norm_cross,
+                lambda h: self.cross_attn(
+                    h, context_mask, cache=cache, layer=layer, context=context, need_weights=need_weights
+                ),
+            )
         x, _ = self._residual(x, self.norm2, lambda h: (self.mlp(h), None))
         return x, w_self, w_cross
 
@@ -296,8 +329,15 @@ class TransformerStack(nn.Module):
     A decoder-only LM, a BERT encoder and both halves of an encoder-decoder are each one stack.
     """
 
-    def __init__(self, cfg: ModelConfig, n_layer: int, causal: bool, cross: bool = False,
-                 tok_emb: nn.Embedding | None = None, segments: bool = False):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        n_layer: int,
+        causal: bool,
+        cross: bool = False,
+        tok_emb: nn.Embedding | None = None,
+        segments: bool = False,
+    ):
         super().__init__()
         self.cfg, self.causal, self.n_layer = cfg, causal, n_layer
         self.tok_emb = tok_emb if tok_emb is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -317,11 +357,13 @@ class TransformerStack(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
         w = self.tok_emb.weight
-        return KVCache(self.n_layer, batch, self.cfg.kv_heads, self.cfg.head_dim, max_len,
-                       dtype or w.dtype, device or w.device)
+        return KVCache(
+            self.n_layer, batch, self.cfg.kv_heads, self.cfg.head_dim, max_len, dtype or w.dtype, device or w.device
+        )
 
-    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-              token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple | None]:
+    def embed(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple | None]:
         """The input of the first block: (B, T, C) token (+ position, + segment) embeddings, and the
         RoPE tables of ``position_ids`` (B, T) when the model rotates queries and keys (else None)."""
         x = self.tok_emb(input_ids)  # (B, T, C)

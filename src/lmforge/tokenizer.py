@@ -120,8 +120,10 @@ class Tokenizer:
         self.special_tokens: dict[str, int] = {
             t.content: i for i, t in sorted(hf.get_added_tokens_decoder().items()) if t.special
         }
-        role = {r: next((self.special_tokens[s] for s in spellings if s in self.special_tokens), None)
-                for r, spellings in ROLE_SPELLINGS.items()}
+        role = {
+            r: next((self.special_tokens[s] for s in spellings if s in self.special_tokens), None)
+            for r, spellings in ROLE_SPELLINGS.items()
+        }
         self.pad_id: int | None = role["pad"]
         self.unk_id: int | None = role["unk"]
         self.bos_id: int | None = role["bos"]
@@ -139,8 +141,9 @@ class Tokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = False, errors: str = "strict") -> list[int]:
         return self.encode_batch([text], add_special_tokens=add_special_tokens, errors=errors)[0]
 
-    def encode_batch(self, texts: list[str], *, add_special_tokens: bool = False,
-                     errors: str = "strict") -> list[list[int]]:
+    def encode_batch(
+        self, texts: list[str], *, add_special_tokens: bool = False, errors: str = "strict"
+    ) -> list[list[int]]:
         """Encode many texts in parallel on all cores (HF ``encode_batch``, or an exact shortcut:
         :meth:`_encode_shortcut`)."""
         check_errors(errors)
@@ -180,8 +183,12 @@ class Tokenizer:
         if any(not t.isascii() and _SURROGATE.search(t) for t in texts):
             return None
         if self._char_ids is not None:
-            return [self._char_ids[np.minimum(np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32),
-                                              len(self._char_ids) - 1)] for t in texts]
+            return [
+                self._char_ids[
+                    np.minimum(np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32), len(self._char_ids) - 1)
+                ]
+                for t in texts
+            ]
         return _encode_pieces(self.hf, texts)
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
@@ -314,8 +321,10 @@ def train_tokenizer(
         minimum = len(specials) + (256 if kind == "bpe" else 1)
         if vocab_size < minimum:
             what = "the 256 byte tokens and " if kind == "bpe" else ""
-            raise ConfigError(f"vocab_size: {vocab_size} is too small for {what}{len(specials)} special tokens; "
-                              f"use at least {minimum}")
+            raise ConfigError(
+                f"vocab_size: {vocab_size} is too small for {what}{len(specials)} special tokens; "
+                f"use at least {minimum}"
+            )
     stream = _Texts(texts, errors) if kind == "wordpiece" else _text_stream(texts, errors)  # read twice
     hf = _TRAINERS[kind](stream, vocab_size, specials)
     return Tokenizer(hf)
@@ -345,8 +354,12 @@ def _train_bpe(texts: Iterator[str], vocab_size: int, specials: list[str]) -> HF
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # no prefix: exact round trip
     hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     hf.train_from_iterator(texts, trainer)
     return hf
 
@@ -357,8 +370,11 @@ def _continuing_pieces(texts: Iterable[str]) -> list[str]:
     chars: set[str] = set()
     for t in texts:
         chars.update(t)
-    return ["##" + c for c in sorted(chars)
-            if not (c.isspace() or c in string.punctuation or unicodedata.category(c)[0] in "PC")]
+    return [
+        "##" + c
+        for c in sorted(chars)
+        if not (c.isspace() or c in string.punctuation or unicodedata.category(c)[0] in "PC")
+    ]
 
 
 def _train_wordpiece(texts: _Texts, vocab_size: int, specials: list[str]) -> HFTokenizer:
@@ -386,13 +402,16 @@ def _train_unigram(texts: Iterator[str], vocab_size: int, specials: list[str]) -
     unk = next((s for s in specials if s in ROLE_SPELLINGS["unk"]), None)
     hf = HFTokenizer(models.Unigram())
     # SentencePiece-style "▁word" pieces; newlines split off so that lines do not glue words
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\n+"), "isolated"),
-        pre_tokenizers.Metaspace(prepend_scheme="never"),
-    ])
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\n+"), "isolated"),
+            pre_tokenizers.Metaspace(prepend_scheme="never"),
+        ]
+    )
     hf.decoder = decoders.Metaspace(prepend_scheme="never")
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk,
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token=unk, show_progress=False
+    )
     hf.train_from_iterator(texts, trainer)
     return _canonical_unigram(hf, len(specials))
 
@@ -459,8 +478,14 @@ _PIECES_PER_CALL = 4096  # distinct pieces per HF sequence: several sequences ke
 def _is_plain_byte_level(spec: dict) -> bool:
     """GPT-2's byte-level BPE as HF runs it: no normalizer, the ByteLevel regex, no prefix space, no dropout."""
     pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-    return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-            and not pre.get("add_prefix_space", False) and model.get("type") == "BPE" and not model.get("dropout"))
+    return (
+        spec.get("normalizer") is None
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True)
+        and not pre.get("add_prefix_space", False)
+        and model.get("type") == "BPE"
+        and not model.get("dropout")
+    )
 
 
 def _ascii_stretches(text: str) -> list[tuple[str, bool]]:
@@ -509,10 +534,12 @@ def _encode_pieces(hf: HFTokenizer, texts: list[str]) -> list[np.ndarray]:
     which = np.fromiter(map(distinct.__getitem__, words), np.int64, len(words))  # (W,) distinct index per piece
     # each piece is one "word" of a pre-tokenized sequence: its ids and which piece each id belongs to
     keys = list(distinct)
-    batches = [keys[i:i + _PIECES_PER_CALL] for i in range(0, len(keys), _PIECES_PER_CALL)]
-    encoded = (hf.encode_batch(batches, is_pretokenized=True, add_special_tokens=False)  # _fast has no word_ids
-               + hf.encode_batch_fast(other, add_special_tokens=False))
-    by_piece = encoded[:len(batches)]
+    batches = [keys[i : i + _PIECES_PER_CALL] for i in range(0, len(keys), _PIECES_PER_CALL)]
+    encoded = (
+        hf.encode_batch(batches, is_pretokenized=True, add_special_tokens=False)  # _fast has no word_ids
+        + hf.encode_batch_fast(other, add_special_tokens=False)
+    )
+    by_piece = encoded[: len(batches)]
     piece_ids = np.array(list(chain.from_iterable(e.ids for e in by_piece)), np.int64)
     piece_of = np.array(list(chain.from_iterable(e.word_ids for e in by_piece)), np.int64)
     piece_of += np.repeat(np.arange(len(batches), dtype=np.int64) * _PIECES_PER_CALL, [len(e.ids) for e in by_piece])
@@ -523,11 +550,14 @@ def _encode_pieces(hf: HFTokenizer, texts: list[str]) -> list[np.ndarray]:
     ends = np.cumsum(n)
     ids = piece_ids[np.repeat(first[which] - (ends - n), n) + np.arange(int(ends[-1]) if len(ends) else 0)]
     bounds = np.concatenate([[0], ends])[np.concatenate([[0], np.cumsum(word_counts, dtype=np.int64)])]
-    stretch_ids = [ids[bounds[k]:bounds[k + 1]] if is_ascii else np.asarray(encoded[len(batches) + k].ids, np.int64)
-                   for parts in layout for is_ascii, k in parts]
+    stretch_ids = [
+        ids[bounds[k] : bounds[k + 1]] if is_ascii else np.asarray(encoded[len(batches) + k].ids, np.int64)
+        for parts in layout
+        for is_ascii, k in parts
+    ]
     out, i = [], 0
     for parts in layout:
-        out.append(np.concatenate(stretch_ids[i:i + len(parts)]))
+        out.append(np.concatenate(stretch_ids[i : i + len(parts)]))
         i += len(parts)
     return out
 

@@ -76,8 +76,9 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def interleave(ours: Callable[[], Any], ref: Callable[[], Any] | None, rounds: int = 5,
-               warmup: int = 1) -> tuple[list[float], list[float]]:
+def interleave(
+    ours: Callable[[], Any], ref: Callable[[], Any] | None, rounds: int = 5, warmup: int = 1
+) -> tuple[list[float], list[float]]:
     """Seconds per call of each, alternating A B A B after ``warmup`` calls of each."""
     for _ in range(warmup):
         ours()
@@ -91,9 +92,19 @@ def interleave(ours: Callable[[], Any], ref: Callable[[], Any] | None, rounds: i
     return t_ours, t_ref
 
 
-def run_case(name: str, unit: str, work: float, ours: Callable[[], Any], ref: Callable[[], Any] | None = None,
-             rounds: int = 5, warmup: int = 1, flops_per_unit: float | None = None, peak: float | None = None,
-             check: str = "", **notes) -> CaseResult:
+def run_case(
+    name: str,
+    unit: str,
+    work: float,
+    ours: Callable[[], Any],
+    ref: Callable[[], Any] | None = None,
+    rounds: int = 5,
+    warmup: int = 1,
+    flops_per_unit: float | None = None,
+    peak: float | None = None,
+    check: str = "",
+    **notes,
+) -> CaseResult:
     t_ours, t_ref = interleave(ours, ref, rounds, warmup)
     ours_rate = work / statistics.median(t_ours)
     ref_rate = work / statistics.median(t_ref) if t_ref else None
@@ -102,8 +113,20 @@ def run_case(name: str, unit: str, work: float, ours: Callable[[], Any], ref: Ca
     if flops_per_unit and peak:
         mfu = ours_rate * flops_per_unit / peak
         ref_mfu = ref_rate * flops_per_unit / peak if ref_rate else None
-    return CaseResult(name, unit, ours_rate, ref_rate, statistics.median(ratios) if ratios else None, ratios,
-                      t_ours, t_ref, mfu, ref_mfu, check, notes)
+    return CaseResult(
+        name,
+        unit,
+        ours_rate,
+        ref_rate,
+        statistics.median(ratios) if ratios else None,
+        ratios,
+        t_ours,
+        t_ref,
+        mfu,
+        ref_mfu,
+        check,
+        notes,
+    )
 
 
 def system_info() -> dict[str, Any]:
@@ -150,9 +173,11 @@ def format_table(results: list[CaseResult]) -> str:
     head = f"{'case':<{w}} {'unit/s':>8} {'lmforge':>10} {'ref':>10} {'ratio':>6} {'MFU':>6} {'ref MFU':>7}  check"
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.name:<{w}} {r.unit:>8} {_fmt(r.ours_rate):>10} {_fmt(r.ref_rate):>10} "
-                     f"{_fmt(r.ratio, '.2f'):>6} {_fmt(r.mfu and 100 * r.mfu, '.0f') + ('%' if r.mfu else ''):>6} "
-                     f"{_fmt(r.ref_mfu and 100 * r.ref_mfu, '.0f') + ('%' if r.ref_mfu else ''):>7}  {r.check}")
+        lines.append(
+            f"{r.name:<{w}} {r.unit:>8} {_fmt(r.ours_rate):>10} {_fmt(r.ref_rate):>10} "
+            f"{_fmt(r.ratio, '.2f'):>6} {_fmt(r.mfu and 100 * r.mfu, '.0f') + ('%' if r.mfu else ''):>6} "
+            f"{_fmt(r.ref_mfu and 100 * r.ref_mfu, '.0f') + ('%' if r.ref_mfu else ''):>7}  {r.check}"
+        )
     return "\n".join(lines)
 
 

@@ -37,14 +37,16 @@ def _exact(model) -> bool:
     return p.dtype == torch.float32 and p.device.type == "cpu"
 
 
-def generation_case(ours, hf, batch: int, prompt_len: int = 16, new_tokens: int = 200, rounds: int = 5,
-                    peak: float | None = None) -> CaseResult:
+def generation_case(
+    ours, hf, batch: int, prompt_len: int = 16, new_tokens: int = 200, rounds: int = 5, peak: float | None = None
+) -> CaseResult:
     from lmforge.accounting import count_flops
     from lmforge.infer import generate_ids
 
     device = next(hf.parameters()).device
-    ids = torch.randint(0, ours.config.vocab_size, (batch, prompt_len),
-                        generator=torch.Generator().manual_seed(batch)).to(device)
+    ids = torch.randint(
+        0, ours.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(batch)
+    ).to(device)
     mask = torch.ones_like(ids)
 
     def ours_fn():
@@ -52,8 +54,14 @@ def generation_case(ours, hf, batch: int, prompt_len: int = 16, new_tokens: int 
 
     def hf_fn():
         with torch.inference_mode():
-            return hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                               do_sample=False, pad_token_id=0)[:, prompt_len:]
+            return hf.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )[:, prompt_len:]
 
     agree = float((ours_fn() == hf_fn()).float().mean())
     if agree == 1.0:
@@ -61,17 +69,28 @@ def generation_case(ours, hf, batch: int, prompt_len: int = 16, new_tokens: int 
     else:  # in 16 bits a near-tie may round the other way, and the sequences part from there
         check = "TOKENS DIFFER" if _exact(ours) else f"{agree:.0%} of tokens equal"
     flops = count_flops(ours.config, prompt_len + new_tokens).forward_per_token
-    return run_case(f"generate greedy, batch {batch}", "tokens", batch * new_tokens, ours_fn, hf_fn, rounds=rounds,
-                    flops_per_unit=flops, peak=peak, check=check)
+    return run_case(
+        f"generate greedy, batch {batch}",
+        "tokens",
+        batch * new_tokens,
+        ours_fn,
+        hf_fn,
+        rounds=rounds,
+        flops_per_unit=flops,
+        peak=peak,
+        check=check,
+    )
 
 
-def scoring_case(ours, hf, n_seq: int = 32, seq_len: int = 256, rounds: int = 5,
-                 peak: float | None = None) -> CaseResult:
+def scoring_case(
+    ours, hf, n_seq: int = 32, seq_len: int = 256, rounds: int = 5, peak: float | None = None
+) -> CaseResult:
     from lmforge.accounting import count_flops
     from lmforge.infer import decoder_token_logprobs
 
-    ids = torch.randint(0, ours.config.vocab_size, (n_seq, seq_len),
-                        generator=torch.Generator().manual_seed(99)).to(next(hf.parameters()).device)
+    ids = torch.randint(0, ours.config.vocab_size, (n_seq, seq_len), generator=torch.Generator().manual_seed(99)).to(
+        next(hf.parameters()).device
+    )
 
     def ours_fn():
         return torch.stack(decoder_token_logprobs(ours, ids, batch_size=n_seq))
@@ -83,5 +102,14 @@ def scoring_case(ours, hf, n_seq: int = 32, seq_len: int = 256, rounds: int = 5,
 
     diff = float((ours_fn().cpu() - hf_fn().cpu()).abs().max())
     flops = count_flops(ours.config, seq_len).forward_per_token
-    return run_case(f"score {n_seq}x{seq_len}", "tokens", n_seq * seq_len, ours_fn, hf_fn, rounds=rounds,
-                    flops_per_unit=flops, peak=peak, check=f"max |dlogp| {diff:.1e}")
+    return run_case(
+        f"score {n_seq}x{seq_len}",
+        "tokens",
+        n_seq * seq_len,
+        ours_fn,
+        hf_fn,
+        rounds=rounds,
+        flops_per_unit=flops,
+        peak=peak,
+        check=f"max |dlogp| {diff:.1e}",
+    )

@@ -16,8 +16,14 @@ def tokenizer_case(kind: str = "bpe", vocab_size: int = 8192, rounds: int = 1) -
 
     texts = [d.text for d in shakespeare("train")]
     mb = sum(len(t.encode()) for t in texts) / 1e6
-    result = run_case(f"train tokenizer ({kind} {vocab_size})", "MB", mb,
-                      lambda: train_tokenizer(kind, texts, vocab_size), rounds=rounds, warmup=0)
+    result = run_case(
+        f"train tokenizer ({kind} {vocab_size})",
+        "MB",
+        mb,
+        lambda: train_tokenizer(kind, texts, vocab_size),
+        rounds=rounds,
+        warmup=0,
+    )
     result.notes["seconds"] = min(result.ours_times)
     return result
 
@@ -54,16 +60,34 @@ def fit_case(n_points: int = 240, rounds: int = 1, reference: bool = True) -> Ca
     runs = synthetic_runs("epoch", sizes=n_points // 8, seed=0)
     fast = fit_parametric(runs)
     if not reference:
-        result = run_case(f"fit approach 3 ({len(runs)} points)", "fits", 1, lambda: fit_parametric(runs),
-                          rounds=rounds, warmup=0, check=f"Huber {fast.objective:.3e}")
+        result = run_case(
+            f"fit approach 3 ({len(runs)} points)",
+            "fits",
+            1,
+            lambda: fit_parametric(runs),
+            rounds=rounds,
+            warmup=0,
+            check=f"Huber {fast.objective:.3e}",
+        )
         result.notes["seconds"] = float(np.median(result.ours_times))
         return result
     t0 = time.perf_counter()
     plain = fit_parametric(runs, top_k=None)
     plain_s = time.perf_counter() - t0
-    result = run_case(f"fit approach 3 ({len(runs)} points)", "fits", 1, lambda: fit_parametric(runs), rounds=rounds,
-                      warmup=0, check=f"|dHuber| vs all starts {abs(fast.objective - plain.objective):.1e}")
+    result = run_case(
+        f"fit approach 3 ({len(runs)} points)",
+        "fits",
+        1,
+        lambda: fit_parametric(runs),
+        rounds=rounds,
+        warmup=0,
+        check=f"|dHuber| vs all starts {abs(fast.objective - plain.objective):.1e}",
+    )
     result.ref_rate, result.ratio = 1 / plain_s, plain_s / float(np.median(result.ours_times))
-    result.notes.update(seconds=float(np.median(result.ours_times)), plain_multistart_seconds=plain_s,
-                        huber_fast=fast.objective, huber_plain=plain.objective)
+    result.notes.update(
+        seconds=float(np.median(result.ours_times)),
+        plain_multistart_seconds=plain_s,
+        huber_fast=fast.objective,
+        huber_plain=plain.objective,
+    )
     return result

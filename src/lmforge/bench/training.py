@@ -44,12 +44,27 @@ def _hf_model(s: TrainShape):
     import transformers as T
 
     if s.family == "gpt2":
-        cfg = T.GPT2Config(n_layer=s.n_layer, n_embd=s.d_model, n_head=s.n_head, n_positions=s.seq_len,
-                           vocab_size=s.vocab_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        cfg = T.GPT2Config(
+            n_layer=s.n_layer,
+            n_embd=s.d_model,
+            n_head=s.n_head,
+            n_positions=s.seq_len,
+            vocab_size=s.vocab_size,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         return T.GPT2LMHeadModel(cfg)
-    cfg = T.BertConfig(num_hidden_layers=s.n_layer, hidden_size=s.d_model, num_attention_heads=s.n_head,
-                       intermediate_size=s.d_ff, max_position_embeddings=s.seq_len, vocab_size=s.vocab_size,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = T.BertConfig(
+        num_hidden_layers=s.n_layer,
+        hidden_size=s.d_model,
+        num_attention_heads=s.n_head,
+        intermediate_size=s.d_ff,
+        max_position_embeddings=s.seq_len,
+        vocab_size=s.vocab_size,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return T.BertForMaskedLM(cfg)
 
 
@@ -64,8 +79,14 @@ def _batch(s: TrainShape, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels}
 
 
-def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bool = False,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> CaseResult:
+def train_case(
+    key: str,
+    rounds: int = 5,
+    peak: float | None = None,
+    compile: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> CaseResult:
     """Both sides keep fp32 weights and run under the same autocast ``dtype`` (bf16 on CUDA)."""
     from lmforge import device as dev
     from lmforge.interop import from_hf
@@ -98,6 +119,7 @@ def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bo
             loss_fn().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return run
 
     with torch.no_grad():  # same weights, same loss before any step
@@ -106,6 +128,15 @@ def train_case(key: str, rounds: int = 5, peak: float | None = None, compile: bo
     masked = float((b["labels"] != -100).float().mean()) if s.family == "bert" else 1.0
     flops = count_flops(ours.config, s.seq_len, mlm_fraction=masked).training_per_token
     name = s.name + (" compiled" if compile else "")
-    return run_case(name, "tokens", s.batch * s.seq_len, step(ours_loss, opt_ours), step(hf_loss, opt_hf),
-                    rounds=rounds, warmup=3 if compile else 1, flops_per_unit=flops, peak=peak,
-                    check=f"|dloss| {diff:.1e}")
+    return run_case(
+        name,
+        "tokens",
+        s.batch * s.seq_len,
+        step(ours_loss, opt_ours),
+        step(hf_loss, opt_hf),
+        rounds=rounds,
+        warmup=3 if compile else 1,
+        flops_per_unit=flops,
+        peak=peak,
+        check=f"|dloss| {diff:.1e}",
+    )

@@ -8,20 +8,32 @@ COMMAND = "bench"
 HELP = "benchmark training, generation, scoring, data preparation and fitting against HF transformers"
 
 CASES = ("train-tiny", "train-small", "train-bert", "train-gpt2", "generate", "score", "tokenizer", "prepare", "fit")
-TRAIN_SHAPES = {"train-tiny": "gpt-tiny", "train-small": "gpt-small", "train-bert": "bert-mlm", "train-gpt2": "gpt2-124m"}
+TRAIN_SHAPES = {
+    "train-tiny": "gpt-tiny",
+    "train-small": "gpt-small",
+    "train-bert": "bert-mlm",
+    "train-gpt2": "gpt2-124m",
+}
 GPU_ONLY = ("train-gpt2",)  # GPT-2 124M: minutes per round on a laptop CPU
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--cases", help=f"comma-separated subset of {', '.join(CASES)} (default: all; "
-                                   f"{', '.join(GPU_ONLY)} only on a GPU)")
+    p.add_argument(
+        "--cases",
+        help=f"comma-separated subset of {', '.join(CASES)} (default: all; {', '.join(GPU_ONLY)} only on a GPU)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it, fp32 on the CPU) | fp32 | bf16")
-    p.add_argument("--compile", action="store_true", help="also time the training cases with lmforge's model "
-                                                          "under torch.compile")
+    p.add_argument(
+        "--compile", action="store_true", help="also time the training cases with lmforge's model under torch.compile"
+    )
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case, after warm-up")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--smoke", action="store_true", help="the tiniest shapes, one round, no all-starts fit reference: checks the harness runs")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the tiniest shapes, one round, no all-starts fit reference: checks the harness runs",
+    )
     p.add_argument("--json", dest="json_out", default="bench_results/bench.json", help="where to write the report")
 
 
@@ -37,8 +49,10 @@ def run(args) -> None:
     device = dev.resolve_device(args.device)
     dtype = dev.resolve_dtype(args.dtype, device)
     if dtype == torch.float16:  # what auto gives on a GPU without bf16
-        raise ConfigError("--dtype: the benchmark times bf16 or fp32 (fp16 training needs loss scaling); "
-                          "this GPU has no bf16: use --dtype fp32")
+        raise ConfigError(
+            "--dtype: the benchmark times bf16 or fp32 (fp16 training needs loss scaling); "
+            "this GPU has no bf16: use --dtype fp32"
+        )
     default = [c for c in CASES if device.type == "cuda" or c not in GPU_ONLY]
     cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else default
     unknown = [c for c in cases if c not in CASES]
@@ -52,9 +66,11 @@ def run(args) -> None:
     info = system_info()
     info.update(peak_flops=peak, bench_device=str(device), bench_dtype=str(dtype).removeprefix("torch."))
     where = f"GPU {info['gpu']}, table peak" if device.type == "cuda" else "measured peak"
-    print(f"{info['date']}  {info['processor']}  {info['cpus']} CPUs, torch {info['torch']} "
-          f"({info['torch_threads']} threads), transformers {info['transformers']}; {dev.describe(device, dtype)}; "
-          + (f"{where} {peak / 1e12:.4g} TFLOP/s" if peak else "no peak known for this device"))
+    print(
+        f"{info['date']}  {info['processor']}  {info['cpus']} CPUs, torch {info['torch']} "
+        f"({info['torch_threads']} threads), transformers {info['transformers']}; {dev.describe(device, dtype)}; "
+        + (f"{where} {peak / 1e12:.4g} TFLOP/s" if peak else "no peak known for this device")
+    )
     results = []
     with LoadMonitor() as load:
         for case in cases:
@@ -78,8 +94,10 @@ def _run(case: str, rounds: int, peak: float | None, smoke: bool, device, dtype,
 
     if case.startswith("train-"):
         key = "smoke" if smoke else TRAIN_SHAPES[case]
-        return [training.train_case(key, rounds, peak, compiled, device, dtype)
-                for compiled in ((False, True) if compile else (False,))]
+        return [
+            training.train_case(key, rounds, peak, compiled, device, dtype)
+            for compiled in ((False, True) if compile else (False,))
+        ]
     if case in ("generate", "score"):
         ours, hf = inference.models(smoke, device, dtype)
         if case == "score":

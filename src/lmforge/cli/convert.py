@@ -6,7 +6,8 @@ from pathlib import Path
 
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf import from_hf, packaged_model_dir, to_hf
-from lmforge.models import count_parameters, load_model, save_model
+from lmforge.modeldir import load_model
+from lmforge.models import count_parameters, save_model
 
 COMMAND = "convert"
 HELP = "convert between HF transformers model directories and lmforge model directories"

@@ -13,8 +13,11 @@ HELP = "masked LM: top-k candidates for each [MASK]; encoder-decoder: fill the <
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="encoder model directory (lmforge, or HF with a tokenizer.json)")
-    p.add_argument("text", help='text with one or more masks, e.g. "Paris is the [MASK] of France" '
-                   '(encoder-decoder: "To be, <extra_id_0> to be")')
+    p.add_argument(
+        "text",
+        help='text with one or more masks, e.g. "Paris is the [MASK] of France" '
+        '(encoder-decoder: "To be, <extra_id_0> to be")',
+    )
     p.add_argument("--max-new-tokens", type=int, default=32, help="encoder-decoder: tokens to generate (default 32)")
     p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default 5)")
     p.add_argument("--mask-token", help="the mask spelling in the text (default: [MASK] or the tokenizer's own)")

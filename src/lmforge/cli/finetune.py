@@ -22,8 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", help="a named fine-tuning recipe (shakespeare-genre)")
     p.add_argument("--config", help="a fine-tuning config file (.json / .yaml)")
     p.add_argument("--task", choices=["classify", "seq2seq", "completion"])
-    p.add_argument("--train", dest="train_file", metavar="FILE",
-                   help="training rows (.csv / .jsonl) or shakespeare-genre")
+    p.add_argument(
+        "--train", dest="train_file", metavar="FILE", help="training rows (.csv / .jsonl) or shakespeare-genre"
+    )
     p.add_argument("--val", dest="val_file", metavar="FILE", help="validation rows (.csv / .jsonl)")
     p.add_argument("--model", help="model / run / HF directory, 'minilm', or a model preset (random weights)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the model directory's)")
@@ -53,12 +54,30 @@ def add_arguments(p) -> None:
 
 
 _FLAGS = {  # option -> dotted config field
-    "task": "task", "train_file": "train_file", "val_file": "val_file", "model": "model", "tokenizer": "tokenizer",
-    "init": "init", "params": "params", "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
-    "lora_dropout": "lora.dropout", "lora_targets": "lora.targets", "metric": "metric", "patience": "patience",
-    "max_len": "max_len", "max_per_class": "max_per_class", "passage_chars": "passage_chars", "val_per_play": "val_per_play",
-    "steps": "train.max_steps", "lr": "train.lr", "batch_size": "train.batch_size",
-    "eval_every": "train.eval_every", "seed": "train.seed", "device": "train.device", "out_dir": "out_dir",
+    "task": "task",
+    "train_file": "train_file",
+    "val_file": "val_file",
+    "model": "model",
+    "tokenizer": "tokenizer",
+    "init": "init",
+    "params": "params",
+    "lora_rank": "lora.rank",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_targets": "lora.targets",
+    "metric": "metric",
+    "patience": "patience",
+    "max_len": "max_len",
+    "max_per_class": "max_per_class",
+    "passage_chars": "passage_chars",
+    "val_per_play": "val_per_play",
+    "steps": "train.max_steps",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "eval_every": "train.eval_every",
+    "seed": "train.seed",
+    "device": "train.device",
+    "out_dir": "out_dir",
     "name": "name",
 }
 
@@ -90,9 +109,21 @@ def run(args) -> int:
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     base = result.baseline
     if args.json:
-        print(json.dumps({"metrics": result.metrics, "best_step": result.best_step, "steps": result.steps,
-                          "trainable": result.trainable.trainable, "total": result.trainable.total,
-                          "baseline": base, "run_dir": str(result.run_dir), "seconds": result.seconds}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "metrics": result.metrics,
+                    "best_step": result.best_step,
+                    "steps": result.steps,
+                    "trainable": result.trainable.trainable,
+                    "total": result.trainable.total,
+                    "baseline": base,
+                    "run_dir": str(result.run_dir),
+                    "seconds": result.seconds,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"best at step {result.best_step} of {result.steps}: {shown}")
     if base:

@@ -14,8 +14,9 @@ HELP = "generate text: greedy, temperature, top-k, top-p, repetition penalty, be
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="model directory (lmforge, or HF with a tokenizer.json)")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; the source for an "
-                   "encoder-decoder)")
+    p.add_argument(
+        "--prompt", action="append", default=[], help="a prompt (repeatable; the source for an encoder-decoder)"
+    )
     p.add_argument("--prompt-file", help="a file with one prompt per line")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most (default 100)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
@@ -28,7 +29,11 @@ def add_arguments(p) -> None:
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (> 1: beam search)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = sum logprob / length ** this")
     p.add_argument("--batch-size", type=int, help="prompts per batch (default: all)")
-    p.add_argument("--no-bos", action="store_true", help="do not put the start token (the model's text start, else BOS) in front of decoder prompts")
+    p.add_argument(
+        "--no-bos",
+        action="store_true",
+        help="do not put the start token (the model's text start, else BOS) in front of decoder prompts",
+    )
     p.add_argument("--no-stream", action="store_true", help="print each completion when done")
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -39,10 +44,17 @@ def run(args) -> int:
     from lmforge.infer import generate, load_for_inference
     from lmforge.infer.options import SamplingOptions
 
-    options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=0.0 if args.greedy else args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                              seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
-                              batch_size=args.batch_size)  # checked before anything loads or prints
+    options = SamplingOptions(
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        batch_size=args.batch_size,
+    )  # checked before anything loads or prints
     prompts = list(args.prompt)
     if args.prompt_file:
         path = Path(args.prompt_file)
@@ -65,8 +77,15 @@ def run(args) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    results = generate(model, tok, prompts, **options.to_dict(), stop=args.stop,
-                       stream=stream if stream_ok else None, add_bos=False if args.no_bos else None)
+    results = generate(
+        model,
+        tok,
+        prompts,
+        **options.to_dict(),
+        stop=args.stop,
+        stream=stream if stream_ok else None,
+        add_bos=False if args.no_bos else None,
+    )
     if stream_ok:
         show_prompt()
         sys.stdout.write("\n")

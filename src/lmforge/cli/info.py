@@ -48,9 +48,13 @@ def run(args) -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"{args.preset or args.config}: {cfg.arch}, {cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder "
-          f"layers, d_model {cfg.d_model}, {cfg.n_head} heads ({cfg.kv_heads} KV), FFN {cfg.ffn_dim} {cfg.activation}, "
-          f"{cfg.positions} positions, {cfg.norm_position}-{cfg.norm}")
+    print(
+        f"{args.preset or args.config}: {cfg.arch}, {cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder "
+        f"layers, d_model {cfg.d_model}, {cfg.n_head} heads ({cfg.kv_heads} KV), FFN {cfg.ffn_dim} {cfg.activation}, "
+        f"{cfg.positions} positions, {cfg.norm_position}-{cfg.norm}"
+    )
     print(f"parameters: {params.total:,} total, {params.non_embedding:,} non-embedding")
-    print(f"FLOPs/token at context {flops.tokens}: forward {flops.forward_per_token:.3e}, "
-          f"training {flops.training_per_token:.3e} (6N + attention rule: {flops.rule_6n_attention_per_token:.3e})")
+    print(
+        f"FLOPs/token at context {flops.tokens}: forward {flops.forward_per_token:.3e}, "
+        f"training {flops.training_per_token:.3e} (6N + attention rule: {flops.rule_6n_attention_per_token:.3e})"
+    )

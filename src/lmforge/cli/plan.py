@@ -25,10 +25,12 @@ def add_arguments(p) -> None:
     b.add_argument("--price", type=float, help="USD per device-hour (default: the device table's rough cloud price)")
     b.add_argument("--target-loss", type=float, help="without a budget: the least compute that reaches this loss")
     a = p.add_argument_group("law and constraints")
-    a.add_argument("--law", default="chinchilla",
-                   help=f"a preset ({', '.join(LAWS)}) or a JSON file from `lmforge fit`")
-    a.add_argument("--inference-tokens", type=float,
-                   help="tokens to serve: inference-aware allocation (Sardana et al.)")
+    a.add_argument(
+        "--law", default="chinchilla", help=f"a preset ({', '.join(LAWS)}) or a JSON file from `lmforge fit`"
+    )
+    a.add_argument(
+        "--inference-tokens", type=float, help="tokens to serve: inference-aware allocation (Sardana et al.)"
+    )
     a.add_argument("--available-tokens", type=float, help="unique training tokens available (warns when D* exceeds it)")
     s = p.add_argument_group("model shape")
     s.add_argument("--template", help="preset or config file giving the architecture (default: LLaMA-style decoder)")
@@ -84,12 +86,25 @@ def run(args) -> None:
         result = account(cfg, args.seq_len, args.micro_batch, args.gpus, args.tokens, args.device, args.mfu, args.price)
     else:
         result = allocate(
-            args.flops, law=args.law, device=args.device, hours=args.hours, gpus=args.gpus, mfu=args.mfu,
-            dollars=args.dollars, price=args.price, target_loss=args.target_loss,
-            inference_tokens=args.inference_tokens, available_tokens=args.available_tokens,
-            template=_model_config(args.template) if args.template else None, vocab_size=args.vocab_size,
-            tokenizer=args.tokenizer, seq_len=args.seq_len, aspect=_aspect(args.aspect), head_dim=args.head_dim,
-            micro_batch=args.micro_batch)
+            args.flops,
+            law=args.law,
+            device=args.device,
+            hours=args.hours,
+            gpus=args.gpus,
+            mfu=args.mfu,
+            dollars=args.dollars,
+            price=args.price,
+            target_loss=args.target_loss,
+            inference_tokens=args.inference_tokens,
+            available_tokens=args.available_tokens,
+            template=_model_config(args.template) if args.template else None,
+            vocab_size=args.vocab_size,
+            tokenizer=args.tokenizer,
+            seq_len=args.seq_len,
+            aspect=_aspect(args.aspect),
+            head_dim=args.head_dim,
+            micro_batch=args.micro_batch,
+        )
     print(json.dumps(result.to_dict(), indent=2, default=float) if args.json else result.summary(), flush=True)
     if args.plot and not args.model:  # after the plan, so that a bad path costs only the plot
         from lmforge.plan.plots import plot_allocation

@@ -13,21 +13,41 @@ HELP = "tokenize text files / JSONL / the bundled corpus into memmap shards"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--corpus", nargs="+", required=True, metavar="SOURCE",
-                        help="'shakespeare' (bundled, standard split), text files, folders, globs or JSONL files")
-    parser.add_argument("--tokenizer", default="char", metavar="KIND|PATH",
-                        help=f"a kind to train on the train split ({', '.join(KINDS)}; default char) "
-                             "or a tokenizer.json / folder holding one")
+    parser.add_argument(
+        "--corpus",
+        nargs="+",
+        required=True,
+        metavar="SOURCE",
+        help="'shakespeare' (bundled, standard split), text files, folders, globs or JSONL files",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="char",
+        metavar="KIND|PATH",
+        help=f"a kind to train on the train split ({', '.join(KINDS)}; default char) "
+        "or a tokenizer.json / folder holding one",
+    )
     parser.add_argument("--vocab-size", type=int, default=None, help="vocabulary size when training (default 8192)")
-    parser.add_argument("--sentinels", type=int, default=None,
-                        help="sentinel tokens when training (for span corruption; default 100 for unigram)")
+    parser.add_argument(
+        "--sentinels",
+        type=int,
+        default=None,
+        help="sentinel tokens when training (for span corruption; default 100 for unigram)",
+    )
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="fraction of documents held out for validation, for sources other than "
-                             "shakespeare (default 0.1)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of documents held out for validation, for sources other than shakespeare (default 0.1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation choice (default 0)")
-    parser.add_argument("--encoding-errors", choices=ERRORS, default="strict",
-                        help="invalid UTF-8: fail (strict) or read it as U+FFFD (replace)")
+    parser.add_argument(
+        "--encoding-errors",
+        choices=ERRORS,
+        default="strict",
+        help="invalid UTF-8: fail (strict) or read it as U+FFFD (replace)",
+    )
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -36,15 +56,34 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     start = time.perf_counter()
-    ds = prepare(args.corpus, args.out, args.tokenizer, vocab_size=args.vocab_size, sentinels=args.sentinels,
-                 text_field=args.text_field, val_fraction=args.val_fraction, seed=args.seed,
-                 errors=args.encoding_errors, overwrite=args.overwrite, progress=not args.no_progress)
+    ds = prepare(
+        args.corpus,
+        args.out,
+        args.tokenizer,
+        vocab_size=args.vocab_size,
+        sentinels=args.sentinels,
+        text_field=args.text_field,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        errors=args.encoding_errors,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     seconds = time.perf_counter() - start
     splits = {s: {k: v for k, v in info.items() if k != "names"} for s, info in ds.meta["splits"].items()}
     total_bytes = sum(info["bytes"] for info in splits.values())
     if args.json:
-        print(json.dumps({"path": str(ds.path), "tokenizer": ds.meta["tokenizer"], "dtype": ds.meta["dtype"],
-                          "splits": splits, "seconds": round(seconds, 3)}))
+        print(
+            json.dumps(
+                {
+                    "path": str(ds.path),
+                    "tokenizer": ds.meta["tokenizer"],
+                    "dtype": ds.meta["dtype"],
+                    "splits": splits,
+                    "seconds": round(seconds, 3),
+                }
+            )
+        )
         return 0
     tok = ds.tokenizer
     print(f"{ds.path}: {tok.kind} tokenizer, {tok.vocab_size} tokens ({tok.fingerprint}), {ds.meta['dtype']}")

@@ -20,8 +20,12 @@ CSV_FIELDS = ["id", "kind", "n_tokens", "logprob", "nll", "perplexity", "n_bytes
 def add_arguments(p) -> None:
     p.add_argument("model", help="model directory (lmforge, or HF with a tokenizer.json)")
     src = p.add_argument_group("input (one kind)")
-    src.add_argument("--text", action="append", default=[], help="a text to score (repeatable); for an "
-                     "encoder-decoder the source, with --target")
+    src.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        help="a text to score (repeatable); for an encoder-decoder the source, with --target",
+    )
     src.add_argument("--target", action="append", default=[], help="encoder-decoder: the target of each --text")
     src.add_argument("--file", action="append", default=[], help="a UTF-8 text file, scored as one text (repeatable)")
     src.add_argument("--jsonl", help="a JSONL file, one text per line in --field")
@@ -31,10 +35,14 @@ def add_arguments(p) -> None:
     p.add_argument("--window", type=int, help="decoder: tokens per window (default: the model's context)")
     p.add_argument("--stride", type=int, help="decoder: new tokens per window after the first (default: window // 2)")
     p.add_argument("--batch-size", type=int, default=16, help="windows (or masked copies) per forward pass")
-    p.add_argument("--start", choices=["auto", "bos", "eos", "none"], default="auto",
-                   help="decoder: token put in front of each text so its first token is scored: auto (default: the "
-                        "token the model's texts followed in training, EOS for a model lmforge pretrained, else "
-                        "BOS when the tokenizer has one), bos, eos or none (the first token is then not scored)")
+    p.add_argument(
+        "--start",
+        choices=["auto", "bos", "eos", "none"],
+        default="auto",
+        help="decoder: token put in front of each text so its first token is scored: auto (default: the "
+        "token the model's texts followed in training, EOS for a model lmforge pretrained, else "
+        "BOS when the tokenizer has one), bos, eos or none (the first token is then not scored)",
+    )
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)")
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--per-token", action="store_true", help="jsonl: add token ids, token strings and log-probs")
@@ -58,8 +66,10 @@ def _read_inputs(args, arch: str) -> list[tuple[str, object]]:
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         if pairs:
-            raise DataError("an encoder-decoder needs (source, target) pairs: use --jsonl with --source-field / "
-                            "--target-field, or --text with --target")
+            raise DataError(
+                "an encoder-decoder needs (source, target) pairs: use --jsonl with --source-field / "
+                "--target-field, or --text with --target"
+            )
         try:
             items.append((str(path), path.read_text(encoding="utf-8")))
         except UnicodeDecodeError as e:
@@ -76,8 +86,10 @@ def _read_inputs(args, arch: str) -> list[tuple[str, object]]:
                 items.append((where, (rec[args.source_field], rec[args.target_field])))
             else:
                 if not isinstance(rec.get(args.field), str):
-                    raise DataError(f"{where}: no string field {args.field!r}; set --field "
-                                    f"(fields here: {', '.join(rec) or 'none'})")
+                    raise DataError(
+                        f"{where}: no string field {args.field!r}; set --field "
+                        f"(fields here: {', '.join(rec) or 'none'})"
+                    )
                 items.append((where, rec[args.field]))
     if not items:
         raise DataError("nothing to score: give --text, --file or --jsonl")
@@ -92,18 +104,28 @@ def run(args) -> int:
     arch = model.config.arch
     items = _read_inputs(args, arch)
     if arch != "decoder" and (args.window or args.stride):
-        raise LMForgeError("--window / --stride apply to decoders only (encoders and encoder-decoders score whole "
-                           "texts)")
+        raise LMForgeError(
+            "--window / --stride apply to decoders only (encoders and encoder-decoders score whole texts)"
+        )
     start_id = None
     if args.start in ("bos", "eos") and arch == "decoder":
         name = f"{args.start}_id"
         start_id = getattr(tok, name) if getattr(tok, name) is not None else getattr(model.config, name)
         if start_id is None:
-            raise LMForgeError(f"--start {args.start}: the tokenizer has no {args.start.upper()} token; "
-                               "use --start auto or none")
-    results = score(model, tok, [x for _, x in items], window=args.window, stride=args.stride,
-                    batch_size=args.batch_size, progress=False if args.no_progress else None,
-                    add_bos=False if args.start == "none" else None, start_id=start_id)
+            raise LMForgeError(
+                f"--start {args.start}: the tokenizer has no {args.start.upper()} token; use --start auto or none"
+            )
+    results = score(
+        model,
+        tok,
+        [x for _, x in items],
+        window=args.window,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        progress=False if args.no_progress else None,
+        add_bos=False if args.start == "none" else None,
+        start_id=start_id,
+    )
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
         if args.format == "csv":
@@ -125,8 +147,13 @@ def run(args) -> int:
     s = summarize(results)
     bpb = f", {s['bits_per_byte']:.4f} bits/byte" if s["bits_per_byte"] is not None else ""
     what = {"decoder": "perplexity", "encoder": "pseudo-perplexity", "encoder-decoder": "perplexity of targets"}[arch]
-    unscored = arch == "decoder" and (args.start == "none" or (args.start == "auto" and text_start_id(tok, model) is None))
+    unscored = arch == "decoder" and (
+        args.start == "none" or (args.start == "auto" and text_start_id(tok, model) is None)
+    )
     first = " (the first token of each text has no context and is not scored)" if unscored else ""
-    print(f"{s['texts']} texts, {s['n_tokens']} tokens scored{first}: {what} {s['perplexity']:.4f}, "
-          f"{s['nll']:.4f} nats/token{bpb}", file=sys.stderr)
+    print(
+        f"{s['texts']} texts, {s['n_tokens']} tokens scored{first}: {what} {s['perplexity']:.4f}, "
+        f"{s['nll']:.4f} nats/token{bpb}",
+        file=sys.stderr,
+    )
     return 0

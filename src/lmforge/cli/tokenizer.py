@@ -20,15 +20,32 @@ def add_arguments(parser) -> None:
 
     train = actions.add_parser("train", help="train a tokenizer and write tokenizer.json")
     train.add_argument("--kind", choices=KINDS, default="bpe", help="tokenizer kind (default: bpe)")
-    train.add_argument("--vocab-size", type=int, default=None, help="vocabulary size incl. special tokens "
-                       "(default 8192; ignored by char)")
-    train.add_argument("--input", nargs="+", required=True, metavar="SOURCE",
-                       help="text files, folders, globs, JSONL files, or 'shakespeare' (its train split)")
+    train.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="vocabulary size incl. special tokens (default 8192; ignored by char)",
+    )
+    train.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="SOURCE",
+        help="text files, folders, globs, JSONL files, or 'shakespeare' (its train split)",
+    )
     train.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
-    train.add_argument("--sentinels", type=int, default=None,
-                       help="add <extra_id_0..N-1> for span corruption (default: 100 for unigram, else 0)")
-    train.add_argument("--encoding-errors", choices=ERRORS, default="strict",
-                       help="invalid UTF-8 in the input: fail (strict) or read it as U+FFFD (replace)")
+    train.add_argument(
+        "--sentinels",
+        type=int,
+        default=None,
+        help="add <extra_id_0..N-1> for span corruption (default: 100 for unigram, else 0)",
+    )
+    train.add_argument(
+        "--encoding-errors",
+        choices=ERRORS,
+        default="strict",
+        help="invalid UTF-8 in the input: fail (strict) or read it as U+FFFD (replace)",
+    )
     train.add_argument("--out", required=True, help="output tokenizer.json (or a folder to write it into)")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -50,8 +67,12 @@ def add_arguments(parser) -> None:
 
 
 def _tokenizer_arg(parser) -> None:
-    parser.add_argument("--tokenizer", required=True, metavar="PATH",
-                        help="tokenizer.json, or a model / dataset / HF model folder holding one")
+    parser.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="PATH",
+        help="tokenizer.json, or a model / dataset / HF model folder holding one",
+    )
 
 
 def run(args) -> int:
@@ -67,8 +88,10 @@ def _train(args) -> int:
     if args.json:
         print(json.dumps({**tok.info(), "path": str(path), "seconds": round(seconds, 3)}))
     else:
-        print(f"trained a {tok.kind} tokenizer of {tok.vocab_size} tokens in {seconds:.1f}s "
-              f"(fingerprint {tok.fingerprint}) -> {path}")
+        print(
+            f"trained a {tok.kind} tokenizer of {tok.vocab_size} tokens in {seconds:.1f}s "
+            f"(fingerprint {tok.fingerprint}) -> {path}"
+        )
     return 0
 
 

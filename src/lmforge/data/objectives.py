@@ -58,18 +58,31 @@ class Sampler:
     stride = 0  # distance between sequential windows (== window unless windows overlap)
     orders = ORDERS
 
-    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, tokenizer: Tokenizer, batch_size: int, seq_len: int,
-                 *, seed: int = 0, rank: int = 0, world_size: int = 1, order: str = "random"):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        tokenizer: Tokenizer,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        order: str = "random",
+    ):
         if batch_size <= 0 or seq_len <= 0:
             raise ConfigError(f"batch_size / seq_len: must be positive, got {batch_size} / {seq_len}")
         if world_size <= 0 or not 0 <= rank < world_size:
             raise ConfigError(f"rank: {rank} is not in [0, world_size={world_size})")
         if batch_size % world_size:
-            raise ConfigError(f"batch_size: {batch_size} is not divisible by world_size={world_size}; "
-                              f"use a multiple of {world_size}")
+            raise ConfigError(
+                f"batch_size: {batch_size} is not divisible by world_size={world_size}; use a multiple of {world_size}"
+            )
         if order not in self.orders:
-            raise ConfigError(f"order: {order!r} is not one of {', '.join(self.orders)} "
-                              f"for objective {self.objective!r}")
+            raise ConfigError(
+                f"order: {order!r} is not one of {', '.join(self.orders)} for objective {self.objective!r}"
+            )
         self.tokens = np.asarray(tokens)  # a plain view of the memmap: slicing it is much cheaper
         self.offsets = np.asarray(offsets)
         self.tokenizer = tokenizer
@@ -85,8 +98,10 @@ class Sampler:
         """Call once ``window`` is known: the split must hold at least one example."""
         self.stride = self.stride or self.window
         if self.window <= 0 or len(self.tokens) < self.window:
-            raise ConfigError(f"seq_len: {self.seq_len} needs {self.window} tokens per example but the split has "
-                              f"{len(self.tokens)}; use a shorter seq_len or more data")
+            raise ConfigError(
+                f"seq_len: {self.seq_len} needs {self.window} tokens per example but the split has "
+                f"{len(self.tokens)}; use a shorter seq_len or more data"
+            )
 
     # ---- position ---------------------------------------------------------------------------
     @property
@@ -105,13 +120,19 @@ class Sampler:
     def state_dict(self) -> dict[str, Any]:
         """The position: enough to resume exactly (``epoch`` / ``offset`` are informative)."""
         examples = self.step * self.batch_size
-        return {"objective": self.objective, "seed": self.seed, "step": self.step, "epoch": self.epoch,
-                "offset": examples % self.windows_per_epoch}
+        return {
+            "objective": self.objective,
+            "seed": self.seed,
+            "step": self.step,
+            "epoch": self.epoch,
+            "offset": examples % self.windows_per_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("objective") != self.objective:
-            raise ConfigError(f"objective: the saved data position is for {state.get('objective')!r}, "
-                              f"not {self.objective!r}")
+            raise ConfigError(
+                f"objective: the saved data position is for {state.get('objective')!r}, not {self.objective!r}"
+            )
         self.seed = int(state["seed"])
         self.step = int(state["step"])
 
@@ -134,7 +155,7 @@ class Sampler:
             start = int(rng.integers(0, len(self.tokens) - self.window + 1))
         else:
             start = index % self.windows_per_epoch * self.stride
-        return np.asarray(self.tokens[start:start + self.window], dtype=np.int64)
+        return np.asarray(self.tokens[start : start + self.window], dtype=np.int64)
 
     def _example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -152,8 +173,10 @@ def _pad(ids: np.ndarray, length: int, value: int) -> np.ndarray:
 def _require(tokenizer: Tokenizer, objective: str, *roles: str) -> None:
     missing = [r for r in roles if getattr(tokenizer, f"{r}_id") is None]
     if missing:
-        raise ConfigError(f"objective: {objective!r} needs the special token(s) {', '.join(missing)}, which this "
-                          f"{tokenizer.kind} tokenizer lacks; train one with lmforge tokenizer train")
+        raise ConfigError(
+            f"objective: {objective!r} needs the special token(s) {', '.join(missing)}, which this "
+            f"{tokenizer.kind} tokenizer lacks; train one with lmforge tokenizer train"
+        )
 
 
 # ---- causal LM ------------------------------------------------------------------------------------
@@ -178,11 +201,20 @@ class TokenMasker:
     of those, ``mask_fraction`` become the mask token, ``random_fraction`` a random non-special
     token, and the rest stay. With ``whole_word``, a word's pieces are chosen together."""
 
-    def __init__(self, tokenizer: Tokenizer, probability: float = 0.15, whole_word: bool = False,
-                 mask_fraction: float = 0.8, random_fraction: float = 0.1):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        probability: float = 0.15,
+        whole_word: bool = False,
+        mask_fraction: float = 0.8,
+        random_fraction: float = 0.1,
+    ):
         _require(tokenizer, "mlm", "mask")
-        for name, v in (("mlm_probability", probability), ("mask_fraction", mask_fraction),
-                        ("random_fraction", random_fraction)):
+        for name, v in (
+            ("mlm_probability", probability),
+            ("mask_fraction", mask_fraction),
+            ("random_fraction", random_fraction),
+        ):
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1], got {v}")
         if mask_fraction + random_fraction > 1.0:
@@ -244,8 +276,18 @@ class MLMSampler(Sampler):
 
     objective = "mlm"
 
-    def __init__(self, tokens, offsets, tokenizer, batch_size, seq_len, *, mlm_probability: float = 0.15,
-                 whole_word: bool = False, **kw):
+    def __init__(
+        self,
+        tokens,
+        offsets,
+        tokenizer,
+        batch_size,
+        seq_len,
+        *,
+        mlm_probability: float = 0.15,
+        whole_word: bool = False,
+        **kw,
+    ):
         super().__init__(tokens, offsets, tokenizer, batch_size, seq_len, **kw)
         self.masker = TokenMasker(tokenizer, mlm_probability, whole_word)
         self.prefix, self.suffix = _ids(tokenizer.cls_id), _ids(tokenizer.sep_id)
@@ -270,8 +312,18 @@ class NSPSampler(Sampler):
     objective = "mlm+nsp"
     orders = ("random",)
 
-    def __init__(self, tokens, offsets, tokenizer, batch_size, seq_len, *, mlm_probability: float = 0.15,
-                 whole_word: bool = False, **kw):
+    def __init__(
+        self,
+        tokens,
+        offsets,
+        tokenizer,
+        batch_size,
+        seq_len,
+        *,
+        mlm_probability: float = 0.15,
+        whole_word: bool = False,
+        **kw,
+    ):
         super().__init__(tokens, offsets, tokenizer, batch_size, seq_len, **kw)
         _require(tokenizer, self.objective, "cls", "sep", "pad")
         self.masker = TokenMasker(tokenizer, mlm_probability, whole_word)
@@ -282,8 +334,10 @@ class NSPSampler(Sampler):
         lengths = ends - offsets[:-1]
         self.docs = np.flatnonzero(lengths >= 2)  # documents that can be split into A and B
         if len(self.docs) < 2:
-            raise DataError("mlm+nsp: the split needs at least two documents of two or more tokens "
-                            "(the random B comes from another document)")
+            raise DataError(
+                "mlm+nsp: the split needs at least two documents of two or more tokens "
+                "(the random B comes from another document)"
+            )
         self.starts, self.ends = offsets[:-1][self.docs], ends[self.docs]
         self.cum_lengths = np.cumsum(self.ends - self.starts)
         self.window = self.stride = self.budget  # nominal: pairs are drawn per document, not by window
@@ -294,7 +348,7 @@ class NSPSampler(Sampler):
         total = min(self.budget, end - start)
         len_a = int(rng.integers(1, total))
         a0 = int(rng.integers(start, end - total + 1))
-        a = self.tokens[a0:a0 + len_a]
+        a = self.tokens[a0 : a0 + len_a]
         is_random = bool(rng.random() < 0.5)
         if is_random:
             other = int(rng.integers(len(self.docs) - 1))
@@ -302,17 +356,21 @@ class NSPSampler(Sampler):
             o_start, o_end = int(self.starts[other]), int(self.ends[other])
             len_b = min(total - len_a, o_end - o_start)
             b0 = int(rng.integers(o_start, o_end - len_b + 1))
-            b = self.tokens[b0:b0 + len_b]
+            b = self.tokens[b0 : b0 + len_b]
         else:
-            b = self.tokens[a0 + len_a:a0 + total]
+            b = self.tokens[a0 + len_a : a0 + total]
         tok = self.tokenizer
         ids = np.concatenate([[tok.cls_id], a, [tok.sep_id], b, [tok.sep_id]]).astype(np.int64)
         types = np.concatenate([np.zeros(len(a) + 2, np.int64), np.ones(len(b) + 1, np.int64)])
         inputs, labels = self.masker(ids, rng)
         n = self.seq_len
-        return {"input_ids": _pad(inputs, n, tok.pad_id), "token_type_ids": _pad(types, n, 0),
-                "attention_mask": _pad(np.ones_like(ids), n, 0), "labels": _pad(labels, n, IGNORE_INDEX),
-                "next_sentence_label": np.array(int(is_random))}
+        return {
+            "input_ids": _pad(inputs, n, tok.pad_id),
+            "token_type_ids": _pad(types, n, 0),
+            "attention_mask": _pad(np.ones_like(ids), n, 0),
+            "labels": _pad(labels, n, IGNORE_INDEX),
+            "next_sentence_label": np.array(int(is_random)),
+        }
 
 
 def _separated(tokens: np.ndarray, offsets: np.ndarray, tokenizer: Tokenizer) -> bool:
@@ -322,8 +380,9 @@ def _separated(tokens: np.ndarray, offsets: np.ndarray, tokenizer: Tokenizer) ->
 
 
 # ---- denoising (encoder-decoder) ------------------------------------------------------------------------------
-def random_spans_noise_mask(length: int, noise_density: float, mean_span_length: float,
-                            rng: np.random.Generator) -> np.ndarray:
+def random_spans_noise_mask(
+    length: int, noise_density: float, mean_span_length: float, rng: np.random.Generator
+) -> np.ndarray:
     """T5's noise mask: ``round(length * density)`` noise tokens in ``round(noise / mean)`` spans,
     both noise and non-noise cut into random positive lengths; starts with non-noise."""
     num_noise, num_spans = _span_counts(length, noise_density, mean_span_length)
@@ -359,8 +418,19 @@ class SpanSampler(Sampler):
 
     objective = "span"
 
-    def __init__(self, tokens, offsets, tokenizer, batch_size, seq_len, *, noise_density: float = 0.15,
-                 mean_span_length: float = 3.0, decoder_start_id: int | None = None, **kw):
+    def __init__(
+        self,
+        tokens,
+        offsets,
+        tokenizer,
+        batch_size,
+        seq_len,
+        *,
+        noise_density: float = 0.15,
+        mean_span_length: float = 3.0,
+        decoder_start_id: int | None = None,
+        **kw,
+    ):
         super().__init__(tokens, offsets, tokenizer, batch_size, seq_len, **kw)
         _check_noise(noise_density, mean_span_length)
         self.noise_density, self.mean_span_length = noise_density, mean_span_length
@@ -371,9 +441,11 @@ class SpanSampler(Sampler):
         spans = _span_counts(self.window, noise_density, mean_span_length)[1]
         self.sentinels = np.array(tokenizer.sentinel_ids, dtype=np.int64)
         if len(self.sentinels) < spans:
-            raise ConfigError(f"objective: 'span' needs {spans} sentinel tokens (<extra_id_N>) per example at "
-                              f"seq_len={seq_len}, the tokenizer has {len(self.sentinels)}; train it with "
-                              f"--sentinels {max(spans, 100)} or use a shorter seq_len")
+            raise ConfigError(
+                f"objective: 'span' needs {spans} sentinel tokens (<extra_id_N>) per example at "
+                f"seq_len={seq_len}, the tokenizer has {len(self.sentinels)}; train it with "
+                f"--sentinels {max(spans, 100)} or use a shorter seq_len"
+            )
 
     def _example(self, index, rng):
         w = self._window(index, rng)
@@ -385,6 +457,7 @@ class SpanSampler(Sampler):
 
 def _t5_window(seq_len: int, noise_density: float, mean_span_length: float, n_suffix: int) -> int:
     """The longest stream window whose corrupted form (kept + sentinels + EOS) fits in ``seq_len``."""
+
     def input_length(n: int) -> int:
         num_noise, num_spans = _span_counts(n, noise_density, mean_span_length)
         return n - num_noise + num_spans + n_suffix
@@ -402,8 +475,19 @@ class InfillSampler(Sampler):
 
     objective = "infill"
 
-    def __init__(self, tokens, offsets, tokenizer, batch_size, seq_len, *, noise_density: float = 0.3,
-                 poisson_lambda: float = 3.0, decoder_start_id: int | None = None, **kw):
+    def __init__(
+        self,
+        tokens,
+        offsets,
+        tokenizer,
+        batch_size,
+        seq_len,
+        *,
+        noise_density: float = 0.3,
+        poisson_lambda: float = 3.0,
+        decoder_start_id: int | None = None,
+        **kw,
+    ):
         super().__init__(tokens, offsets, tokenizer, batch_size, seq_len, **kw)
         _require(tokenizer, self.objective, "mask")
         _check_noise(noise_density, poisson_lambda)
@@ -463,17 +547,26 @@ def _decoder_start(tokenizer: Tokenizer, decoder_start_id: int | None) -> int:
     return start
 
 
-def _seq2seq(inputs: np.ndarray, labels: np.ndarray, seq_len: int, pad_id: int | None,
-             decoder_start_id: int) -> dict[str, np.ndarray]:
+def _seq2seq(
+    inputs: np.ndarray, labels: np.ndarray, seq_len: int, pad_id: int | None, decoder_start_id: int
+) -> dict[str, np.ndarray]:
     """Encoder inputs padded to ``seq_len``; decoder inputs = labels shifted right behind the start id."""
     pad = decoder_start_id if pad_id is None else pad_id
-    return {"input_ids": _pad(inputs, seq_len, pad), "attention_mask": _pad(np.ones_like(inputs), seq_len, 0),
-            "labels": labels, "decoder_input_ids": np.concatenate([[decoder_start_id], labels[:-1]]).astype(np.int64)}
+    return {
+        "input_ids": _pad(inputs, seq_len, pad),
+        "attention_mask": _pad(np.ones_like(inputs), seq_len, 0),
+        "labels": labels,
+        "decoder_input_ids": np.concatenate([[decoder_start_id], labels[:-1]]).astype(np.int64),
+    }
 
 
 # ---- factory -----------------------------------------------------------------------------------------------
 SAMPLERS: dict[str, type[Sampler]] = {
-    "causal": CausalSampler, "mlm": MLMSampler, "mlm+nsp": NSPSampler, "span": SpanSampler, "infill": InfillSampler,
+    "causal": CausalSampler,
+    "mlm": MLMSampler,
+    "mlm+nsp": NSPSampler,
+    "span": SpanSampler,
+    "infill": InfillSampler,
 }
 OBJECTIVES = tuple(SAMPLERS)
 _OPTIONS = {
@@ -485,9 +578,20 @@ _OPTIONS = {
 }
 
 
-def make_batches(objective: str, dataset: Dataset | str | os.PathLike, batch_size: int, seq_len: int,
-                 tokenizer: Tokenizer | None = None, seed: int = 0, split: str = "train", *, rank: int = 0,
-                 world_size: int = 1, order: str = "random", **options: Any) -> Sampler:
+def make_batches(
+    objective: str,
+    dataset: Dataset | str | os.PathLike,
+    batch_size: int,
+    seq_len: int,
+    tokenizer: Tokenizer | None = None,
+    seed: int = 0,
+    split: str = "train",
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    order: str = "random",
+    **options: Any,
+) -> Sampler:
     """A sampler of ``objective`` batches over ``split`` of a dataset (object or directory).
 
     Options: mlm / mlm+nsp: ``mlm_probability`` (0.15), ``whole_word`` (False); span:
@@ -503,9 +607,21 @@ def make_batches(objective: str, dataset: Dataset | str | os.PathLike, batch_siz
     if not isinstance(dataset, Dataset):
         dataset = open_dataset(dataset, tokenizer)
     elif tokenizer is not None and tokenizer.fingerprint != dataset.tokenizer.fingerprint:
-        raise DataError(f"{dataset.path}: prepared with tokenizer {dataset.tokenizer.fingerprint}, "
-                        f"not the given {tokenizer.fingerprint}; re-run lmforge prepare with this tokenizer")
+        raise DataError(
+            f"{dataset.path}: prepared with tokenizer {dataset.tokenizer.fingerprint}, "
+            f"not the given {tokenizer.fingerprint}; re-run lmforge prepare with this tokenizer"
+        )
     tokens = dataset.split(split)
     tokenizer = dataset.tokenizer if tokenizer is None else tokenizer
-    return SAMPLERS[objective](tokens, dataset.offsets[split], tokenizer, batch_size, seq_len,
-                               seed=seed, rank=rank, world_size=world_size, order=order, **options)
+    return SAMPLERS[objective](
+        tokens,
+        dataset.offsets[split],
+        tokenizer,
+        batch_size,
+        seq_len,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        order=order,
+        **options,
+    )

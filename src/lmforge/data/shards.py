@@ -43,8 +43,14 @@ _BATCH_BYTES = 8 << 20  # text per encode_batch call: big enough to keep every c
 class Dataset:
     """An opened dataset directory: ``train`` / ``val`` token memmaps, document offsets, meta, tokenizer."""
 
-    def __init__(self, path: Path, meta: dict, tokenizer: Tokenizer,
-                 tokens: dict[str, np.ndarray], offsets: dict[str, np.ndarray]):
+    def __init__(
+        self,
+        path: Path,
+        meta: dict,
+        tokenizer: Tokenizer,
+        tokens: dict[str, np.ndarray],
+        offsets: dict[str, np.ndarray],
+    ):
         self.path = path
         self.meta = meta
         self.tokenizer = tokenizer
@@ -118,14 +124,24 @@ def prepare(
     try:
         doc_bytes = {s: [utf8_len(d.text) for d in docs] for s, docs in splits.items()}
         split_meta = {}
-        with tqdm(total=sum(map(sum, doc_bytes.values())), unit="B", unit_scale=True, desc="tokenizing",
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=sum(map(sum, doc_bytes.values())),
+            unit="B",
+            unit_scale=True,
+            desc="tokenizing",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             for s in SPLITS:
                 offsets = _write_tokens(tmp / f"{s}.bin", splits[s], doc_bytes[s], tok, dtype, errors, bar)
                 np.save(tmp / f"{s}.idx.npy", offsets, allow_pickle=False)
                 names = [d.name for d in splits[s]]
-                split_meta[s] = {"tokens": int(offsets[-1]), "documents": len(names), "bytes": sum(doc_bytes[s]),
-                                 "names": names if len(names) <= MAX_LISTED_NAMES else None}
+                split_meta[s] = {
+                    "tokens": int(offsets[-1]),
+                    "documents": len(names),
+                    "bytes": sum(doc_bytes[s]),
+                    "names": names if len(names) <= MAX_LISTED_NAMES else None,
+                }
         tok.save(tmp / TOKENIZER_FILE)
         meta = {
             "format": FORMAT,
@@ -133,14 +149,19 @@ def prepare(
             "sources": source_list,
             "val_fraction": val_fraction,
             "seed": seed,
-            "tokenizer": {"kind": tok.kind, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size,
-                          "file": TOKENIZER_FILE},
+            "tokenizer": {
+                "kind": tok.kind,
+                "fingerprint": tok.fingerprint,
+                "vocab_size": tok.vocab_size,
+                "file": TOKENIZER_FILE,
+            },
             "dtype": dtype.name,
             "separator": None if tok.eos_id is None else {"token": tok.id_to_token(tok.eos_id), "id": tok.eos_id},
             "splits": split_meta,
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                     encoding="utf-8")  # written last: its presence means "complete"
+        (tmp / META_FILE).write_text(
+            json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )  # written last: its presence means "complete"
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,8 +169,13 @@ def prepare(
     return open_dataset(out)
 
 
-def _resolve_tokenizer(spec: Tokenizer | str | os.PathLike, train: Sequence[Document], vocab_size: int | None,
-                       sentinels: int | None, errors: str) -> Tokenizer:
+def _resolve_tokenizer(
+    spec: Tokenizer | str | os.PathLike,
+    train: Sequence[Document],
+    vocab_size: int | None,
+    sentinels: int | None,
+    errors: str,
+) -> Tokenizer:
     if isinstance(spec, Tokenizer):
         return spec
     if isinstance(spec, str) and spec in KINDS:
@@ -172,8 +198,9 @@ def _batches(docs: Sequence[Document], sizes: Sequence[int]) -> Iterator[tuple[l
         yield texts, total
 
 
-def _write_tokens(path: Path, docs: Sequence[Document], sizes: Sequence[int], tok: Tokenizer, dtype: np.dtype,
-                  errors: str, bar: tqdm) -> np.ndarray:
+def _write_tokens(
+    path: Path, docs: Sequence[Document], sizes: Sequence[int], tok: Tokenizer, dtype: np.dtype, errors: str, bar: tqdm
+) -> np.ndarray:
     """Write the documents' ids (each followed by EOS if any) to ``path``; return document offsets."""
     sep = np.array([] if tok.eos_id is None else [tok.eos_id], dtype=dtype)
     lengths = []
@@ -215,8 +242,9 @@ def open_dataset(path: str | os.PathLike, tokenizer: Tokenizer | str | os.PathLi
         raise DataError(f"{p}: no such dataset directory; create it with lmforge prepare")
     meta_path = p / META_FILE
     if not meta_path.is_file():
-        raise DataError(f"{p}: not a complete dataset (no {META_FILE}; an interrupted prepare?); "
-                        f"re-run lmforge prepare")
+        raise DataError(
+            f"{p}: not a complete dataset (no {META_FILE}; an interrupted prepare?); re-run lmforge prepare"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -227,8 +255,10 @@ def open_dataset(path: str | os.PathLike, tokenizer: Tokenizer | str | os.PathLi
     own = Tokenizer.load(p / TOKENIZER_FILE) if (p / TOKENIZER_FILE).is_file() else None
     recorded = meta["tokenizer"]["fingerprint"]
     if own is None or own.fingerprint != recorded:
-        raise DataError(f"{p / TOKENIZER_FILE}: missing or changed since the dataset was prepared "
-                        f"(expected fingerprint {recorded}); re-run lmforge prepare")
+        raise DataError(
+            f"{p / TOKENIZER_FILE}: missing or changed since the dataset was prepared "
+            f"(expected fingerprint {recorded}); re-run lmforge prepare"
+        )
     if tokenizer is not None:
         given = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
         if given.fingerprint != recorded:
@@ -251,8 +281,10 @@ def _open_tokens(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
     size = path.stat().st_size if path.is_file() else None
     if size != expected:
         found = "missing" if size is None else f"{size} bytes"
-        raise DataError(f"{path}: {found}, but meta.json says {n} tokens ({expected} bytes); "
-                        f"the file is truncated or from another run; re-run lmforge prepare")
+        raise DataError(
+            f"{path}: {found}, but meta.json says {n} tokens ({expected} bytes); "
+            f"the file is truncated or from another run; re-run lmforge prepare"
+        )
     return np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
 
 
@@ -263,6 +295,8 @@ def _open_offsets(path: Path, documents: int, n: int) -> np.ndarray:
         reason = str(e).splitlines()[0]
         raise DataError(f"{path}: unreadable document offsets ({reason}); re-run lmforge prepare") from None
     if idx.dtype != np.int64 or idx.shape != (documents + 1,) or idx[0] != 0 or idx[-1] != n:
-        raise DataError(f"{path}: document offsets do not match meta.json ({documents} documents, {n} tokens); "
-                        f"re-run lmforge prepare")
+        raise DataError(
+            f"{path}: document offsets do not match meta.json ({documents} documents, {n} tokens); "
+            f"re-run lmforge prepare"
+        )
     return idx

@@ -27,8 +27,9 @@ def require_lm_eval():
     try:
         import lm_eval
     except ImportError as e:
-        raise LMForgeError(f"lmforge eval needs lm-evaluation-harness (the eval extra; {e}); "
-                           f"install it with {INSTALL_HINT}") from None
+        raise LMForgeError(
+            f"lmforge eval needs lm-evaluation-harness (the eval extra; {e}); install it with {INSTALL_HINT}"
+        ) from None
     return lm_eval
 
 
@@ -53,16 +54,31 @@ def task_manager(names: Sequence[str], include_path: str | Path | Sequence[str |
         manager = TaskManager(include_path=paths, include_defaults=True)
     unknown = [n for n in names if n not in set(manager.all_tasks)]
     if unknown:
-        raise ConfigError(f"tasks: no harness task named {', '.join(unknown)}; the shipped ones are "
-                          f"{', '.join(SHIPPED_TASKS)} (tag {TAG}); list the installed ones with lm-eval ls tasks")
+        raise ConfigError(
+            f"tasks: no harness task named {', '.join(unknown)}; the shipped ones are "
+            f"{', '.join(SHIPPED_TASKS)} (tag {TAG}); list the installed ones with lm-eval ls tasks"
+        )
     return manager
 
 
-def evaluate(model, tasks: str | Sequence[str], *, tokenizer=None, harness_model: str = "lmforge",
-             model_args: dict | None = None, num_fewshot: int | None = None, limit: int | float | None = None,
-             samples: dict[str, list[int]] | None = None, batch_size: int = 16, device: str = "auto",
-             dtype: str = "fp32", log_samples: bool = False, seed: int = 0, include_path=None,
-             bootstrap_iters: int = 100000) -> dict:
+def evaluate(
+    model,
+    tasks: str | Sequence[str],
+    *,
+    tokenizer=None,
+    harness_model: str = "lmforge",
+    model_args: dict | None = None,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    samples: dict[str, list[int]] | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "fp32",
+    log_samples: bool = False,
+    seed: int = 0,
+    include_path=None,
+    bootstrap_iters: int = 100000,
+) -> dict:
     """Run harness tasks on a model with ``lm_eval.simple_evaluate``; returns its results dict.
 
     ``model``: a model directory, or an lmforge model object (with ``tokenizer``).
@@ -94,13 +110,26 @@ def evaluate(model, tasks: str | Sequence[str], *, tokenizer=None, harness_model
     else:
         raise ConfigError(f"harness_model: {harness_model!r} is not one of {', '.join(HARNESS_MODELS)}")
     try:
-        return lm_eval.simple_evaluate(model=lm, model_args=lm_args, tasks=names, num_fewshot=num_fewshot,
-                                       limit=limit, samples=samples, task_manager=manager, log_samples=log_samples,
-                                       bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
-                                       torch_random_seed=seed, fewshot_random_seed=seed)
+        return lm_eval.simple_evaluate(
+            model=lm,
+            model_args=lm_args,
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            samples=samples,
+            task_manager=manager,
+            log_samples=log_samples,
+            bootstrap_iters=bootstrap_iters,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     except ConnectionError as e:  # a harness task whose dataset is neither cached nor reachable
-        raise DataError(f"tasks: {e}; that task's data is not on this machine (run it once with the network to fill "
-                        f"the datasets cache); the shipped tasks ({TAG}) need none") from None
+        raise DataError(
+            f"tasks: {e}; that task's data is not on this machine (run it once with the network to fill "
+            f"the datasets cache); the shipped tasks ({TAG}) need none"
+        ) from None
 
 
 def format_results(results: dict) -> str:
@@ -123,8 +152,9 @@ def write_results(results: dict, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -137,5 +167,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lmforge.eval' has no attribute {name!r}")
 
 
-__all__ = ["HARNESS_MODELS", "INSTALL_HINT", "LMForgeLM", "SHIPPED_TASKS", "TAG", "TASK_DIR", "evaluate",
-           "format_results", "hf_model_args", "require_lm_eval", "task_list", "task_manager", "write_results"]
+__all__ = [
+    "HARNESS_MODELS",
+    "INSTALL_HINT",
+    "LMForgeLM",
+    "SHIPPED_TASKS",
+    "TAG",
+    "TASK_DIR",
+    "evaluate",
+    "format_results",
+    "hf_model_args",
+    "require_lm_eval",
+    "task_list",
+    "task_manager",
+    "write_results",
+]

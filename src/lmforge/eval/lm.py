@@ -84,14 +84,29 @@ class LMForgeLM(TemplateLM):
     before contexts too. ``seed``: sampled generations.
     """
 
-    def __init__(self, pretrained: str | None = None, model=None, tokenizer=None, batch_size=DEFAULT_BATCH_SIZE,
-                 device: str | None = "auto", dtype: str | None = "fp32", max_length=None, stride=None,
-                 max_gen_toks=None, add_start_token=False, seed=0, max_batch_size=None, **unused):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        model=None,
+        tokenizer=None,
+        batch_size=DEFAULT_BATCH_SIZE,
+        device: str | None = "auto",
+        dtype: str | None = "fp32",
+        max_length=None,
+        stride=None,
+        max_gen_toks=None,
+        add_start_token=False,
+        seed=0,
+        max_batch_size=None,
+        **unused,
+    ):
         super().__init__()
         if unused:
-            raise ConfigError(f"model_args: the lmforge model takes no {', '.join(sorted(unused))} (it takes "
-                              "pretrained, batch_size, device, dtype, max_length, stride, max_gen_toks, "
-                              "add_start_token, seed)")
+            raise ConfigError(
+                f"model_args: the lmforge model takes no {', '.join(sorted(unused))} (it takes "
+                "pretrained, batch_size, device, dtype, max_length, stride, max_gen_toks, "
+                "add_start_token, seed)"
+            )
         if model is None:
             if pretrained is None:
                 raise ConfigError("pretrained: give a model directory (model_args pretrained=DIR)")
@@ -103,14 +118,18 @@ class LMForgeLM(TemplateLM):
         cfg = model.config
         self.arch = cfg.arch
         if self.arch == "encoder":
-            raise ConfigError("pretrained: an encoder (masked LM) has no chain rule for the harness's "
-                              "log-likelihood requests; evaluate a decoder or an encoder-decoder")
+            raise ConfigError(
+                "pretrained: an encoder (masked LM) has no chain rule for the harness's "
+                "log-likelihood requests; evaluate a decoder or an encoder-decoder"
+            )
         self.backend = "causal" if self.arch == "decoder" else "seq2seq"
         limit = cfg.max_positions if cfg.positions != "none" else UNLIMITED_CONTEXT + 1
         self._max_length = _int_arg("max_length", max_length, limit - 1)
         if not 1 <= self._max_length < limit:
-            raise ConfigError(f"max_length: must be in [1, {limit - 1}] for a context of {limit} positions "
-                              f"(a scoring window holds max_length + 1 tokens), got {self._max_length}")
+            raise ConfigError(
+                f"max_length: must be in [1, {limit - 1}] for a context of {limit} positions "
+                f"(a scoring window holds max_length + 1 tokens), got {self._max_length}"
+            )
         self.window = self._max_length + 1
         self.stride = _int_arg("stride", stride, self._max_length)
         if not 1 <= self.stride <= self._max_length:
@@ -178,16 +197,23 @@ class LMForgeLM(TemplateLM):
             if not cont:
                 raise LMForgeError("loglikelihood: an empty continuation has nothing to score")
             if len(cont) > self.max_length:
-                raise LMForgeError(f"loglikelihood: a continuation of {len(cont)} tokens exceeds the model's "
-                                   f"max_length={self.max_length}")
+                raise LMForgeError(
+                    f"loglikelihood: a continuation of {len(cont)} tokens exceeds the model's "
+                    f"max_length={self.max_length}"
+                )
             if self.backend == "causal":
-                ctx = (list(ctx) + list(cont))[-self.window:][:-len(cont)]  # left-truncated, as the harness does
+                ctx = (list(ctx) + list(cont))[-self.window :][: -len(cont)]  # left-truncated, as the harness does
             contexts.append(list(ctx))
             conts.append(list(cont))
         if self.backend == "causal":
-            lps = decoder_token_logprobs(self.model, [c + x for c, x in zip(contexts, conts)], window=self.window,
-                                         batch_size=self.batch_size, progress=self._progress(disable_tqdm))
-            logprobs = [float(lp[-len(x):].double().sum()) for lp, x in zip(lps, conts)]
+            lps = decoder_token_logprobs(
+                self.model,
+                [c + x for c, x in zip(contexts, conts)],
+                window=self.window,
+                batch_size=self.batch_size,
+                progress=self._progress(disable_tqdm),
+            )
+            logprobs = [float(lp[-len(x) :].double().sum()) for lp, x in zip(lps, conts)]
         else:
             contexts = [self._source(c) for c in contexts]
             res = conditional_logprobs(self.model, contexts, conts, self.batch_size, self._progress(disable_tqdm))
@@ -204,7 +230,7 @@ class LMForgeLM(TemplateLM):
         """An encoder-decoder's source: the context (the last max_positions - 1 tokens) + EOS, as
         lmforge's seq2seq fine-tuning builds it."""
         eos = self._special("eos_id")
-        ids = list(ids)[-self.max_length:]
+        ids = list(ids)[-self.max_length :]
         if eos is None:
             return ids or [self.prefix_token_id]
         return ids if ids and ids[-1] == eos else ids + [eos]
@@ -221,28 +247,44 @@ class LMForgeLM(TemplateLM):
         generated: dict[tuple[int, ...], list[int]] = {}
         for n, keys in by_length.items():
             for k in range(0, len(keys), self.batch_size):
-                batch = keys[k:k + self.batch_size]
+                batch = keys[k : k + self.batch_size]
                 out = self._generate([list(b) for b in batch], n, eos=None, do_sample=False)
                 generated.update(zip(batch, out.token_lists()))
-        return [generated[tuple(c)][:len(x)] == x for c, x in zip(contexts, conts)]
+        return [generated[tuple(c)][: len(x)] == x for c, x in zip(contexts, conts)]
 
     def _generate(self, prompts: list[list[int]], max_new: int, eos, callback=None, **kwargs):
         pad = self._special("pad_id")
         pad = pad if pad is not None else self.eot_token_id
         side = "left" if self.backend == "causal" else "right"
         ids, mask = _pad(prompts, pad, side)
-        return generate_ids(self.model, ids.to(self._device), mask.to(self._device), max_new_tokens=max_new,
-                            eos_id=eos, pad_id=pad, callback=callback, **kwargs)
+        return generate_ids(
+            self.model,
+            ids.to(self._device),
+            mask.to(self._device),
+            max_new_tokens=max_new,
+            eos_id=eos,
+            pad_id=pad,
+            callback=callback,
+            **kwargs,
+        )
 
     # ---- loglikelihood_rolling ----------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         if self.backend != "causal":
-            raise LMForgeError("loglikelihood_rolling (perplexity of whole texts) needs a decoder; an "
-                               "encoder-decoder scores a target given a source")
+            raise LMForgeError(
+                "loglikelihood_rolling (perplexity of whole texts) needs a decoder; an "
+                "encoder-decoder scores a target given a source"
+            )
         texts = [req.args[0] for req in requests]
         seqs = [[self.prefix_token_id] + self.tok_encode(t, add_special_tokens=False) for t in texts]
-        lps = decoder_token_logprobs(self.model, seqs, window=self.window, stride=self.stride,
-                                     batch_size=self.batch_size, progress=self._progress(disable_tqdm))
+        lps = decoder_token_logprobs(
+            self.model,
+            seqs,
+            window=self.window,
+            stride=self.stride,
+            batch_size=self.batch_size,
+            progress=self._progress(disable_tqdm),
+        )
         out = [float(lp.double().sum()) for lp in lps]
         for t, lp in zip(texts, out):
             self.cache_hook.add_partial("loglikelihood_rolling", (t,), lp)
@@ -266,8 +308,10 @@ class LMForgeLM(TemplateLM):
             # a prompt may hold max_length - max_new tokens, as the harness's hf model cuts it
             budget = self.max_length - max_new if self.backend == "causal" else self.window
             if budget < 1:
-                raise ConfigError(f"max_gen_toks: {max_new} new tokens leave no room for a prompt within the "
-                                  f"model's max_length of {self.max_length} tokens")
+                raise ConfigError(
+                    f"max_gen_toks: {max_new} new tokens leave no room for a prompt within the "
+                    f"model's max_length of {self.max_length} tokens"
+                )
             prompts = {}
             for i in indices:
                 ids = self.tok_encode(requests[i].args[0])
@@ -275,15 +319,16 @@ class LMForgeLM(TemplateLM):
                 prompts[i] = (ids or [self.prefix_token_id])[-budget:] if causal else self._source(ids)
             order = sorted(indices, key=lambda i: -len(prompts[i]))
             for k in range(0, len(order), self.batch_size):
-                batch = order[k:k + self.batch_size]
+                batch = order[k : k + self.batch_size]
                 texts = self._generate_texts([prompts[i] for i in batch], max_new, until, do_sample, extra)
                 for i, text in zip(batch, texts):
                     out[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return out  # type: ignore[return-value]
 
-    def _generate_texts(self, prompts: list[list[int]], max_new: int, until: list[str], do_sample: bool,
-                        extra: dict) -> list[str]:
+    def _generate_texts(
+        self, prompts: list[list[int]], max_new: int, until: list[str], do_sample: bool, extra: dict
+    ) -> list[str]:
         rows: list[list[int]] = [[] for _ in prompts]
 
         def stop_at_until(step, tokens):  # a row stops once its text holds a stop string
@@ -291,8 +336,15 @@ class LMForgeLM(TemplateLM):
                 row.append(t)
             return [any(s in self.tok_decode(row) for s in until) for row in rows]
 
-        out = self._generate(prompts, max_new, eos=self.eot_token_id, callback=stop_at_until if until else None,
-                             do_sample=do_sample, seed=self.seed if do_sample else None, **extra)
+        out = self._generate(
+            prompts,
+            max_new,
+            eos=self.eot_token_id,
+            callback=stop_at_until if until else None,
+            do_sample=do_sample,
+            seed=self.seed if do_sample else None,
+            **extra,
+        )
         eos = self.eot_token_id
         texts = []
         for toks in out.token_lists():
@@ -312,11 +364,15 @@ def hf_model_args(directory: str | Path) -> dict:
     try:
         hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        raise ConfigError(f"{directory}: no readable config.json; --harness-model hf needs an HF model directory "
-                          "(lmforge convert to-hf MODEL OUT)") from None
+        raise ConfigError(
+            f"{directory}: no readable config.json; --harness-model hf needs an HF model directory "
+            "(lmforge convert to-hf MODEL OUT)"
+        ) from None
     if "model_type" not in hf:
-        raise ConfigError(f"{directory}: an lmforge model directory; --harness-model hf reads HF ones "
-                          "(lmforge convert to-hf MODEL OUT)")
+        raise ConfigError(
+            f"{directory}: an lmforge model directory; --harness-model hf reads HF ones "
+            "(lmforge convert to-hf MODEL OUT)"
+        )
     args = {"pretrained": str(directory), "dtype": "float32"}
     start = hf.get("lmforge_text_start_id", hf.get("bos_token_id"))
     if start is not None:
@@ -330,7 +386,10 @@ def hf_model_args(directory: str | Path) -> dict:
         from lmforge import load_tokenizer
 
         tok = load_tokenizer(directory / "tokenizer.json")
-        roles = {f"{r}_token": tok.id_to_token(getattr(tok, f"{r}_id")) for r in ("bos", "eos", "pad", "unk")
-                 if getattr(tok, f"{r}_id") is not None}
+        roles = {
+            f"{r}_token": tok.id_to_token(getattr(tok, f"{r}_id"))
+            for r in ("bos", "eos", "pad", "unk")
+            if getattr(tok, f"{r}_id") is not None
+        }
         args["tokenizer"] = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **roles)
     return args

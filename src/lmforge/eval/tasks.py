@@ -30,12 +30,23 @@ import numpy as np
 TASK_DIR = Path(__file__).parent / "harness_tasks"
 TAG = "shakespeare"
 SEQ2SEQ_TAG = "shakespeare_seq2seq"
-SHIPPED_TASKS = ("shakespeare_ppl", "shakespeare_genre", "shakespeare_cloze", "shakespeare_restore",
-                 "shakespeare_restore_seq2seq")
+SHIPPED_TASKS = (
+    "shakespeare_ppl",
+    "shakespeare_genre",
+    "shakespeare_cloze",
+    "shakespeare_restore",
+    "shakespeare_restore_seq2seq",
+)
 
 # The genre task's answers, in label order; each reads after "This passage is from a".
-GENRE_CHOICES = {"comedy": "comedy", "history": "history", "problem": "problem play", "roman": "Roman play",
-                 "romance": "romance", "tragedy": "tragedy"}
+GENRE_CHOICES = {
+    "comedy": "comedy",
+    "history": "history",
+    "problem": "problem play",
+    "roman": "Roman play",
+    "romance": "romance",
+    "tragedy": "tragedy",
+}
 GENRE_PASSAGE_CHARS = 256  # about 75 tokens of a 2k BPE: the passage and its question fit a 128-token context
 GENRE_PER_PLAY = 50
 CLOZE_PER_PLAY = 100
@@ -80,8 +91,9 @@ def genre_rows(per_play: int = GENRE_PER_PLAY, passage_chars: int = GENRE_PASSAG
 
     order = list(GENRE_CHOICES)
     _, val = finetune_genre_rows(passage_chars, val_per_play=per_play)
-    return _interleave([{"text": r["text"], "genre": r["label"], "label": order.index(r["label"]), "play": r["play"]}
-                        for r in val])
+    return _interleave(
+        [{"text": r["text"], "genre": r["label"], "label": order.index(r["label"]), "play": r["play"]} for r in val]
+    )
 
 
 def speech_lines(text: str) -> list[tuple[int, str]]:
@@ -114,8 +126,9 @@ def cloze_rows(per_play: int = CLOZE_PER_PLAY, seed: int = 0) -> tuple[dict, ...
     for k, play in enumerate(_held_out_plays()):
         rng = np.random.default_rng([seed, k])
         lines = play.text.split("\n")
-        spoken = [(i, s) for i, s in speech_lines(play.text) if len(s.split()) >= CLOZE_MIN_WORDS
-                  and CLOZE_WORD.search(s)]
+        spoken = [
+            (i, s) for i, s in speech_lines(play.text) if len(s.split()) >= CLOZE_MIN_WORDS and CLOZE_WORD.search(s)
+        ]
         words = [w for _, s in speech_lines(play.text) for w in CLOZE_WORD.findall(s)]
         by_case = {True: [w for w in words if w[0].isupper()], False: [w for w in words if not w[0].isupper()]}
         for j in np.linspace(0, len(spoken) - 1, min(per_play, len(spoken))).round().astype(int):
@@ -131,10 +144,16 @@ def cloze_rows(per_play: int = CLOZE_PER_PLAY, seed: int = 0) -> tuple[dict, ...
                     fills.append(w)
             order = rng.permutation(CLOZE_CHOICES)
             before = [b for b in range(i) if lines[b].strip()][-CLOZE_CONTEXT_LINES:]
-            context = "\n".join(lines[before[0]:i])
-            rows.append({"context": context,
-                         "choices": [line[:slot.start()] + fills[o] + line[slot.end():] for o in order],
-                         "label": int(np.flatnonzero(order == 0)[0]), "answer": answer, "play": play.name})
+            context = "\n".join(lines[before[0] : i])
+            rows.append(
+                {
+                    "context": context,
+                    "choices": [line[: slot.start()] + fills[o] + line[slot.end() :] for o in order],
+                    "label": int(np.flatnonzero(order == 0)[0]),
+                    "answer": answer,
+                    "play": play.name,
+                }
+            )
     return _interleave(rows)
 
 
@@ -146,8 +165,12 @@ def restore_rows(per_play: int = RESTORE_PER_PLAY, passage_chars: int = RESTORE_
     from lmforge.finetune.tasks import restoration_prompt, restoration_rows
 
     _, val = restoration_rows(passage_chars, per_play)
-    return _interleave([{"source": r["source"], "prompt": restoration_prompt(r["source"]), "target": r["target"],
-                         "play": r["play"]} for r in val])
+    return _interleave(
+        [
+            {"source": r["source"], "prompt": restoration_prompt(r["source"]), "target": r["target"], "play": r["play"]}
+            for r in val
+        ]
+    )
 
 
 def _dataset(rows):

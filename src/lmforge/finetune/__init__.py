@@ -18,9 +18,10 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,13 +29,40 @@ from torch import nn
 from lmforge.config import MODEL_PRESETS, ConfigBase, ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.finetune.heads import ClassifierOutput, SequenceClassifier, load_task_model, save_task_model
-from lmforge.finetune.lora import (LoRAConfig, LoRALinear, apply_lora, load_adapters, merge, merge_and_unload,
-                                   save_adapters, unmerge)
-from lmforge.finetune.metrics import (HIGHER_IS_BETTER, accuracy, bleu, chrf, classification_batch_metrics,
-                                      exact_match, finish_classification_metrics, macro_f1)
+from lmforge.finetune.lora import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    load_adapters,
+    merge,
+    merge_and_unload,
+    save_adapters,
+    unmerge,
+)
+from lmforge.finetune.metrics import (
+    HIGHER_IS_BETTER,
+    accuracy,
+    bleu,
+    chrf,
+    classification_batch_metrics,
+    exact_match,
+    finish_classification_metrics,
+    macro_f1,
+)
 from lmforge.finetune.params import Trainable, count_trainable, parse_mode, select_parameters
-from lmforge.finetune.tasks import (TASKS, ShuffledBatches, TaskDataset, check_rows, collate, encode_rows,
-                                    eval_batches, genre_rows, load_task, restoration_prompt, restoration_rows)
+from lmforge.finetune.tasks import (
+    TASKS,
+    ShuffledBatches,
+    TaskDataset,
+    check_rows,
+    collate,
+    encode_rows,
+    eval_batches,
+    genre_rows,
+    load_task,
+    restoration_prompt,
+    restoration_rows,
+)
 from lmforge.train.config import TrainConfig
 from lmforge.train.engine import Trainer, lm_metrics, seed_everything
 from lmforge.train.run import _clear_run, fit_model_to_tokenizer
@@ -48,8 +76,20 @@ GENERATION_METRICS = ("exact_match", "bleu", "chrf")
 # The usual fine-tuning recipe (BERT, Devlin et al.): AdamW with beta2 0.999 and light weight decay,
 # linear warmup then linear decay to zero, evaluation on the whole validation split.
 FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = dict(
-    max_steps=500, batch_size=16, lr=1e-4, warmup_steps=50, eval_every=50, weight_decay=0.01, beta2=0.999,
-    schedule="linear", min_lr_ratio=0.0, checkpoint_every=0, eval_batches=0, sample_tokens=0, log_every=10)
+    max_steps=500,
+    batch_size=16,
+    lr=1e-4,
+    warmup_steps=50,
+    eval_every=50,
+    weight_decay=0.01,
+    beta2=0.999,
+    schedule="linear",
+    min_lr_ratio=0.0,
+    checkpoint_every=0,
+    eval_batches=0,
+    sample_tokens=0,
+    log_every=10,
+)
 
 
 @dataclass
@@ -90,13 +130,16 @@ class FinetuneConfig(ConfigBase):
             raise ConfigError(f"init: unknown {self.init!r}; choose pretrained or scratch")
         allowed = ("loss", "accuracy", "macro_f1") if self.task == "classify" else ("loss",) + GENERATION_METRICS
         if self.best_metric not in allowed:
-            raise ConfigError(f"metric: {self.best_metric!r} is not a {self.task} metric; "
-                              f"choose one of {', '.join(allowed)}")
+            raise ConfigError(
+                f"metric: {self.best_metric!r} is not a {self.task} metric; choose one of {', '.join(allowed)}"
+            )
         if self.train_file == GENRE_SOURCE and self.task != "classify":
             raise ConfigError(f"train_file: {GENRE_SOURCE} is a classify task; set task=classify")
         if self.train_file == RESTORE_SOURCE and self.task == "classify":
-            raise ConfigError(f"train_file: {RESTORE_SOURCE} is a seq2seq or completion task; set task=seq2seq "
-                              "(encoder-decoder) or task=completion (decoder)")
+            raise ConfigError(
+                f"train_file: {RESTORE_SOURCE} is a seq2seq or completion task; set task=seq2seq "
+                "(encoder-decoder) or task=completion (decoder)"
+            )
         for name in ("max_len", "passage_chars"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
@@ -107,8 +150,9 @@ class FinetuneConfig(ConfigBase):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> FinetuneConfig:
         if name not in FINETUNE_PRESETS:
-            raise ConfigError(f"preset: unknown fine-tuning preset {name!r}; "
-                              f"choose one of {', '.join(FINETUNE_PRESETS)}")
+            raise ConfigError(
+                f"preset: unknown fine-tuning preset {name!r}; choose one of {', '.join(FINETUNE_PRESETS)}"
+            )
         d = copy.deepcopy(FINETUNE_PRESETS[name])
         d.update(overrides)
         return cls.from_dict(d)
@@ -118,24 +162,42 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
     # Which kind of play is a passage from? The packaged MiniLM, all parameters, ~9 CPU-minutes.
     # Passages of ~320 characters (~90 MiniLM tokens), 200 per genre; 40 per held-out play.
     "shakespeare-genre": dict(
-        name="shakespeare-genre", task="classify", train_file=GENRE_SOURCE, model="minilm", params="all",
-        max_len=128, patience=2, passage_chars=320, max_per_class=200, val_per_play=40,
+        name="shakespeare-genre",
+        task="classify",
+        train_file=GENRE_SOURCE,
+        model="minilm",
+        params="all",
+        max_len=128,
+        patience=2,
+        passage_chars=320,
+        max_per_class=200,
+        val_per_play=40,
         train=dict(FINETUNE_TRAIN_DEFAULTS, max_steps=80, batch_size=16, lr=1e-4, warmup_steps=8, eval_every=20),
     ),
     # Put back case and punctuation: the span-corruption T5 of `lmforge train --preset shakespeare-t5`
     # fine-tuned on ~120-character passages of speeches; chrF and exact match on 32 per held-out play.
     "shakespeare-restore": dict(
-        name="shakespeare-restore", task="seq2seq", train_file=RESTORE_SOURCE, model="runs/shakespeare-t5",
-        max_len=64, passage_chars=120, val_per_play=32, metric="chrf",
-        train=dict(FINETUNE_TRAIN_DEFAULTS, max_steps=600, batch_size=32, lr=1e-3, warmup_steps=50,
-                   eval_every=200),
+        name="shakespeare-restore",
+        task="seq2seq",
+        train_file=RESTORE_SOURCE,
+        model="runs/shakespeare-t5",
+        max_len=64,
+        passage_chars=120,
+        val_per_play=32,
+        metric="chrf",
+        train=dict(FINETUNE_TRAIN_DEFAULTS, max_steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=200),
     ),
     # The same task as prompt -> completion for the quick-start decoder (runs/shakespeare-gpt).
     "shakespeare-restore-gpt": dict(
-        name="shakespeare-restore-gpt", task="completion", train_file=RESTORE_SOURCE, model="runs/shakespeare-gpt",
-        max_len=128, passage_chars=120, val_per_play=32, metric="chrf",
-        train=dict(FINETUNE_TRAIN_DEFAULTS, max_steps=600, batch_size=32, lr=1e-3, warmup_steps=50,
-                   eval_every=200),
+        name="shakespeare-restore-gpt",
+        task="completion",
+        train_file=RESTORE_SOURCE,
+        model="runs/shakespeare-gpt",
+        max_len=128,
+        passage_chars=120,
+        val_per_play=32,
+        metric="chrf",
+        train=dict(FINETUNE_TRAIN_DEFAULTS, max_steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=200),
     ),
 }
 
@@ -144,13 +206,15 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
 # Backbones and tokenizers
 
 
-def load_backbone(spec: str, tokenizer: str | None = None, init: str = "pretrained",
-                  seed: int = 0) -> tuple[nn.Module, Any]:
+def load_backbone(
+    spec: str, tokenizer: str | None = None, init: str = "pretrained", seed: int = 0
+) -> tuple[nn.Module, Any]:
     """(model, tokenizer) for a ``--model`` value: ``minilm`` (the packaged all-MiniLM-L6-v2), a run
     directory (its ``best/``), an lmforge or HF model directory, or a model preset (random weights,
     needs ``tokenizer``). ``init="scratch"`` keeps the architecture and re-draws the weights."""
     from lmforge.interop.hf import from_hf, packaged_model_dir
-    from lmforge.models import build_model, load_model
+    from lmforge.modeldir import load_model
+    from lmforge.models import build_model
     from lmforge.tokenizer import Tokenizer
 
     def tok_from(path: Path):
@@ -170,8 +234,9 @@ def load_backbone(spec: str, tokenizer: str | None = None, init: str = "pretrain
     if (path / "best" / "config.json").is_file():  # a run directory
         path = path / "best"
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"{spec}: not a model directory, run directory, 'minilm' or model preset "
-                              f"({', '.join(MODEL_PRESETS)})")
+        raise CheckpointError(
+            f"{spec}: not a model directory, run directory, 'minilm' or model preset ({', '.join(MODEL_PRESETS)})"
+        )
     if "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8")):  # an HF directory
         model = from_hf(path)
         tok = Tokenizer.load(tokenizer) if tokenizer else Tokenizer.from_hf_dir(path)
@@ -193,8 +258,9 @@ def _pad_id(tok) -> int:
 # Task data and task models
 
 
-def load_task_data(cfg: FinetuneConfig, tokenizer, arch: str, max_len: int,
-                   start_id: int | None = None) -> tuple[TaskDataset, TaskDataset]:
+def load_task_data(
+    cfg: FinetuneConfig, tokenizer, arch: str, max_len: int, start_id: int | None = None
+) -> tuple[TaskDataset, TaskDataset]:
     """(train, validation) datasets for ``cfg``; every row is checked before anything trains.
     ``start_id``: the token before a completion prompt (the model's start token)."""
     if cfg.train_file == GENRE_SOURCE:
@@ -204,16 +270,18 @@ def load_task_data(cfg: FinetuneConfig, tokenizer, arch: str, max_len: int,
     if cfg.train_file == RESTORE_SOURCE:
         splits = restoration_rows(cfg.passage_chars, cfg.val_per_play)
         if cfg.task == "completion":
-            splits = tuple([{"prompt": restoration_prompt(r["source"]), "completion": r["target"]} for r in rows]
-                           for rows in splits)
+            splits = tuple(
+                [{"prompt": restoration_prompt(r["source"]), "completion": r["target"]} for r in rows]
+                for rows in splits
+            )
         return tuple(encode_rows(rows, cfg.task, tokenizer, arch, max_len, start_id=start_id) for rows in splits)
     if not cfg.train_file or not cfg.val_file:
-        raise ConfigError("train_file / val_file: give both task files (--train F --val F), "
-                          f"or --train {GENRE_SOURCE}")
+        raise ConfigError(f"train_file / val_file: give both task files (--train F --val F), or --train {GENRE_SOURCE}")
     train = load_task(cfg.train_file, cfg.task, tokenizer, arch, max_len, start_id=start_id)
     if cfg.task == "classify" and len(train.label_names) < 2:
-        raise ConfigError(f"{cfg.train_file}: only one label ({train.label_names[0]!r}); "
-                          "a classifier needs two or more")
+        raise ConfigError(
+            f"{cfg.train_file}: only one label ({train.label_names[0]!r}); a classifier needs two or more"
+        )
     return train, load_task(cfg.val_file, cfg.task, tokenizer, arch, max_len, train.label_names, start_id)
 
 
@@ -233,7 +301,7 @@ def predict_classes(model: SequenceClassifier, data: TaskDataset, batch_size: in
     device = next(model.parameters()).device
     pred: list[int] = []
     for s in range(0, len(data), batch_size):
-        batch = collate(data.examples[s: s + batch_size], pad_id)
+        batch = collate(data.examples[s : s + batch_size], pad_id)
         batch.pop("labels")
         pred += model(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).tolist()
     return pred
@@ -243,8 +311,10 @@ def majority_baseline(train: TaskDataset, val: TaskDataset) -> dict[str, float]:
     """Metrics of always answering the most frequent training class."""
     counts = torch.bincount(torch.tensor(train.class_ids), minlength=len(train.label_names))
     pred = [int(counts.argmax())] * len(val)
-    return {"accuracy": accuracy(pred, val.class_ids),
-            "macro_f1": macro_f1(pred, val.class_ids, len(train.label_names))}
+    return {
+        "accuracy": accuracy(pred, val.class_ids),
+        "macro_f1": macro_f1(pred, val.class_ids, len(train.label_names)),
+    }
 
 
 def generation_metrics(model: nn.Module, tokenizer, data: TaskDataset, limit: int = 200) -> dict[str, float]:
@@ -281,9 +351,18 @@ class TaskTrainer(Trainer):
     memory and written to ``best/``), and early stopping after ``patience`` evaluations without
     improvement."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, train_batches, *, metric: str, patience: int = 0,
-                 finish: Callable[[dict[str, float]], dict[str, float]] = lambda m: m,
-                 save_best: Callable[[nn.Module, dict[str, float]], None] | None = None, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        train_batches,
+        *,
+        metric: str,
+        patience: int = 0,
+        finish: Callable[[dict[str, float]], dict[str, float]] = lambda m: m,
+        save_best: Callable[[nn.Module, dict[str, float]], None] | None = None,
+        **kwargs,
+    ):
         # a copy (early stopping shortens it); no text samples: they say nothing about a task
         super().__init__(model, dataclasses.replace(cfg, sample_tokens=0), train_batches, **kwargs)
         # The engine keeps best/ by validation loss; here best/ follows `metric`, so switch its own off.
@@ -325,8 +404,10 @@ class TaskTrainer(Trainer):
             return
         self.bad_evals += 1
         if self.patience and self.bad_evals >= self.patience and self.step < self.cfg.max_steps:
-            self.log(f"early stop at step {self.step}: {self.metric} has not improved for {self.bad_evals} "
-                     f"evaluations (best {self.best[self.metric]:.4f} at step {self.best_step})")
+            self.log(
+                f"early stop at step {self.step}: {self.metric} has not improved for {self.bad_evals} "
+                f"evaluations (best {self.best[self.metric]:.4f} at step {self.best_step})"
+            )
             self.early_stopped = True
             self.cfg.max_steps = self.step  # the engine's loop ends after this step
 
@@ -351,8 +432,14 @@ class FinetuneResult:
     seconds: float = 0.0
 
 
-def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any = None, save: bool = True,
-             overwrite: bool = False, log: Callable[[str], None] = print) -> FinetuneResult:
+def finetune(
+    cfg: FinetuneConfig,
+    model: nn.Module | None = None,
+    tokenizer: Any = None,
+    save: bool = True,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> FinetuneResult:
     """Fine-tune as ``cfg`` says (``model`` / ``tokenizer`` replace ``cfg.model`` when given).
 
     With ``save`` the run directory gets the engine's metrics.jsonl and plots, ``best/`` (a model
@@ -365,8 +452,9 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
     run_dir = Path(cfg.run_dir) if save else None
     if run_dir is not None and ((run_dir / "result.json").exists() or (run_dir / "metrics.jsonl").exists()):
         if not overwrite:
-            raise ConfigError(f"{run_dir} already holds a run; start afresh with --overwrite, or pick another "
-                              "--name / --out")
+            raise ConfigError(
+                f"{run_dir} already holds a run; start afresh with --overwrite, or pick another --name / --out"
+            )
     if model is None:
         model, tokenizer = load_backbone(cfg.model, cfg.tokenizer, cfg.init, seed)
     elif tokenizer is None:
@@ -377,8 +465,10 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
 
     start = text_start_id(tokenizer, model) if arch == "decoder" else None
     train_data, val_data = load_task_data(cfg, tokenizer, arch, max_len, start)
-    log(f"task {cfg.task}: {len(train_data):,} training and {len(val_data):,} validation examples"
-        + (f", labels {', '.join(train_data.label_names)}" if train_data.label_names else ""))
+    log(
+        f"task {cfg.task}: {len(train_data):,} training and {len(val_data):,} validation examples"
+        + (f", labels {', '.join(train_data.label_names)}" if train_data.label_names else "")
+    )
 
     seed_everything(seed)  # the head and adapters start from the run's seed
     task_model = build_task_model(cfg.task, model, train_data.label_names)
@@ -416,10 +506,18 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
             return m
 
     trainer = TaskTrainer(
-        task_model, cfg.train, ShuffledBatches(train_data, cfg.train.batch_size, pad, seed),
-        metric=cfg.best_metric, patience=cfg.patience, finish=finish, save_best=save_best if save else None,
-        eval_batches=eval_batches(val_data, max(cfg.train.batch_size, 32), pad), metric_fn=metric_fn,
-        run_dir=run_dir, tokenizer=tokenizer, log=log,
+        task_model,
+        cfg.train,
+        ShuffledBatches(train_data, cfg.train.batch_size, pad, seed),
+        metric=cfg.best_metric,
+        patience=cfg.patience,
+        finish=finish,
+        save_best=save_best if save else None,
+        eval_batches=eval_batches(val_data, max(cfg.train.batch_size, 32), pad),
+        metric_fn=metric_fn,
+        run_dir=run_dir,
+        tokenizer=tokenizer,
+        log=log,
     )
     fit = trainer.fit()
     if run_dir is not None and not fit.stopped_by:  # fine-tuning keeps best/; the engine's resume state is dead weight
@@ -430,23 +528,66 @@ def finetune(cfg: FinetuneConfig, model: nn.Module | None = None, tokenizer: Any
     if cfg.task != "classify" and cfg.best_metric not in GENERATION_METRICS and val_data.sources:
         metrics.update(generation_metrics(trainer.model, tokenizer, val_data))
     result = FinetuneResult(
-        metrics=metrics, best_step=trainer.best_step, steps=fit.step, trainable=trainable, model=trainer.model,
-        tokenizer=tokenizer, train_size=len(train_data), val_size=len(val_data), label_names=train_data.label_names,
-        baseline=majority_baseline(train_data, val_data) if cfg.task == "classify" else None, run_dir=run_dir,
-        seconds=time.perf_counter() - t0)
+        metrics=metrics,
+        best_step=trainer.best_step,
+        steps=fit.step,
+        trainable=trainable,
+        model=trainer.model,
+        tokenizer=tokenizer,
+        train_size=len(train_data),
+        val_size=len(val_data),
+        label_names=train_data.label_names,
+        baseline=majority_baseline(train_data, val_data) if cfg.task == "classify" else None,
+        run_dir=run_dir,
+        seconds=time.perf_counter() - t0,
+    )
     if save:
-        summary = {"config": cfg.to_dict(), "metrics": metrics, "best_step": result.best_step, "steps": result.steps,
-                   "trainable": trainable.trainable, "total": trainable.total, "baseline": result.baseline,
-                   "seconds": result.seconds}
+        summary = {
+            "config": cfg.to_dict(),
+            "metrics": metrics,
+            "best_step": result.best_step,
+            "steps": result.steps,
+            "trainable": trainable.trainable,
+            "total": trainable.total,
+            "baseline": result.baseline,
+            "seconds": result.seconds,
+        }
         (run_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return result
 
 
 __all__ = [
-    "FinetuneConfig", "FinetuneResult", "FINETUNE_PRESETS", "TaskTrainer", "finetune", "load_backbone",
-    "load_task_data", "build_task_model", "predict_classes", "majority_baseline", "generation_metrics",
-    "SequenceClassifier", "ClassifierOutput", "save_task_model", "load_task_model",
-    "LoRAConfig", "LoRALinear", "apply_lora", "merge", "unmerge", "merge_and_unload", "save_adapters",
-    "load_adapters", "Trainable", "select_parameters", "count_trainable",
-    "TaskDataset", "check_rows", "load_task", "encode_rows", "collate", "genre_rows", "restoration_rows",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FINETUNE_PRESETS",
+    "TaskTrainer",
+    "finetune",
+    "load_backbone",
+    "load_task_data",
+    "build_task_model",
+    "predict_classes",
+    "majority_baseline",
+    "generation_metrics",
+    "SequenceClassifier",
+    "ClassifierOutput",
+    "save_task_model",
+    "load_task_model",
+    "LoRAConfig",
+    "LoRALinear",
+    "apply_lora",
+    "merge",
+    "unmerge",
+    "merge_and_unload",
+    "save_adapters",
+    "load_adapters",
+    "Trainable",
+    "select_parameters",
+    "count_trainable",
+    "TaskDataset",
+    "check_rows",
+    "load_task",
+    "encode_rows",
+    "collate",
+    "genre_rows",
+    "restoration_rows",
 ]

@@ -27,7 +27,8 @@ from torch import nn
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.finetune.lora import lora_modules, merge_and_unload
-from lmforge.models import load_model, save_model
+from lmforge.modeldir import load_model
+from lmforge.models import save_model
 from lmforge.models.io import atomic_directory, read_config
 
 HEAD_FILE = "head.safetensors"
@@ -52,8 +53,10 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         cfg = backbone.config
         if cfg.arch == "encoder-decoder":
-            raise ConfigError("classify: wrap an encoder or a decoder; fine-tune an encoder-decoder with "
-                              "--task seq2seq (label words as targets)")
+            raise ConfigError(
+                "classify: wrap an encoder or a decoder; fine-tune an encoder-decoder with "
+                "--task seq2seq (label words as targets)"
+            )
         if len(labels) < 2:
             raise ConfigError(f"classify: need at least two labels, got {labels}")
         if cfg.arch == "encoder":
@@ -78,8 +81,12 @@ class SequenceClassifier(nn.Module):
             return {n for n, _ in self.named_parameters() if n.startswith("backbone.lm_head.")}
         return set()
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, T) token ids -> (B, C), one vector per sequence."""
         if self.config.arch == "encoder":
             h = self.backbone.encoder(input_ids, attention_mask, token_type_ids=token_type_ids).last_hidden_state
@@ -91,8 +98,13 @@ class SequenceClassifier(nn.Module):
         last = (attention_mask.long() * positions).argmax(dim=1)  # the last real token, any padding side
         return h[torch.arange(h.shape[0], device=h.device), last]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> ClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ClassifierOutput:
         x = self.features(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(x))
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
@@ -145,8 +157,9 @@ def load_task_model(directory: str | Path, device: str | torch.device = "cpu") -
     state = load_file(str(head))
     expected = {f"classifier.{k}": tuple(v.shape) for k, v in model.classifier.state_dict().items()}
     if {k: tuple(v.shape) for k, v in state.items()} != expected:
-        raise CheckpointError(f"{head}: head tensors do not match {len(task['labels'])} labels over "
-                              f"d_model={model.config.d_model}")
+        raise CheckpointError(
+            f"{head}: head tensors do not match {len(task['labels'])} labels over d_model={model.config.d_model}"
+        )
     with torch.no_grad():
         for k, v in state.items():
             model.get_parameter(k).copy_(v)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -108,8 +108,9 @@ def _matches(name: str, pattern: str) -> bool:
     return pattern == "*" or name == pattern or name.endswith("." + pattern)
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig | None = None, exclude: tuple[str, ...] = ("classifier",),
-               **kwargs) -> list[str]:
+def apply_lora(
+    model: nn.Module, cfg: LoRAConfig | None = None, exclude: tuple[str, ...] = ("classifier",), **kwargs
+) -> list[str]:
     """Wrap the linear layers named by ``cfg.targets`` in :class:`LoRALinear`, in place.
 
     Returns the wrapped module names. Modules under ``exclude`` (a task head that trains in full)
@@ -118,16 +119,26 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig | None = None, exclude: tuple[s
     cfg = cfg or LoRAConfig.from_dict(kwargs)
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ConfigError("lora: the model already has LoRA adapters; merge_and_unload it first")
-    chosen = [name for name, m in model.named_modules()
-              if isinstance(m, nn.Linear) and any(_matches(name, p) for p in cfg.targets)
-              and not any(name == e or name.startswith(e + ".") for e in exclude)]
+    chosen = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and any(_matches(name, p) for p in cfg.targets)
+        and not any(name == e or name.startswith(e + ".") for e in exclude)
+    ]
     # A tied output head (lm_head sharing the embedding) is not a linear layer to adapt.
     chosen = [n for n in chosen if not _is_tied(model, n)]
     if not chosen:
-        linear = sorted({n.rsplit(".blocks.", 1)[-1].split(".", 1)[-1]
-                         for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise ConfigError(f"lora.targets: {', '.join(cfg.targets)} matched no linear layer; "
-                          f"names here end with: {', '.join(linear)}")
+        linear = sorted(
+            {
+                n.rsplit(".blocks.", 1)[-1].split(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, nn.Linear)
+            }
+        )
+        raise ConfigError(
+            f"lora.targets: {', '.join(cfg.targets)} matched no linear layer; names here end with: {', '.join(linear)}"
+        )
     widest = max(min(model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in chosen)
     if cfg.rank > widest:  # beyond full rank: no more expressive, and the matrices only grow
         raise ConfigError(f"lora.rank: {cfg.rank} exceeds the rank of every adapted layer (at most {widest})")
@@ -224,11 +235,15 @@ def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
     params = dict(model.named_parameters())
     for name, t in state.items():
         if name not in params:
-            raise CheckpointError(f"{path}: tensor {name!r} has no place in this model; "
-                                  f"were the adapters trained on another architecture?")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has no place in this model; "
+                f"were the adapters trained on another architecture?"
+            )
         if tuple(t.shape) != tuple(params[name].shape):
-            raise CheckpointError(f"{path}: {name} has shape {tuple(t.shape)}, the model expects "
-                                  f"{tuple(params[name].shape)} (another rank or model size?)")
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(t.shape)}, the model expects "
+                f"{tuple(params[name].shape)} (another rank or model size?)"
+            )
     missing = [n for n in params if n.rsplit(".", 1)[-1] in LORA_PARAM_NAMES and n not in state]
     if missing:
         raise CheckpointError(f"{path}: no adapter for {missing[0]!r}; the file targets other layers")

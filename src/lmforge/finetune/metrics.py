@@ -15,8 +15,7 @@ import numpy as np
 from lmforge.errors import LMForgeError
 
 # Metrics where larger is better; "loss" is the only one to minimise.
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "exact_match": True, "bleu": True, "chrf": True,
-                    "loss": False}
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "exact_match": True, "bleu": True, "chrf": True, "loss": False}
 
 
 def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:

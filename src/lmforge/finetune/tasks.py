@@ -98,8 +98,9 @@ def read_rows(path: str | Path) -> tuple[list[Row], list[str]]:
 def _raise_bad(path: str | Path, problems: list[str], n_rows: int) -> None:
     shown = "; ".join(problems[:MAX_LINES_SHOWN])
     more = f"; and {len(problems) - MAX_LINES_SHOWN} more" if len(problems) > MAX_LINES_SHOWN else ""
-    raise DataError(f"{path}: {len(problems)} bad row(s) of {n_rows}: {shown}{more}; "
-                    "fix or remove them (nothing was trained)")
+    raise DataError(
+        f"{path}: {len(problems)} bad row(s) of {n_rows}: {shown}{more}; fix or remove them (nothing was trained)"
+    )
 
 
 def check_rows(path: str | Path, task: str, labels: Sequence[str] | None = None) -> list[dict]:
@@ -113,8 +114,10 @@ def check_rows(path: str | Path, task: str, labels: Sequence[str] | None = None)
     for name in REQUIRED[task]:
         if rows and all(name not in obj for _, obj in rows):
             fields = sorted({k for _, obj in rows for k in obj})
-            raise DataError(f"{path}: no row has the field {name!r} (found: {', '.join(fields)}); "
-                            f"a {task} file needs {', '.join(REQUIRED[task])}")
+            raise DataError(
+                f"{path}: no row has the field {name!r} (found: {', '.join(fields)}); "
+                f"a {task} file needs {', '.join(REQUIRED[task])}"
+            )
     good = []
     known = set(labels) if labels is not None else None
     for line, obj in rows:
@@ -196,8 +199,9 @@ def _fit_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[
     return a, b
 
 
-def encode_classification(tokenizer, arch: str, text: str, pair: str | None,
-                          max_len: int) -> tuple[list[int], list[int]]:
+def encode_classification(
+    tokenizer, arch: str, text: str, pair: str | None, max_len: int
+) -> tuple[list[int], list[int]]:
     """(input ids, segment ids). Encoder: [CLS] a [SEP] (b [SEP]). Decoder: a (SEP b) EOS, so the
     last token, whose state the head reads, has seen the whole text."""
     a = _plain_ids(tokenizer, text)
@@ -238,8 +242,8 @@ def encode_completion(tokenizer, prompt: str, completion: str, max_len: int, sta
     eos = _special(tokenizer, "eos_id")
     p = ([start] if start is not None else []) + _plain_ids(tokenizer, prompt)
     c = _plain_ids(tokenizer, completion) + ([eos] if eos is not None else [])
-    c = c[: max_len]  # the sequence is max_len + 1 tokens: inputs drop the last, labels the first
-    p = p[max(0, len(p) - (max_len + 1 - len(c))):] if len(p) + len(c) > max_len + 1 else p
+    c = c[:max_len]  # the sequence is max_len + 1 tokens: inputs drop the last, labels the first
+    p = p[max(0, len(p) - (max_len + 1 - len(c))) :] if len(p) + len(c) > max_len + 1 else p
     if not p:  # at least one input token before the first predicted one
         p, c = c[:1], c[1:]
     ids = p + c
@@ -247,14 +251,20 @@ def encode_completion(tokenizer, prompt: str, completion: str, max_len: int, sta
     return Example(ids[:-1], labels)
 
 
-def encode_rows(rows: list[dict], task: str, tokenizer, arch: str, max_len: int,
-                label_names: list[str] | None = None, start_id: int | None = None) -> TaskDataset:
+def encode_rows(
+    rows: list[dict],
+    task: str,
+    tokenizer,
+    arch: str,
+    max_len: int,
+    label_names: list[str] | None = None,
+    start_id: int | None = None,
+) -> TaskDataset:
     """Tokenise checked rows. ``label_names`` (classify): the class names in id order; ``start_id``
     (completion): the token before each prompt (default BOS; the model's start token, so that
     training and generation agree)."""
     if arch not in TASK_ARCHS[task]:
-        raise ConfigError(f"task: {task!r} needs a model of kind {' or '.join(TASK_ARCHS[task])}, "
-                          f"got an {arch}")
+        raise ConfigError(f"task: {task!r} needs a model of kind {' or '.join(TASK_ARCHS[task])}, got an {arch}")
     if task == "classify":
         label_names = label_names or sorted({r["label"] for r in rows})
         index = {name: i for i, name in enumerate(label_names)}
@@ -264,15 +274,29 @@ def encode_rows(rows: list[dict], task: str, tokenizer, arch: str, max_len: int,
             examples.append(Example(ids, index[r["label"]], types))
         return TaskDataset(task, examples, label_names)
     if task == "seq2seq":
-        return TaskDataset(task, [encode_seq2seq(tokenizer, r["source"], r["target"], max_len) for r in rows],
-                           sources=[r["source"] for r in rows], references=[r["target"] for r in rows])
-    return TaskDataset(task, [encode_completion(tokenizer, r["prompt"], r["completion"], max_len, start_id)
-                              for r in rows],
-                       sources=[r["prompt"] for r in rows], references=[r["completion"] for r in rows])
+        return TaskDataset(
+            task,
+            [encode_seq2seq(tokenizer, r["source"], r["target"], max_len) for r in rows],
+            sources=[r["source"] for r in rows],
+            references=[r["target"] for r in rows],
+        )
+    return TaskDataset(
+        task,
+        [encode_completion(tokenizer, r["prompt"], r["completion"], max_len, start_id) for r in rows],
+        sources=[r["prompt"] for r in rows],
+        references=[r["completion"] for r in rows],
+    )
 
 
-def load_task(path: str | Path, task: str, tokenizer, arch: str, max_len: int,
-              label_names: list[str] | None = None, start_id: int | None = None) -> TaskDataset:
+def load_task(
+    path: str | Path,
+    task: str,
+    tokenizer,
+    arch: str,
+    max_len: int,
+    label_names: list[str] | None = None,
+    start_id: int | None = None,
+) -> TaskDataset:
     """Check and tokenise a task file. Pass the training ``label_names`` for a validation file."""
     rows = check_rows(path, task, label_names)
     return encode_rows(rows, task, tokenizer, arch, max_len, label_names, start_id)
@@ -327,7 +351,7 @@ class ShuffledBatches:
             if self.position == len(self._order):
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._permutation()
-            take = self._order[self.position: self.position + self.batch_size - len(picked)]
+            take = self._order[self.position : self.position + self.batch_size - len(picked)]
             picked.extend(int(i) for i in take)
             self.position += len(take)
         return collate([self.data.examples[i] for i in picked], self.pad_id)
@@ -350,7 +374,7 @@ def eval_batches(data: TaskDataset, batch_size: int, pad_id: int = 0):
         for n, s in enumerate(starts):
             if max_batches is not None and n >= max_batches:
                 return
-            yield collate([data.examples[i] for i in order[s: s + batch_size]], pad_id)
+            yield collate([data.examples[i] for i in order[s : s + batch_size]], pad_id)
 
     return batches
 
@@ -358,8 +382,14 @@ def eval_batches(data: TaskDataset, batch_size: int, pad_id: int = 0):
 # ----------------------------------------------------------------------------------------------
 # The Shakespeare genre task
 
-GENRES = {"comedies": "comedy", "histories": "history", "tragedies": "tragedy", "roman": "roman",
-          "romances": "romance", "problems": "problem"}
+GENRES = {
+    "comedies": "comedy",
+    "histories": "history",
+    "tragedies": "tragedy",
+    "roman": "roman",
+    "romances": "romance",
+    "problems": "problem",
+}
 
 
 def split_passages(text: str, chars: int) -> list[str]:
@@ -379,8 +409,9 @@ def split_passages(text: str, chars: int) -> list[str]:
     return out
 
 
-def genre_rows(passage_chars: int = 512, max_per_class: int = 0, val_per_play: int = 0,
-               seed: int = 0) -> tuple[list[dict], list[dict]]:
+def genre_rows(
+    passage_chars: int = 512, max_per_class: int = 0, val_per_play: int = 0, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
     """(train, validation) rows ``{"text", "label", "play"}`` of the genre task.
 
     Validation: the standard held-out plays (one per folder), ``val_per_play`` passages from each,

@@ -8,10 +8,17 @@ from pathlib import Path
 
 from lmforge.errors import CheckpointError
 from lmforge.infer.attention import AttentionMap, attention_map, plot_attention, save_attention
-from lmforge.infer.generate import (Completion, GenerateOutput, fill_mask, fill_mask_ids, generate,
-                                    generate_ids)
-from lmforge.infer.score import (ScoreResult, conditional_logprobs, decoder_token_logprobs, plan_windows,
-                                 pseudo_log_likelihood, score, score_ids, summarize)
+from lmforge.infer.generate import Completion, GenerateOutput, fill_mask, fill_mask_ids, generate, generate_ids
+from lmforge.infer.score import (
+    ScoreResult,
+    conditional_logprobs,
+    decoder_token_logprobs,
+    plan_windows,
+    pseudo_log_likelihood,
+    score,
+    score_ids,
+    summarize,
+)
 
 
 def load_for_inference(path: str | Path, device: str = "auto", dtype: str | None = None):
@@ -20,7 +27,7 @@ def load_for_inference(path: str | Path, device: str = "auto", dtype: str | None
     import torch
 
     from lmforge.device import DTYPES, resolve_device
-    from lmforge.models import load_model
+    from lmforge.modeldir import load_model
     from lmforge.tokenizer import Tokenizer
 
     path = Path(path)
@@ -48,12 +55,31 @@ def load_for_inference(path: str | Path, device: str = "auto", dtype: str | None
         model = model.to(torch.bfloat16)
     model.eval()
     if not (path / "tokenizer.json").is_file():
-        raise CheckpointError(f"{path}: no tokenizer.json beside the model; the CLI needs it to turn text into tokens "
-                              f"(save the model with its tokenizer, or copy the tokenizer.json in)")
+        raise CheckpointError(
+            f"{path}: no tokenizer.json beside the model; the CLI needs it to turn text into tokens "
+            f"(save the model with its tokenizer, or copy the tokenizer.json in)"
+        )
     return model, Tokenizer.load(path / "tokenizer.json")
 
 
-__all__ = ["AttentionMap", "Completion", "GenerateOutput", "ScoreResult", "attention_map", "conditional_logprobs",
-           "decoder_token_logprobs", "fill_mask", "fill_mask_ids", "generate", "generate_ids",
-           "load_for_inference", "plan_windows", "plot_attention", "pseudo_log_likelihood", "save_attention",
-           "score", "score_ids", "summarize"]
+__all__ = [
+    "AttentionMap",
+    "Completion",
+    "GenerateOutput",
+    "ScoreResult",
+    "attention_map",
+    "conditional_logprobs",
+    "decoder_token_logprobs",
+    "fill_mask",
+    "fill_mask_ids",
+    "generate",
+    "generate_ids",
+    "load_for_inference",
+    "plan_windows",
+    "plot_attention",
+    "pseudo_log_likelihood",
+    "save_attention",
+    "score",
+    "score_ids",
+    "summarize",
+]

@@ -28,8 +28,14 @@ class AttentionMap:
     kind: str = "self"  # "self", "encoder", "decoder" (self-attention) or "cross"
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "head": self.head, "kind": self.kind, "shape": list(self.matrix.shape),
-                "query_tokens": self.query_tokens, "key_tokens": self.key_tokens}
+        return {
+            "layer": self.layer,
+            "head": self.head,
+            "kind": self.kind,
+            "shape": list(self.matrix.shape),
+            "query_tokens": self.query_tokens,
+            "key_tokens": self.key_tokens,
+        }
 
 
 def _labels(tokenizer, ids: list[int]) -> list[str]:
@@ -52,8 +58,9 @@ def _ids(tokenizer, x, encode) -> list[int]:
 
 
 @torch.inference_mode()
-def attention_map(model, tokenizer, text, layer: int = -1, head: int | None = None, target=None,
-                  kind: str | None = None) -> AttentionMap:
+def attention_map(
+    model, tokenizer, text, layer: int = -1, head: int | None = None, target=None, kind: str | None = None
+) -> AttentionMap:
     """The attention probabilities of ``layer`` (negative counts from the end) for ``text`` (a string,
     or token ids), one ``head`` or all heads.
 
@@ -98,8 +105,9 @@ def attention_map(model, tokenizer, text, layer: int = -1, head: int | None = No
                 tgt = _ids(tokenizer, target, tokenizer.encode if tokenizer is not None else None)
                 dec_in = model.shift_right(torch.tensor([tgt + [0]], device=device))  # start + target
                 _check_len(model, dec_in.shape[1])
-                out = model(input_ids=torch.tensor([src], device=device), decoder_input_ids=dec_in,
-                            output_attentions=True)
+                out = model(
+                    input_ids=torch.tensor([src], device=device), decoder_input_ids=dec_in, output_attentions=True
+                )
                 dec_ids = dec_in[0].tolist()
                 atts = out.cross_attentions if kind == "cross" else out.attentions
                 q_ids, k_ids = dec_ids, (src if kind == "cross" else dec_ids)
@@ -108,8 +116,9 @@ def attention_map(model, tokenizer, text, layer: int = -1, head: int | None = No
             model.train()
     n_layer = len(atts)
     if not -n_layer <= layer < n_layer:
-        raise LMForgeError(f"layer {layer} out of range: the model has {n_layer} layers (0..{n_layer - 1}, or -1 for "
-                           f"the last)")
+        raise LMForgeError(
+            f"layer {layer} out of range: the model has {n_layer} layers (0..{n_layer - 1}, or -1 for the last)"
+        )
     layer = layer % n_layer
     a = atts[layer][0].float().cpu()  # (H, T, S)
     if head is not None:
@@ -123,15 +132,16 @@ def attention_map(model, tokenizer, text, layer: int = -1, head: int | None = No
 def _check_len(model, n: int) -> None:
     cfg = model.config
     if cfg.positions != "none" and n > cfg.max_positions:
-        raise LMForgeError(f"{n} tokens exceed the model's context max_positions={cfg.max_positions}; use a "
-                           f"shorter text")
+        raise LMForgeError(
+            f"{n} tokens exceed the model's context max_positions={cfg.max_positions}; use a shorter text"
+        )
     if n == 0:
         raise LMForgeError("empty text: nothing to attend to")
 
 
 def _short(t: str, n: int = 12) -> str:
     t = t.replace("\n", "\\n").replace("Ġ", "_").replace("▁", "_")
-    return t if len(t) <= n else t[:n - 1] + "…"
+    return t if len(t) <= n else t[: n - 1] + "…"
 
 
 def plot_attention(amap: AttentionMap, path: str | Path, cmap: str = "viridis", max_labels: int = 64) -> Path:
@@ -144,8 +154,7 @@ def plot_attention(amap: AttentionMap, path: str | Path, cmap: str = "viridis", 
 
     m = amap.matrix
     panels = [m] if m.ndim == 2 else list(m)
-    titles = ([f"layer {amap.layer}, head {amap.head}"] if m.ndim == 2
-              else [f"head {h}" for h in range(len(panels))])
+    titles = [f"layer {amap.layer}, head {amap.head}"] if m.ndim == 2 else [f"head {h}" for h in range(len(panels))]
     T, S = panels[0].shape
     cols = 1 if len(panels) == 1 else math.ceil(math.sqrt(len(panels)))
     rows = math.ceil(len(panels) / cols)

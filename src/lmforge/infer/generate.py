@@ -64,8 +64,12 @@ class Completion:
         return self.text
 
     def to_dict(self) -> dict:
-        d = {"prompt": self.prompt, "text": self.text, "n_tokens": len(self.token_ids),
-             "finish_reason": self.finish_reason}
+        d = {
+            "prompt": self.prompt,
+            "text": self.text,
+            "n_tokens": len(self.token_ids),
+            "finish_reason": self.finish_reason,
+        }
         if self.score is not None:
             d["score"] = self.score
         return d
@@ -101,8 +105,15 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 class _Chooser:
     """Picks the next token from (B, V) logits: greedy or sampled, with the processors above."""
 
-    def __init__(self, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
-                 repetition_penalty: float, generator: torch.Generator | None):
+    def __init__(
+        self,
+        do_sample: bool,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        repetition_penalty: float,
+        generator: torch.Generator | None,
+    ):
         self.do_sample = do_sample
         self.temperature = temperature
         self.top_k = top_k if top_k and top_k > 0 else None
@@ -167,7 +178,8 @@ def _check_context(model, n_positions: int, what: str) -> None:
     if cfg.positions != "none" and n_positions > cfg.max_positions:
         raise ConfigError(
             f"{what} needs {n_positions} positions but the model's context is max_positions={cfg.max_positions}; "
-            f"lower max_new_tokens or shorten the prompt")
+            f"lower max_new_tokens or shorten the prompt"
+        )
 
 
 FEW_ROWS = 32  # up to this many rows per step, a CPU decode step uses _few_rows_linear
@@ -202,8 +214,11 @@ def _onednn_linear(weights: list[torch.Tensor], rows: int):
     fastest way found to stream weights at 1-32 rows on a CPU (25 matmuls of a 6 x 384 GPT-2 step
     at 8 rows: 6.1 ms as W @ x^T, 5.0 ms). Float rounding differs from ``F.linear`` (~1e-6
     relative). None where oneDNN cannot: not fp32, no oneDNN, or the copies would pass PACK_LIMIT."""
-    if (weights[0].dtype != torch.float32 or not torch.backends.mkldnn.is_available()
-            or sum(w.numel() * 4 for w in {id(w): w for w in weights}.values()) > PACK_LIMIT):
+    if (
+        weights[0].dtype != torch.float32
+        or not torch.backends.mkldnn.is_available()
+        or sum(w.numel() * 4 for w in {id(w): w for w in weights}.values()) > PACK_LIMIT
+    ):
         return None
     try:
         packed = {id(w): torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows) for w in weights}
@@ -235,8 +250,19 @@ class _LeanDecodeStep:
         if type(model) is not DecoderLM or type(model.transformer) is not TransformerStack:
             return False
         norms = (nn.LayerNorm, nn.RMSNorm)
-        expected = {DecoderLM, TransformerStack, Block, Attention, MLP, nn.Linear, nn.Embedding, nn.Dropout,
-                    nn.ModuleList, RotaryEmbedding, *norms}
+        expected = {
+            DecoderLM,
+            TransformerStack,
+            Block,
+            Attention,
+            MLP,
+            nn.Linear,
+            nn.Embedding,
+            nn.Dropout,
+            nn.ModuleList,
+            RotaryEmbedding,
+            *norms,
+        }
         mods = list(model.modules())
         if any(type(m) not in expected for m in mods):
             return False  # a replaced layer (LoRA, quantised, ...): use the model's own forward
@@ -262,11 +288,24 @@ class _LeanDecodeStep:
         self.emb_norm = self._norm(tr.emb_norm) if tr.emb_norm is not None else None
         self.norm_f = self._norm(tr.norm_f) if tr.norm_f is not None else None
         self.head_w, self.head_b = model.lm_head.weight, model.lm_head.bias
-        self.layers = [(self._norm(b.norm1), b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.attn.proj.bias,
-                        self._norm(b.norm2), b.mlp.fc.weight, b.mlp.fc.bias, b.mlp.proj.weight, b.mlp.proj.bias)
-                       for b in tr.blocks]
-        self.weights = [w for b in tr.blocks for w in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp.fc.weight,
-                                                       b.mlp.proj.weight)] + [self.head_w]
+        self.layers = [
+            (
+                self._norm(b.norm1),
+                b.attn.qkv.weight,
+                b.attn.qkv.bias,
+                b.attn.proj.weight,
+                b.attn.proj.bias,
+                self._norm(b.norm2),
+                b.mlp.fc.weight,
+                b.mlp.fc.bias,
+                b.mlp.proj.weight,
+                b.mlp.proj.bias,
+            )
+            for b in tr.blocks
+        ]
+        self.weights = [
+            w for b in tr.blocks for w in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp.fc.weight, b.mlp.proj.weight)
+        ] + [self.head_w]
         self._linears: dict[int, object] = {}  # rows -> the CPU matmul for that many rows
 
     def _linear(self, tokens: torch.Tensor):
@@ -285,8 +324,9 @@ class _LeanDecodeStep:
 
         if isinstance(m, torch.nn.RMSNorm):
             return functools.partial(F.rms_norm, normalized_shape=m.normalized_shape, weight=m.weight, eps=m.eps)
-        return functools.partial(F.layer_norm, normalized_shape=m.normalized_shape, weight=m.weight, bias=m.bias,
-                                 eps=m.eps)
+        return functools.partial(
+            F.layer_norm, normalized_shape=m.normalized_shape, weight=m.weight, bias=m.bias, eps=m.eps
+        )
 
     def __call__(self, tokens: torch.Tensor, pos: torch.Tensor | None, cache, mask: torch.Tensor | None):
         """tokens (B,); pos (B, 1) position ids or None (= the cache length for every row);
@@ -343,8 +383,15 @@ class _LeanDecodeStep:
 class _DecoderStepper:
     """Decoder-only: prompt (B, P) left-padded, + one token per step."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new: int,
-                 use_cache: bool, fast: bool = True):
+    def __init__(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        max_new: int,
+        use_cache: bool,
+        fast: bool = True,
+    ):
         self.model, self.use_cache = model, use_cache
         B, P = input_ids.shape
         self.P, self.device = P, input_ids.device
@@ -352,8 +399,9 @@ class _DecoderStepper:
         if attention_mask is not None:
             attention_mask = attention_mask.to(input_ids.device)
             if attention_mask.shape != input_ids.shape:
-                raise LMForgeError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
-                                   f"{tuple(input_ids.shape)}")
+                raise LMForgeError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+                )
             if not bool(attention_mask[:, -1].all()):
                 raise LMForgeError("prompts must be left-padded for a decoder (the last column must be real tokens)")
             if bool(attention_mask.all()):
@@ -381,9 +429,13 @@ class _DecoderStepper:
         self.input_ids, self.cur = input_ids, P
 
     def prefill(self) -> torch.Tensor:
-        out = self.model(self.input_ids, attention_mask=self.mask[:, :self.P] if self.padded else None,
-                         position_ids=self.pos if self.padded else None,
-                         cache=self.cache if self.use_cache else None, last_only=True)
+        out = self.model(
+            self.input_ids,
+            attention_mask=self.mask[:, : self.P] if self.padded else None,
+            position_ids=self.pos if self.padded else None,
+            cache=self.cache if self.use_cache else None,
+            last_only=True,
+        )
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -391,10 +443,14 @@ class _DecoderStepper:
         if not self.use_cache:
             self.seq[:, cur - 1] = tokens
             if self.padded:
-                self.all_pos[:, cur - 1:cur] = self.next_pos
+                self.all_pos[:, cur - 1 : cur] = self.next_pos
                 self.next_pos = self.next_pos + 1
-                return self.model(self.seq[:, :cur], attention_mask=self.mask[:, :cur],
-                                  position_ids=self.all_pos[:, :cur], last_only=True).logits[:, -1]
+                return self.model(
+                    self.seq[:, :cur],
+                    attention_mask=self.mask[:, :cur],
+                    position_ids=self.all_pos[:, :cur],
+                    last_only=True,
+                ).logits[:, -1]
             return self.model(self.seq[:, :cur], last_only=True).logits[:, -1]
         if self.lean is not None:
             if self.padded:
@@ -405,8 +461,9 @@ class _DecoderStepper:
         if self.padded:
             pos = self.next_pos
             self.next_pos = pos + 1
-            return self.model(tokens[:, None], attention_mask=self.mask[:, :cur], position_ids=pos,
-                              cache=self.cache, last_only=True).logits[:, -1]
+            return self.model(
+                tokens[:, None], attention_mask=self.mask[:, :cur], position_ids=pos, cache=self.cache, last_only=True
+            ).logits[:, -1]
         return self.model(tokens[:, None], cache=self.cache, last_only=True).logits[:, -1]
 
     def expand(self, n: int) -> None:
@@ -435,8 +492,15 @@ class _DecoderStepper:
 class _Seq2SeqStepper:
     """Encoder-decoder: encode the source once; the decoder starts from the start token."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new: int,
-                 use_cache: bool, start_id: int):
+    def __init__(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        max_new: int,
+        use_cache: bool,
+        start_id: int,
+    ):
         self.model, self.use_cache = model, use_cache
         B = input_ids.shape[0]
         self.device = input_ids.device
@@ -459,8 +523,13 @@ class _Seq2SeqStepper:
         return self._run(self.dec[:, :1])
 
     def _run(self, dec_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(attention_mask=self.src_mask, decoder_input_ids=dec_ids, encoder_hidden_states=self.enc,
-                          cache=self.cache, last_only=True).logits[:, -1]
+        return self.model(
+            attention_mask=self.src_mask,
+            decoder_input_ids=dec_ids,
+            encoder_hidden_states=self.enc,
+            cache=self.cache,
+            last_only=True,
+        ).logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         cur = self.cur = self.cur + 1
@@ -549,9 +618,16 @@ def generate_ids(
     if input_ids.shape[1] == 0:
         raise LMForgeError("empty prompt: give at least one token (e.g. a BOS token)")
     cfg = model.config
-    SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                    repetition_penalty=repetition_penalty, seed=seed, num_beams=num_beams,
-                    length_penalty=length_penalty).check_model(cfg.vocab_size)
+    SamplingOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+    ).check_model(cfg.vocab_size)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     eos = _resolve_special(eos_id, cfg.eos_id)
@@ -572,7 +648,7 @@ def generate_ids(
     try:
         if arch == "decoder":
             stepper = _DecoderStepper(model, input_ids, attention_mask, max_new_tokens, use_cache, fast)
-            seen_ids, seen_mask = input_ids, (stepper.mask[:, :stepper.P] if stepper.padded else None)
+            seen_ids, seen_mask = input_ids, (stepper.mask[:, : stepper.P] if stepper.padded else None)
         else:
             start = decoder_start_id if decoder_start_id is not None else cfg.decoder_start_id
             if start is None:
@@ -582,17 +658,38 @@ def generate_ids(
         chooser = _Chooser(do_sample, temperature, top_k, top_p, repetition_penalty, generator)
         chooser.init_present(seen_ids, seen_mask, cfg.vocab_size)
         if beam_search or (beam_search is None and num_beams > 1):
-            return _beam_search(stepper, chooser, input_ids.shape[0], num_beams, max_new_tokens, eos, pad,
-                                length_penalty)
-        return _sample_loop(stepper, chooser, input_ids.shape[0], max_new_tokens, eos, pad, callback,
-                            output_logprobs, check_every, device)
+            return _beam_search(
+                stepper, chooser, input_ids.shape[0], num_beams, max_new_tokens, eos, pad, length_penalty
+            )
+        return _sample_loop(
+            stepper,
+            chooser,
+            input_ids.shape[0],
+            max_new_tokens,
+            eos,
+            pad,
+            callback,
+            output_logprobs,
+            check_every,
+            device,
+        )
     finally:
         if was_training:
             model.train()
 
 
-def _sample_loop(stepper, chooser: _Chooser, B: int, max_new: int, eos: int | None, pad: int,
-                 callback, output_logprobs: bool, check_every: int, device) -> GenerateOutput:
+def _sample_loop(
+    stepper,
+    chooser: _Chooser,
+    B: int,
+    max_new: int,
+    eos: int | None,
+    pad: int,
+    callback,
+    output_logprobs: bool,
+    check_every: int,
+    device,
+) -> GenerateOutput:
     out = torch.full((B, max_new), pad, dtype=torch.long, device=device)
     lps = torch.zeros(B, max_new, device=device) if output_logprobs else None
     track = eos is not None or callback is not None
@@ -626,8 +723,9 @@ def _sample_loop(stepper, chooser: _Chooser, B: int, max_new: int, eos: int | No
     return GenerateOutput(out[:, :n], lengths, lps[:, :n] if lps is not None else None, finished=finished)
 
 
-def _beam_search(stepper, chooser: _Chooser, B: int, W: int, max_new: int, eos: int | None, pad: int,
-                 length_penalty: float) -> GenerateOutput:
+def _beam_search(
+    stepper, chooser: _Chooser, B: int, W: int, max_new: int, eos: int | None, pad: int, length_penalty: float
+) -> GenerateOutput:
     """Beam search with HF's bookkeeping: keep the top 2W continuations of all W beams by summed
     log-probability; those among the top W that end in EOS become finished hypotheses (score
     normalised by generated length ** length_penalty); the best W others keep running. An item is
@@ -669,7 +767,7 @@ def _beam_search(stepper, chooser: _Chooser, B: int, W: int, max_new: int, eos: 
                     if rank < W:  # only the top W may finish (HF)
                         hyp = seqs[b, beam, :gen_len].clone()
                         hyp[step] = tok
-                        finished[b].append((s / gen_len ** length_penalty, hyp))
+                        finished[b].append((s / gen_len**length_penalty, hyp))
                     continue
                 if k < W:
                     new_beam[b, k], new_tok[b, k], new_score[b, k] = beam, tok, s
@@ -679,7 +777,7 @@ def _beam_search(stepper, chooser: _Chooser, B: int, W: int, max_new: int, eos: 
             finished[b].sort(key=lambda h: -h[0])
             del finished[b][W:]
             if len(finished[b]) == W and k > 0:
-                best_running = float(new_score[b, 0]) / gen_len ** length_penalty
+                best_running = float(new_score[b, 0]) / gen_len**length_penalty
                 if finished[b][-1][0] >= best_running:
                     done[b] = True
         if last or all(done):
@@ -707,14 +805,14 @@ def _beam_search(stepper, chooser: _Chooser, B: int, W: int, max_new: int, eos: 
                         continue  # EOS candidates were added above
                     hyp = seqs[b, beam, :n_steps].clone()
                     hyp[step] = tok
-                    finished[b].append((s / n_steps ** length_penalty, hyp))
+                    finished[b].append((s / n_steps**length_penalty, hyp))
     tokens = torch.full((B, n_steps), pad, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     scores = torch.zeros(B, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     for b in range(B):
         score, hyp = max(finished[b], key=lambda h: h[0])
-        tokens[b, :len(hyp)] = hyp
+        tokens[b, : len(hyp)] = hyp
         lengths[b] = len(hyp)
         scores[b] = score
         ended[b] = eos is not None and int(hyp[-1]) == eos
@@ -746,8 +844,9 @@ def encode_prompt(tokenizer, text: str, model, add_bos: bool | None = None) -> l
     return ids
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
-              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left", device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L) ids and mask from lists of ids, padded on ``side``."""
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
@@ -756,11 +855,11 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
         if not len(s):
             continue
         if side == "left":
-            ids[i, L - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, L - len(s):] = 1
+            ids[i, L - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, L - len(s) :] = 1
         else:
-            ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, :len(s)] = 1
+            ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -802,12 +901,12 @@ class _TextTracker:
         if self.text.endswith("\ufffd"):  # an incomplete multi-byte character
             safe = min(safe, len(self.text.rstrip("\ufffd")))
         if safe > self.emitted:
-            delta, self.emitted = self.text[self.emitted:safe], safe
+            delta, self.emitted = self.text[self.emitted : safe], safe
             return delta
         return ""
 
     def flush(self) -> str:
-        delta = self.text[self.emitted:]
+        delta = self.text[self.emitted :]
         self.emitted = len(self.text)
         return delta
 
@@ -840,9 +939,17 @@ def generate(
     Decoder prompts start with the model's start token (:func:`encode_prompt`; ``add_bos=False``
     leaves it out), are left-padded and run in batches of ``batch_size`` (default: all at once).
     """
-    SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                    repetition_penalty=repetition_penalty, seed=seed, num_beams=num_beams,
-                    length_penalty=length_penalty, batch_size=batch_size)  # refuse bad options before any work
+    SamplingOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        batch_size=batch_size,
+    )  # refuse bad options before any work
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -869,9 +976,10 @@ def generate(
     bs = batch_size or len(prompts)
     results: list[Completion] = []
     for start in range(0, len(prompts), bs):
-        chunk = encoded[start:start + bs]
+        chunk = encoded[start : start + bs]
         ids, mask = pad_batch(chunk, pad, "left" if arch == "decoder" else "right", device)
         trackers = [_TextTracker(tokenizer, stop, eos) for _ in chunk]
+
         def follow(step, tokens, trackers=trackers, offset=start):  # stream text, stop at stop strings
             stops = []
             for j, (tr, t) in enumerate(zip(trackers, tokens.tolist())):
@@ -882,11 +990,24 @@ def generate(
             return stops
 
         callback = follow if num_beams == 1 and (stream is not None or stop) else None
-        out = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                           temperature=temperature, top_k=top_k, top_p=top_p,
-                           repetition_penalty=repetition_penalty, num_beams=num_beams,
-                           length_penalty=length_penalty, eos_id=eos, pad_id=pad, generator=generator,
-                           use_cache=use_cache, callback=callback)
+        out = generate_ids(
+            model,
+            ids,
+            mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            eos_id=eos,
+            pad_id=pad,
+            generator=generator,
+            use_cache=use_cache,
+            callback=callback,
+        )
         for j, toks in enumerate(out.token_lists()):
             tr = trackers[j]
             if callback is not None:
@@ -921,8 +1042,9 @@ def generate(
 
 
 @torch.inference_mode()
-def fill_mask_ids(model, input_ids, mask_id: int | None = None, top_k: int = 5,
-                  token_type_ids: torch.Tensor | None = None) -> list[list[tuple[int, float]]]:
+def fill_mask_ids(
+    model, input_ids, mask_id: int | None = None, top_k: int = 5, token_type_ids: torch.Tensor | None = None
+) -> list[list[tuple[int, float]]]:
     """Top-k (token id, probability) candidates for each ``mask_id`` position of one sequence,
     left to right, from a masked LM's single forward pass."""
     if _arch(model) != "encoder":

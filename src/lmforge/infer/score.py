@@ -60,8 +60,7 @@ class ScoreResult:
         d = {}
         if self.text is not None:
             d["text"] = self.text
-        d.update(kind=self.kind, logprob=self.logprob, n_tokens=self.n_tokens, nll=self.nll,
-                 perplexity=self.perplexity)
+        d.update(kind=self.kind, logprob=self.logprob, n_tokens=self.n_tokens, nll=self.nll, perplexity=self.perplexity)
         if self.n_bytes is not None:
             d["n_bytes"] = self.n_bytes
             d["bits_per_byte"] = self.bits_per_byte
@@ -76,9 +75,15 @@ def summarize(results: Sequence[ScoreResult]) -> dict:
     lp = sum(r.logprob for r in results)
     n = sum(r.n_tokens for r in results)
     nb = sum(r.n_bytes or 0 for r in results)
-    return {"texts": len(results), "logprob": lp, "n_tokens": n, "nll": -lp / n if n else float("nan"),
-            "perplexity": math.exp(-lp / n) if n else float("nan"), "n_bytes": nb,
-            "bits_per_byte": -lp / (LN2 * nb) if nb else None}
+    return {
+        "texts": len(results),
+        "logprob": lp,
+        "n_tokens": n,
+        "nll": -lp / n if n else float("nan"),
+        "perplexity": math.exp(-lp / n) if n else float("nan"),
+        "n_bytes": nb,
+        "bits_per_byte": -lp / (LN2 * nb) if nb else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,9 +125,9 @@ def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, chunk: int 
         return out
     chunk = chunk or _chunk_rows(getattr(head, "out_features", 32768), hidden.device)
     for i in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[i:i + chunk]).float()
-        t = targets[i:i + chunk, None]
-        out[i:i + chunk] = logits.gather(1, t).squeeze(1) - torch.logsumexp(logits, dim=-1)
+        logits = head(hidden[i : i + chunk]).float()
+        t = targets[i : i + chunk, None]
+        out[i : i + chunk] = logits.gather(1, t).squeeze(1) - torch.logsumexp(logits, dim=-1)
     return out
 
 
@@ -131,8 +136,8 @@ def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk: int | No
     out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     chunk = chunk or _chunk_rows(logits.shape[-1], logits.device)
     for i in range(0, logits.shape[0], chunk):
-        lg = logits[i:i + chunk].float()
-        out[i:i + chunk] = lg.gather(1, targets[i:i + chunk, None]).squeeze(1) - torch.logsumexp(lg, dim=-1)
+        lg = logits[i : i + chunk].float()
+        out[i : i + chunk] = lg.gather(1, targets[i : i + chunk, None]).squeeze(1) - torch.logsumexp(lg, dim=-1)
     return out
 
 
@@ -185,8 +190,9 @@ def _resolve_window(model, window: int | None, stride: int | None, longest: int)
     if window < 2:
         raise LMForgeError(f"window must be at least 2 tokens, got {window}")
     if limit is not None and window > limit:
-        raise LMForgeError(f"window={window} exceeds the model's context max_positions={limit}; use --window {limit} "
-                           f"or less")
+        raise LMForgeError(
+            f"window={window} exceeds the model's context max_positions={limit}; use --window {limit} or less"
+        )
     if stride is None:
         stride = max(1, window // 2)
     if not 1 <= stride < window:
@@ -204,8 +210,14 @@ def _decoder_parts(model):
 
 
 @torch.inference_mode()
-def decoder_token_logprobs(model, sequences: Sequence, window: int | None = None, stride: int | None = None,
-                           batch_size: int = 16, progress: bool | None = None) -> list[torch.Tensor]:
+def decoder_token_logprobs(
+    model,
+    sequences: Sequence,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> list[torch.Tensor]:
     """Per-token log P for each token sequence under a decoder: for a sequence of n tokens, a float
     tensor of n - 1 values, log P(x_t | x_<t) for t = 1 .. n-1 (the first token is context only).
 
@@ -226,11 +238,11 @@ def decoder_token_logprobs(model, sequences: Sequence, window: int | None = None
     bar = _progress(sum(e - f for _, _, e, f in items), progress, "scoring")
     try:
         for k in range(0, len(items), batch_size):
-            batch = items[k:k + batch_size]
+            batch = items[k : k + batch_size]
             L = max(e - b for _, b, e, _ in batch)
             ids = torch.zeros(len(batch), L, dtype=torch.long)
             for r, (i, b, e, _) in enumerate(batch):
-                ids[r, :e - b] = seqs[i][b:e]
+                ids[r, : e - b] = seqs[i][b:e]
             # column c predicts token c + 1; a window scores its columns f-1-b .. e-2-b (one mask, no
             # per-token index lists: the bookkeeping stays small next to a GPU's forward)
             col = torch.arange(L - 1)
@@ -245,7 +257,7 @@ def decoder_token_logprobs(model, sequences: Sequence, window: int | None = None
                 lp = logits_logprobs(model(ids).logits[:, :-1][scored], tgt)
             sizes = [e - f for _, _, e, f in batch]
             for (i, _, e, f), part in zip(batch, lp.cpu().split(sizes)):  # row-major: row by row, in order
-                results[i][f - 1:e - 1] = part
+                results[i][f - 1 : e - 1] = part
             bar.update(sum(sizes))
     finally:
         bar.close()
@@ -254,8 +266,14 @@ def decoder_token_logprobs(model, sequences: Sequence, window: int | None = None
     return results
 
 
-def score_ids(model, sequences: Sequence, window: int | None = None, stride: int | None = None,
-              batch_size: int = 16, progress: bool | None = None) -> list[ScoreResult]:
+def score_ids(
+    model,
+    sequences: Sequence,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> list[ScoreResult]:
     """:class:`ScoreResult` s of token sequences under a decoder (the first token is context)."""
     seqs = _as_tensors(sequences)
     lps = decoder_token_logprobs(model, seqs, window, stride, batch_size, progress)
@@ -277,8 +295,14 @@ def _special_ids(cfg, tokenizer=None) -> set[int]:
 
 
 @torch.inference_mode()
-def pseudo_log_likelihood(model, sequences: Sequence, mask_id: int | None = None, batch_size: int = 64,
-                          skip_ids: Iterable[int] | None = None, progress: bool | None = None) -> list[ScoreResult]:
+def pseudo_log_likelihood(
+    model,
+    sequences: Sequence,
+    mask_id: int | None = None,
+    batch_size: int = 64,
+    skip_ids: Iterable[int] | None = None,
+    progress: bool | None = None,
+) -> list[ScoreResult]:
     """PLL of token sequences under a masked LM: each scorable position (not a special token in
     ``skip_ids``, default the model's [CLS]/[SEP]/[PAD]/BOS/EOS/[MASK]) is replaced by ``mask_id``
     in its own copy of the sequence; the copies of all sequences are batched ``batch_size`` at a
@@ -291,8 +315,10 @@ def pseudo_log_likelihood(model, sequences: Sequence, mask_id: int | None = None
     seqs = _as_tensors(sequences)
     for s in seqs:
         if cfg.positions != "none" and len(s) > cfg.max_positions:
-            raise LMForgeError(f"a text of {len(s)} tokens exceeds the model's context max_positions="
-                               f"{cfg.max_positions}; split it into shorter texts")
+            raise LMForgeError(
+                f"a text of {len(s)} tokens exceeds the model's context max_positions="
+                f"{cfg.max_positions}; split it into shorter texts"
+            )
     positions = [[p for p, t in enumerate(s.tolist()) if t not in skip] for s in seqs]
     items = [(i, p) for i, ps in enumerate(positions) for p in ps]
     items.sort(key=lambda it: -len(seqs[it[0]]))
@@ -307,13 +333,13 @@ def pseudo_log_likelihood(model, sequences: Sequence, mask_id: int | None = None
     bar = _progress(len(items), progress, "PLL")
     try:
         for k in range(0, len(items), batch_size):
-            batch = items[k:k + batch_size]
+            batch = items[k : k + batch_size]
             L = max(len(seqs[i]) for i, _ in batch)
             ids = torch.full((len(batch), L), pad, dtype=torch.long)
             mask = torch.zeros(len(batch), L, dtype=torch.long)
             for r, (i, p) in enumerate(batch):
-                ids[r, :len(seqs[i])] = seqs[i]
-                mask[r, :len(seqs[i])] = 1
+                ids[r, : len(seqs[i])] = seqs[i]
+                mask[r, : len(seqs[i])] = 1
                 ids[r, p] = mask_id
             rows = torch.arange(len(batch), device=device)
             cols = torch.tensor([p for _, p in batch], device=device)
@@ -332,8 +358,10 @@ def pseudo_log_likelihood(model, sequences: Sequence, mask_id: int | None = None
         bar.close()
         if was_training:
             model.train()
-    return [ScoreResult(float(lp.double().sum()), len(lp), [int(seqs[i][p]) for p in positions[i]], lp.tolist(),
-                        kind="pll") for i, lp in enumerate(lps)]
+    return [
+        ScoreResult(float(lp.double().sum()), len(lp), [int(seqs[i][p]) for p in positions[i]], lp.tolist(), kind="pll")
+        for i, lp in enumerate(lps)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,8 +369,9 @@ def pseudo_log_likelihood(model, sequences: Sequence, mask_id: int | None = None
 
 
 @torch.inference_mode()
-def conditional_logprobs(model, sources: Sequence, targets: Sequence, batch_size: int = 16,
-                         progress: bool | None = None) -> list[ScoreResult]:
+def conditional_logprobs(
+    model, sources: Sequence, targets: Sequence, batch_size: int = 16, progress: bool | None = None
+) -> list[ScoreResult]:
     """log P(target | source) of token sequences under an encoder-decoder: every target token is
     scored (the decoder starts from its start token, as in training)."""
     cfg = model.config
@@ -352,8 +381,9 @@ def conditional_logprobs(model, sources: Sequence, targets: Sequence, batch_size
     for what, group in (("source", srcs), ("target", tgts)):
         for s in group:
             if cfg.positions != "none" and len(s) > cfg.max_positions:
-                raise LMForgeError(f"a {what} of {len(s)} tokens exceeds the model's context max_positions="
-                                   f"{cfg.max_positions}")
+                raise LMForgeError(
+                    f"a {what} of {len(s)} tokens exceeds the model's context max_positions={cfg.max_positions}"
+                )
     device = _device(model)
     pad = cfg.pad_id if cfg.pad_id is not None else 0
     order = sorted(range(len(srcs)), key=lambda i: -(len(srcs[i]) + len(tgts[i])))
@@ -363,16 +393,16 @@ def conditional_logprobs(model, sources: Sequence, targets: Sequence, batch_size
     bar = _progress(sum(len(t) for t in tgts), progress, "scoring")
     try:
         for k in range(0, len(order), batch_size):
-            batch = order[k:k + batch_size]
+            batch = order[k : k + batch_size]
             S = max(max(len(srcs[i]) for i in batch), 1)
             T = max(max(len(tgts[i]) for i in batch), 1)
             src = torch.full((len(batch), S), pad, dtype=torch.long)
             mask = torch.zeros(len(batch), S, dtype=torch.long)
             labels = torch.full((len(batch), T), -100, dtype=torch.long)
             for r, i in enumerate(batch):
-                src[r, :len(srcs[i])] = srcs[i]
-                mask[r, :len(srcs[i])] = 1
-                labels[r, :len(tgts[i])] = tgts[i]
+                src[r, : len(srcs[i])] = srcs[i]
+                mask[r, : len(srcs[i])] = 1
+                labels[r, : len(tgts[i])] = tgts[i]
             src, mask, labels = src.to(device), mask.to(device), labels.to(device)
             dec_in = model.shift_right(labels)
             rows, cols = (labels != -100).nonzero(as_tuple=True)
@@ -413,8 +443,9 @@ def text_start_id(tokenizer, model=None) -> int | None:
     return start if start is not None else getattr(tokenizer, "bos_id", None)
 
 
-def encode_for_decoder(tokenizer, text: str, add_bos: bool | None = None, start_id: int | None = None,
-                       model=None) -> list[int]:
+def encode_for_decoder(
+    tokenizer, text: str, add_bos: bool | None = None, start_id: int | None = None, model=None
+) -> list[int]:
     """Ids of ``text`` with the start token in front: ``start_id`` if given, else
     :func:`text_start_id` (the model's start token, else BOS). ``add_bos``: False leaves the start
     token out; None puts it in when there is one; True insists on one."""
@@ -455,9 +486,18 @@ def encode_for_encoder(tokenizer, text: str, model=None) -> list[int]:
     return ids
 
 
-def score(model, tokenizer, texts: str | Sequence, window: int | None = None, stride: int | None = None,
-          batch_size: int = 16, progress: bool | None = None, add_bos: bool | None = None,
-          add_eos: bool = True, start_id: int | None = None) -> list[ScoreResult]:
+def score(
+    model,
+    tokenizer,
+    texts: str | Sequence,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    add_bos: bool | None = None,
+    add_eos: bool = True,
+    start_id: int | None = None,
+) -> list[ScoreResult]:
     """Score texts with the model's own method (see the module doc).
 
     Decoder: ``texts`` are strings; log P, perplexity and bits per byte, with a sliding ``window``
@@ -475,8 +515,12 @@ def score(model, tokenizer, texts: str | Sequence, window: int | None = None, st
     arch = _arch(model)
     if isinstance(texts, str):
         texts = [texts]
-    elif (arch == "encoder-decoder" and isinstance(texts, tuple) and len(texts) == 2
-          and all(isinstance(t, str) for t in texts)):
+    elif (
+        arch == "encoder-decoder"
+        and isinstance(texts, tuple)
+        and len(texts) == 2
+        and all(isinstance(t, str) for t in texts)
+    ):
         texts = [texts]  # one (source, target) pair
     texts = list(texts)
     if arch == "decoder":
@@ -488,8 +532,14 @@ def score(model, tokenizer, texts: str | Sequence, window: int | None = None, st
     elif arch == "encoder":
         seqs = [encode_for_encoder(tokenizer, t, model) for t in texts]
         mask = _tok_special(tokenizer, model, "mask_id")
-        res = pseudo_log_likelihood(model, seqs, mask, batch_size=max(batch_size, 64),
-                                    skip_ids=_special_ids(model.config, tokenizer), progress=progress)
+        res = pseudo_log_likelihood(
+            model,
+            seqs,
+            mask,
+            batch_size=max(batch_size, 64),
+            skip_ids=_special_ids(model.config, tokenizer),
+            progress=progress,
+        )
     else:
         pairs = []
         for t in texts:
@@ -506,7 +556,7 @@ def score(model, tokenizer, texts: str | Sequence, window: int | None = None, st
             tgts.append(ids)
         res = conditional_logprobs(model, srcs, tgts, batch_size, progress)
         texts = [y for _, y in pairs]
-        for r, (s, y) in zip(res, pairs):
+        for r, (_, y) in zip(res, pairs):
             r.text = y
     for r, t in zip(res, texts):
         if r.text is None:

@@ -46,12 +46,16 @@ def split_spans(ids: Sequence[int], sentinel_ids: Sequence[int], eos_id: int | N
 
 def _check_model(model, tokenizer) -> list[int]:
     if getattr(getattr(model, "config", None), "arch", None) != "encoder-decoder":
-        raise LMForgeError("span filling needs an encoder-decoder (T5-style span corruption); "
-                           "for an encoder use fill-mask, for a decoder generate")
+        raise LMForgeError(
+            "span filling needs an encoder-decoder (T5-style span corruption); "
+            "for an encoder use fill-mask, for a decoder generate"
+        )
     sentinels = list(getattr(tokenizer, "sentinel_ids", []) or [])
     if not sentinels:
-        raise LMForgeError("the tokenizer has no sentinel tokens (<extra_id_N>); span filling needs the tokenizer "
-                           "the model was pretrained with")
+        raise LMForgeError(
+            "the tokenizer has no sentinel tokens (<extra_id_N>); span filling needs the tokenizer "
+            "the model was pretrained with"
+        )
     return sentinels
 
 
@@ -66,8 +70,9 @@ def fill_spans(model, tokenizer, text: str, max_new_tokens: int = 32) -> FilledS
     ids = encode_source(tokenizer, source, model)
     present = [k for k, s in enumerate(sentinels) if s in ids]
     if not present:
-        raise LMForgeError("no sentinel in the text; write <extra_id_0>, <extra_id_1>, ... (or [MASK]) where text "
-                           "is missing")
+        raise LMForgeError(
+            "no sentinel in the text; write <extra_id_0>, <extra_id_1>, ... (or [MASK]) where text is missing"
+        )
     device = next(model.parameters()).device
     out = generate_ids(model, torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, do_sample=False)
     spans = split_spans(out.token_lists()[0], sentinels, model.config.eos_id)
@@ -77,8 +82,9 @@ def fill_spans(model, tokenizer, text: str, max_new_tokens: int = 32) -> FilledS
 
 
 @torch.no_grad()
-def span_filling_metrics(model, tokenizer, batches: Iterable[dict[str, torch.Tensor]],
-                         extra_tokens: int = 4) -> dict[str, float]:
+def span_filling_metrics(
+    model, tokenizer, batches: Iterable[dict[str, torch.Tensor]], extra_tokens: int = 4
+) -> dict[str, float]:
     """Greedy decoding on span-corruption batches (``input_ids``, ``attention_mask``, ``labels``):
     ``span_exact_match``, the share of dropped spans restored token for token, over ``spans``."""
     sentinels = _check_model(model, tokenizer)
@@ -87,8 +93,13 @@ def span_filling_metrics(model, tokenizer, batches: Iterable[dict[str, torch.Ten
     right = total = 0
     for batch in batches:
         labels = batch["labels"]
-        out = generate_ids(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                           max_new_tokens=labels.shape[1] + extra_tokens, do_sample=False)
+        out = generate_ids(
+            model,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            max_new_tokens=labels.shape[1] + extra_tokens,
+            do_sample=False,
+        )
         for pred, gold in zip(out.token_lists(), labels.tolist()):
             want = split_spans([t for t in gold if t != -100], sentinels, eos)
             got = split_spans(pred, sentinels, eos)

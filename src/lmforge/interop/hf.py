@@ -61,8 +61,9 @@ def _save(op: str, t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
 Rule = tuple[str, list[str], str, list[int]]
 
 
-def _linear(ours: str, hf: str | list[str], sizes: list[int] | None = None, bias: bool = True,
-            op: str = "copy") -> list[Rule]:
+def _linear(
+    ours: str, hf: str | list[str], sizes: list[int] | None = None, bias: bool = True, op: str = "copy"
+) -> list[Rule]:
     """Rules for a linear layer (weight, and bias when present); several HF names -> concatenated."""
     names = [hf] if isinstance(hf, str) else hf
     multi = "cat" if len(names) > 1 else op
@@ -81,12 +82,16 @@ def _qkv_sizes(cfg: ModelConfig) -> list[int]:
 
 
 def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
-    r: list[Rule] = [("transformer.tok_emb.weight", ["transformer.wte.weight"], "copy", []),
-                     ("transformer.pos_emb.weight", ["transformer.wpe.weight"], "copy", [])]
+    r: list[Rule] = [
+        ("transformer.tok_emb.weight", ["transformer.wte.weight"], "copy", []),
+        ("transformer.pos_emb.weight", ["transformer.wpe.weight"], "copy", []),
+    ]
     for i in range(cfg.n_layer):
         o, h = f"transformer.blocks.{i}", f"transformer.h.{i}"
         r += _norm(f"{o}.norm1", f"{h}.ln_1") + _norm(f"{o}.norm2", f"{h}.ln_2")
-        r += _linear(f"{o}.attn.qkv", f"{h}.attn.c_attn", op="T") + _linear(f"{o}.attn.proj", f"{h}.attn.c_proj", op="T")
+        r += _linear(f"{o}.attn.qkv", f"{h}.attn.c_attn", op="T") + _linear(
+            f"{o}.attn.proj", f"{h}.attn.c_proj", op="T"
+        )
         r += _linear(f"{o}.mlp.fc", f"{h}.mlp.c_fc", op="T") + _linear(f"{o}.mlp.proj", f"{h}.mlp.c_proj", op="T")
     r += _norm("transformer.norm_f", "transformer.ln_f")
     if not cfg.tie_embeddings:
@@ -112,9 +117,11 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
 
 def _bert_rules(cfg: ModelConfig, prefix: str = "bert.") -> list[Rule]:
     e, p = "encoder", prefix
-    r: list[Rule] = [(f"{e}.tok_emb.weight", [f"{p}embeddings.word_embeddings.weight"], "copy", []),
-                     (f"{e}.pos_emb.weight", [f"{p}embeddings.position_embeddings.weight"], "copy", []),
-                     (f"{e}.type_emb.weight", [f"{p}embeddings.token_type_embeddings.weight"], "copy", [])]
+    r: list[Rule] = [
+        (f"{e}.tok_emb.weight", [f"{p}embeddings.word_embeddings.weight"], "copy", []),
+        (f"{e}.pos_emb.weight", [f"{p}embeddings.position_embeddings.weight"], "copy", []),
+        (f"{e}.type_emb.weight", [f"{p}embeddings.token_type_embeddings.weight"], "copy", []),
+    ]
     r += _norm(f"{e}.emb_norm", f"{p}embeddings.LayerNorm")
     for i in range(cfg.n_layer):
         o, h = f"{e}.blocks.{i}", f"{p}encoder.layer.{i}"
@@ -139,8 +146,10 @@ def _bert_rules(cfg: ModelConfig, prefix: str = "bert.") -> list[Rule]:
 def _seq2seq_rules(cfg: ModelConfig, bart: bool) -> list[Rule]:
     # HF's encoder and decoder read their own embed_tokens (tied to model.shared unless
     # tie_word_embeddings=False); the import fills the ones a checkpoint leaves out (_fill_tied).
-    r: list[Rule] = [("shared.weight", ["model.encoder.embed_tokens.weight"], "copy", []),
-                     ("lm_head.bias", ["final_logits_bias"], "row", [])]
+    r: list[Rule] = [
+        ("shared.weight", ["model.encoder.embed_tokens.weight"], "copy", []),
+        ("lm_head.bias", ["final_logits_bias"], "row", []),
+    ]
     if not cfg.share_embeddings:
         r.append(("decoder.tok_emb.weight", ["model.decoder.embed_tokens.weight"], "copy", []))
     if not cfg.tie_embeddings:
@@ -157,8 +166,11 @@ def _seq2seq_rules(cfg: ModelConfig, bart: bool) -> list[Rule]:
             r += _norm(f"{o}.norm1", f"{h}.self_attn_layer_norm")
             if side == "decoder":
                 r += _linear(f"{o}.cross_attn.q", f"{h}.encoder_attn.q_proj")
-                r += _linear(f"{o}.cross_attn.kv", [f"{h}.encoder_attn.k_proj", f"{h}.encoder_attn.v_proj"],
-                             [cfg.d_model, cfg.d_model])
+                r += _linear(
+                    f"{o}.cross_attn.kv",
+                    [f"{h}.encoder_attn.k_proj", f"{h}.encoder_attn.v_proj"],
+                    [cfg.d_model, cfg.d_model],
+                )
                 r += _linear(f"{o}.cross_attn.proj", f"{h}.encoder_attn.out_proj")
                 r += _norm(f"{o}.norm_cross", f"{h}.encoder_attn_layer_norm")
             r += _linear(f"{o}.mlp.fc", f"{h}.fc1") + _linear(f"{o}.mlp.proj", f"{h}.fc2")
@@ -169,8 +181,15 @@ def _seq2seq_rules(cfg: ModelConfig, bart: bool) -> list[Rule]:
 # ----------------------------------------------------------------------------------------------
 # Config translation
 
-_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu",
-           "relu": "relu", "silu": "silu", "swish": "silu"}
+_HF_ACT = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
 _OUR_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 _GATED_ACT = {"silu": "swiglu", "gelu": "geglu", "gelu_tanh": "geglu_tanh", "relu": "reglu"}  # LLaMA's gate
 _OUR_GATE = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh", "reglu": "relu"}
@@ -179,8 +198,9 @@ _OUR_GATE = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh
 def _act(hf: dict, key: str, default: str, gated: bool = False) -> str:
     name = hf.get(key, default)
     if name not in _HF_ACT:
-        raise ConfigError(f"{key}: HF activation {name!r} has no lmforge equivalent; "
-                          f"lmforge converts {', '.join(sorted(_HF_ACT))}")
+        raise ConfigError(
+            f"{key}: HF activation {name!r} has no lmforge equivalent; lmforge converts {', '.join(sorted(_HF_ACT))}"
+        )
     return _GATED_ACT[_HF_ACT[name]] if gated else _HF_ACT[name]
 
 
@@ -211,51 +231,103 @@ def config_from_hf(hf: dict[str, Any], state_keys: set[str] | None = None) -> tu
     keys = state_keys or set()
     if mt == "gpt2":
         v = hf.get("vocab_size", 50257)
-        cfg = dict(arch="decoder", vocab_size=v, max_positions=hf.get("n_positions", 1024),
-                   n_layer=hf.get("n_layer", 12), d_model=hf.get("n_embd", 768), n_head=hf.get("n_head", 12),
-                   d_ff=hf.get("n_inner"), activation=_act(hf, "activation_function", "gelu_new"),
-                   norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
-                   attention_dropout=hf.get("attn_pdrop", 0.1), tie_embeddings=hf.get("tie_word_embeddings", True),
-                   scale_attention=hf.get("scale_attn_weights", True),
-                   **_special(hf, v, bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"))
+        cfg = dict(
+            arch="decoder",
+            vocab_size=v,
+            max_positions=hf.get("n_positions", 1024),
+            n_layer=hf.get("n_layer", 12),
+            d_model=hf.get("n_embd", 768),
+            n_head=hf.get("n_head", 12),
+            d_ff=hf.get("n_inner"),
+            activation=_act(hf, "activation_function", "gelu_new"),
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            dropout=hf.get("resid_pdrop", 0.1),
+            attention_dropout=hf.get("attn_pdrop", 0.1),
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            scale_attention=hf.get("scale_attn_weights", True),
+            **_special(hf, v, bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"),
+        )
     elif mt == "llama":
         v = hf["vocab_size"]
         rope = hf.get("rope_parameters") or {}
-        cfg = dict(arch="decoder", vocab_size=v, max_positions=hf.get("max_position_embeddings", 2048),
-                   n_layer=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_head=hf["num_attention_heads"],
-                   n_kv_head=hf.get("num_key_value_heads"), d_ff=hf["intermediate_size"],
-                   activation=_act(hf, "hidden_act", "silu", gated=True),
-                   norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), positions="rope",
-                   rope_base=rope.get("rope_theta", hf.get("rope_theta", 10000.0)), bias=hf.get("attention_bias", False),
-                   tie_embeddings=hf.get("tie_word_embeddings", False), attention_dropout=hf.get("attention_dropout", 0.0),
-                   **_special(hf, v, bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"))
+        cfg = dict(
+            arch="decoder",
+            vocab_size=v,
+            max_positions=hf.get("max_position_embeddings", 2048),
+            n_layer=hf["num_hidden_layers"],
+            d_model=hf["hidden_size"],
+            n_head=hf["num_attention_heads"],
+            n_kv_head=hf.get("num_key_value_heads"),
+            d_ff=hf["intermediate_size"],
+            activation=_act(hf, "hidden_act", "silu", gated=True),
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            positions="rope",
+            rope_base=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+            bias=hf.get("attention_bias", False),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            attention_dropout=hf.get("attention_dropout", 0.0),
+            **_special(hf, v, bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"),
+        )
     elif mt == "bert":
         v = hf["vocab_size"]
         has_head = not keys or any(k.startswith("cls.predictions") for k in keys)
         has_nsp = not keys or any(k.startswith("cls.seq_relationship") for k in keys)
         has_pooler = not keys or any("pooler." in k for k in keys)
-        cfg = dict(arch="encoder", vocab_size=v, max_positions=hf.get("max_position_embeddings", 512),
-                   n_layer=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_head=hf["num_attention_heads"],
-                   d_ff=hf["intermediate_size"], activation=_act(hf, "hidden_act", "gelu"), norm_position="post",
-                   norm_eps=hf.get("layer_norm_eps", 1e-12), embedding_norm=True,
-                   type_vocab_size=hf.get("type_vocab_size", 2), lm_head_bias=True, mlm_head=has_head,
-                   tie_embeddings=hf.get("tie_word_embeddings", True),
-                   pooler=has_pooler, nsp_head=has_nsp and has_pooler, dropout=hf.get("hidden_dropout_prob", 0.1),
-                   attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                   **_special(hf, v, pad_id="pad_token_id"))
+        cfg = dict(
+            arch="encoder",
+            vocab_size=v,
+            max_positions=hf.get("max_position_embeddings", 512),
+            n_layer=hf["num_hidden_layers"],
+            d_model=hf["hidden_size"],
+            n_head=hf["num_attention_heads"],
+            d_ff=hf["intermediate_size"],
+            activation=_act(hf, "hidden_act", "gelu"),
+            norm_position="post",
+            norm_eps=hf.get("layer_norm_eps", 1e-12),
+            embedding_norm=True,
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            lm_head_bias=True,
+            mlm_head=has_head,
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            pooler=has_pooler,
+            nsp_head=has_nsp and has_pooler,
+            dropout=hf.get("hidden_dropout_prob", 0.1),
+            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+            **_special(hf, v, pad_id="pad_token_id"),
+        )
     else:  # bart, marian
         v = hf["vocab_size"]
         tie = hf.get("tie_word_embeddings", True)  # False unties encoder, decoder and head (transformers 5)
-        cfg = dict(arch="encoder-decoder", vocab_size=v, max_positions=hf.get("max_position_embeddings", 1024),
-                   n_layer=hf["encoder_layers"], n_encoder_layer=hf["encoder_layers"],
-                   n_decoder_layer=hf["decoder_layers"], d_model=hf["d_model"], n_head=hf["encoder_attention_heads"],
-                   d_ff=hf["encoder_ffn_dim"], activation=_act(hf, "activation_function", "gelu"),
-                   norm_position="post", positions="learned" if mt == "bart" else "sinusoidal",
-                   embedding_norm=mt == "bart", scale_embeddings=bool(hf.get("scale_embedding", False)),
-                   tie_embeddings=tie, share_embeddings=tie and hf.get("share_encoder_decoder_embeddings", True),
-                   lm_head_bias=True, dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.0),
-                   **_special(hf, v, pad_id="pad_token_id", bos_id="bos_token_id", eos_id="eos_token_id",
-                              decoder_start_id="decoder_start_token_id"))
+        cfg = dict(
+            arch="encoder-decoder",
+            vocab_size=v,
+            max_positions=hf.get("max_position_embeddings", 1024),
+            n_layer=hf["encoder_layers"],
+            n_encoder_layer=hf["encoder_layers"],
+            n_decoder_layer=hf["decoder_layers"],
+            d_model=hf["d_model"],
+            n_head=hf["encoder_attention_heads"],
+            d_ff=hf["encoder_ffn_dim"],
+            activation=_act(hf, "activation_function", "gelu"),
+            norm_position="post",
+            positions="learned" if mt == "bart" else "sinusoidal",
+            embedding_norm=mt == "bart",
+            scale_embeddings=bool(hf.get("scale_embedding", False)),
+            tie_embeddings=tie,
+            share_embeddings=tie and hf.get("share_encoder_decoder_embeddings", True),
+            lm_head_bias=True,
+            dropout=hf.get("dropout", 0.1),
+            attention_dropout=hf.get("attention_dropout", 0.0),
+            **_special(
+                hf,
+                v,
+                pad_id="pad_token_id",
+                bos_id="bos_token_id",
+                eos_id="eos_token_id",
+                decoder_start_id="decoder_start_token_id",
+            ),
+        )
     if cfg["arch"] == "decoder":  # written by config_to_hf for a model lmforge pretrained
         cfg.update(_special(hf, cfg["vocab_size"], text_start_id=TEXT_START_KEY))
     return ModelConfig.from_dict(cfg), mt
@@ -263,41 +335,100 @@ def config_from_hf(hf: dict[str, Any], state_keys: set[str] | None = None) -> tu
 
 def config_to_hf(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
     """The HF config dict (with ``model_type`` and ``architectures``) for an lmforge config."""
-    ids = {k: v for k, v in (("bos_token_id", cfg.bos_id), ("eos_token_id", cfg.eos_id),
-                             ("pad_token_id", cfg.pad_id)) if v is not None}
+    ids = {
+        k: v
+        for k, v in (("bos_token_id", cfg.bos_id), ("eos_token_id", cfg.eos_id), ("pad_token_id", cfg.pad_id))
+        if v is not None
+    }
     family = hf_family(cfg)
     if family == "gpt2":
-        d = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
-                 n_positions=cfg.max_positions, n_layer=cfg.n_layer, n_embd=cfg.d_model, n_head=cfg.n_head,
-                 n_inner=cfg.d_ff, activation_function=_OUR_ACT[cfg.activation], layer_norm_epsilon=cfg.norm_eps,
-                 resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.attention_dropout,
-                 tie_word_embeddings=cfg.tie_embeddings, scale_attn_weights=cfg.scale_attention, **ids)
+        d = dict(
+            model_type="gpt2",
+            architectures=["GPT2LMHeadModel"],
+            vocab_size=cfg.vocab_size,
+            n_positions=cfg.max_positions,
+            n_layer=cfg.n_layer,
+            n_embd=cfg.d_model,
+            n_head=cfg.n_head,
+            n_inner=cfg.d_ff,
+            activation_function=_OUR_ACT[cfg.activation],
+            layer_norm_epsilon=cfg.norm_eps,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.attention_dropout,
+            tie_word_embeddings=cfg.tie_embeddings,
+            scale_attn_weights=cfg.scale_attention,
+            **ids,
+        )
     elif family == "llama":
-        d = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=cfg.vocab_size,
-                 max_position_embeddings=cfg.max_positions, num_hidden_layers=cfg.n_layer, hidden_size=cfg.d_model,
-                 num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.ffn_dim,
-                 hidden_act=_OUR_GATE[cfg.activation], rms_norm_eps=cfg.norm_eps,
-                 rope_theta=cfg.rope_base, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
-                 attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_embeddings,
-                 attention_dropout=cfg.attention_dropout, **ids)
+        d = dict(
+            model_type="llama",
+            architectures=["LlamaForCausalLM"],
+            vocab_size=cfg.vocab_size,
+            max_position_embeddings=cfg.max_positions,
+            num_hidden_layers=cfg.n_layer,
+            hidden_size=cfg.d_model,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.kv_heads,
+            intermediate_size=cfg.ffn_dim,
+            hidden_act=_OUR_GATE[cfg.activation],
+            rms_norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_base,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+            attention_bias=cfg.bias,
+            mlp_bias=cfg.bias,
+            tie_word_embeddings=cfg.tie_embeddings,
+            attention_dropout=cfg.attention_dropout,
+            **ids,
+        )
     elif family == "bert":
-        arch = "BertForPreTraining" if cfg.nsp_head and cfg.mlm_head else "BertForMaskedLM" if cfg.mlm_head else "BertModel"
-        d = dict(model_type="bert", architectures=[arch], vocab_size=cfg.vocab_size,
-                 max_position_embeddings=cfg.max_positions, num_hidden_layers=cfg.n_layer, hidden_size=cfg.d_model,
-                 num_attention_heads=cfg.n_head, intermediate_size=cfg.ffn_dim, hidden_act=_OUR_ACT[cfg.activation],
-                 layer_norm_eps=cfg.norm_eps, type_vocab_size=cfg.type_vocab_size, hidden_dropout_prob=cfg.dropout,
-                 attention_probs_dropout_prob=cfg.attention_dropout, tie_word_embeddings=cfg.tie_embeddings, **ids)
+        arch = (
+            "BertForPreTraining"
+            if cfg.nsp_head and cfg.mlm_head
+            else "BertForMaskedLM"
+            if cfg.mlm_head
+            else "BertModel"
+        )
+        d = dict(
+            model_type="bert",
+            architectures=[arch],
+            vocab_size=cfg.vocab_size,
+            max_position_embeddings=cfg.max_positions,
+            num_hidden_layers=cfg.n_layer,
+            hidden_size=cfg.d_model,
+            num_attention_heads=cfg.n_head,
+            intermediate_size=cfg.ffn_dim,
+            hidden_act=_OUR_ACT[cfg.activation],
+            layer_norm_eps=cfg.norm_eps,
+            type_vocab_size=cfg.type_vocab_size,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.attention_dropout,
+            tie_word_embeddings=cfg.tie_embeddings,
+            **ids,
+        )
     else:
         bart = family == "bart"
-        d = dict(model_type=family, architectures=["BartForConditionalGeneration" if bart else "MarianMTModel"],
-                 vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_positions, d_model=cfg.d_model,
-                 encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
-                 encoder_attention_heads=cfg.n_head, decoder_attention_heads=cfg.n_head,
-                 encoder_ffn_dim=cfg.ffn_dim, decoder_ffn_dim=cfg.ffn_dim,
-                 activation_function=_OUR_ACT[cfg.activation], scale_embedding=cfg.scale_embeddings,
-                 dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=0.0,
-                 tie_word_embeddings=cfg.tie_embeddings and (cfg.share_embeddings or not bart),
-                 decoder_start_token_id=cfg.decoder_start_id, **ids)
+        d = dict(
+            model_type=family,
+            architectures=["BartForConditionalGeneration" if bart else "MarianMTModel"],
+            vocab_size=cfg.vocab_size,
+            max_position_embeddings=cfg.max_positions,
+            d_model=cfg.d_model,
+            encoder_layers=cfg.encoder_layers,
+            decoder_layers=cfg.decoder_layers,
+            encoder_attention_heads=cfg.n_head,
+            decoder_attention_heads=cfg.n_head,
+            encoder_ffn_dim=cfg.ffn_dim,
+            decoder_ffn_dim=cfg.ffn_dim,
+            activation_function=_OUR_ACT[cfg.activation],
+            scale_embedding=cfg.scale_embeddings,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation_dropout=0.0,
+            tie_word_embeddings=cfg.tie_embeddings and (cfg.share_embeddings or not bart),
+            decoder_start_token_id=cfg.decoder_start_id,
+            **ids,
+        )
         if not bart:
             d["decoder_vocab_size"] = cfg.vocab_size
             d["share_encoder_decoder_embeddings"] = cfg.share_embeddings
@@ -315,29 +446,61 @@ def hf_family(cfg: ModelConfig) -> str:
 
     if cfg.arch == "decoder":
         if cfg.positions == "rope":
-            need(cfg.norm == "rmsnorm" and cfg.gated and cfg.norm_position == "pre" and cfg.scale_attention,
-                 "RoPE needs RMSNorm + a gated FFN, pre-norm, scaled attention (LLaMA)")
-            need(not cfg.lm_head_bias and not cfg.embedding_norm and not cfg.scale_embeddings, "extra head bias / embedding norm")
+            need(
+                cfg.norm == "rmsnorm" and cfg.gated and cfg.norm_position == "pre" and cfg.scale_attention,
+                "RoPE needs RMSNorm + a gated FFN, pre-norm, scaled attention (LLaMA)",
+            )
+            need(
+                not cfg.lm_head_bias and not cfg.embedding_norm and not cfg.scale_embeddings,
+                "extra head bias / embedding norm",
+            )
             return "llama"
-        need(cfg.positions == "learned" and cfg.norm == "layernorm" and cfg.norm_position == "pre" and cfg.bias
-             and not cfg.gated and cfg.kv_heads == cfg.n_head and cfg.activation in _OUR_ACT
-             and not cfg.lm_head_bias and not cfg.embedding_norm and not cfg.scale_embeddings,
-             "GPT-2 needs learned positions, pre-LayerNorm with biases, MHA, a plain FFN")
+        need(
+            cfg.positions == "learned"
+            and cfg.norm == "layernorm"
+            and cfg.norm_position == "pre"
+            and cfg.bias
+            and not cfg.gated
+            and cfg.kv_heads == cfg.n_head
+            and cfg.activation in _OUR_ACT
+            and not cfg.lm_head_bias
+            and not cfg.embedding_norm
+            and not cfg.scale_embeddings,
+            "GPT-2 needs learned positions, pre-LayerNorm with biases, MHA, a plain FFN",
+        )
         return "gpt2"
     need(cfg.scale_attention, "unscaled attention exists only in GPT-2")
     if cfg.arch == "encoder":
-        need(cfg.positions == "learned" and cfg.norm == "layernorm" and cfg.norm_position == "post" and cfg.bias
-             and cfg.embedding_norm and not cfg.gated and cfg.kv_heads == cfg.n_head and cfg.type_vocab_size > 0
-             and cfg.lm_head_bias and cfg.activation in _OUR_ACT,
-             "BERT needs learned positions, segments, post-LayerNorm, MHA, a plain FFN, a head with bias")
+        need(
+            cfg.positions == "learned"
+            and cfg.norm == "layernorm"
+            and cfg.norm_position == "post"
+            and cfg.bias
+            and cfg.embedding_norm
+            and not cfg.gated
+            and cfg.kv_heads == cfg.n_head
+            and cfg.type_vocab_size > 0
+            and cfg.lm_head_bias
+            and cfg.activation in _OUR_ACT,
+            "BERT needs learned positions, segments, post-LayerNorm, MHA, a plain FFN, a head with bias",
+        )
         return "bert"
-    need(cfg.norm == "layernorm" and cfg.norm_position == "post" and cfg.bias and not cfg.gated
-         and cfg.kv_heads == cfg.n_head and cfg.lm_head_bias and cfg.activation in _OUR_ACT,
-         "BART / Marian need post-LayerNorm, MHA, a plain FFN and a head with bias")
+    need(
+        cfg.norm == "layernorm"
+        and cfg.norm_position == "post"
+        and cfg.bias
+        and not cfg.gated
+        and cfg.kv_heads == cfg.n_head
+        and cfg.lm_head_bias
+        and cfg.activation in _OUR_ACT,
+        "BART / Marian need post-LayerNorm, MHA, a plain FFN and a head with bias",
+    )
     if cfg.positions == "learned" and cfg.embedding_norm:
         return "bart"
-    need(cfg.positions == "sinusoidal" and not cfg.embedding_norm, "learned positions need an embedding norm (BART); "
-         "sinusoidal ones none (Marian)")
+    need(
+        cfg.positions == "sinusoidal" and not cfg.embedding_norm,
+        "learned positions need an embedding norm (BART); sinusoidal ones none (Marian)",
+    )
     return "marian"
 
 
@@ -396,9 +559,11 @@ def from_hf_state(hf_config: dict[str, Any], state: dict[str, torch.Tensor], sou
     tied = _tied_copies(cfg, family, prefix)
     for name, other in tied.items():
         if name in state and other in state and not torch.equal(state[name], state[other]):
-            raise CheckpointError(f"{source}: HF tensor {name!r} differs from {other!r}, but the HF config ties them "
-                                  f"(tie_word_embeddings / share_encoder_decoder_embeddings); converting would "
-                                  f"change the model")
+            raise CheckpointError(
+                f"{source}: HF tensor {name!r} differs from {other!r}, but the HF config ties them "
+                f"(tie_word_embeddings / share_encoder_decoder_embeddings); converting would "
+                f"change the model"
+            )
     rules = _rules(cfg, family, prefix)
     used: set[str] = set(tied)
     ours: dict[str, torch.Tensor] = {}
@@ -410,7 +575,9 @@ def from_hf_state(hf_config: dict[str, Any], state: dict[str, torch.Tensor], sou
         used.update(hf_names)
     left = sorted(k for k in state if k not in used and not _ignorable(k, family))
     if left:
-        raise CheckpointError(f"{source}: HF tensor {left[0]!r} has no place in the lmforge model ({len(left)} left over)")
+        raise CheckpointError(
+            f"{source}: HF tensor {left[0]!r} has no place in the lmforge model ({len(left)} left over)"
+        )
     model = build_model(cfg)
     load_state_into(model, ours, source)
     return model.eval()

@@ -95,13 +95,38 @@ COMMON: dict[str, HFField] = {
     "add_cross_attention": refused("cross-attention in a single-stack model"),
     "cross_attention_hidden_size": ignored("used only with add_cross_attention"),
     "lmforge_text_start_id": read("lmforge's own key: text_start_id"),
-    **{k: _GENERATION for k in (
-        "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
-        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
-        "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
-        "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id",
-        "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
-        "max_new_tokens", "decoder_start_token_id")},
+    **{
+        k: _GENERATION
+        for k in (
+            "max_length",
+            "min_length",
+            "do_sample",
+            "early_stopping",
+            "num_beams",
+            "num_beam_groups",
+            "diversity_penalty",
+            "temperature",
+            "top_k",
+            "top_p",
+            "typical_p",
+            "repetition_penalty",
+            "length_penalty",
+            "no_repeat_ngram_size",
+            "encoder_no_repeat_ngram_size",
+            "bad_words_ids",
+            "num_return_sequences",
+            "output_scores",
+            "return_dict_in_generate",
+            "forced_bos_token_id",
+            "forced_eos_token_id",
+            "remove_invalid_values",
+            "exponential_decay_length_penalty",
+            "suppress_tokens",
+            "begin_suppress_tokens",
+            "max_new_tokens",
+            "decoder_start_token_id",
+        )
+    },
 }
 
 _IDS = {"bos_token_id": read("bos_id"), "eos_token_id": read("eos_id"), "pad_token_id": read("pad_id")}
@@ -115,8 +140,9 @@ GPT2: dict[str, HFField] = {
     "n_layer": read("n_layer"),
     "n_head": read("n_head"),
     "n_inner": read("d_ff (None: 4 x n_embd)"),
-    "activation_function": read("activation: gelu_new / gelu_pytorch_tanh / gelu_fast -> gelu_tanh, gelu, relu, "
-                                "silu / swish; others refused"),
+    "activation_function": read(
+        "activation: gelu_new / gelu_pytorch_tanh / gelu_fast -> gelu_tanh, gelu, relu, silu / swish; others refused"
+    ),
     "resid_pdrop": read("dropout"),
     "embd_pdrop": ignored("training only: lmforge's one dropout rate is resid_pdrop"),
     "attn_pdrop": read("attention_dropout"),
@@ -126,8 +152,16 @@ GPT2: dict[str, HFField] = {
     "scale_attn_by_inverse_layer_idx": refused("scores scaled by 1 / (layer + 1)"),
     "reorder_and_upcast_attn": ignored("computes the scores in fp32: the same numbers in fp32"),
     "tie_word_embeddings": read("tie_embeddings"),
-    **{k: ignored("the multiple-choice head of GPT2DoubleHeadsModel, not converted") for k in (
-        "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout")},
+    **{
+        k: ignored("the multiple-choice head of GPT2DoubleHeadsModel, not converted")
+        for k in (
+            "summary_type",
+            "summary_use_proj",
+            "summary_activation",
+            "summary_proj_to_labels",
+            "summary_first_dropout",
+        )
+    },
 }
 
 _LLAMA_ACTS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast", "relu")
@@ -140,20 +174,25 @@ LLAMA: dict[str, HFField] = {
     "num_hidden_layers": read("n_layer"),
     "num_attention_heads": read("n_head"),
     "num_key_value_heads": read("n_kv_head"),
-    "hidden_act": read("the gate of the gated FFN: silu / swish -> swiglu, gelu -> geglu, gelu_pytorch_tanh / "
-                       "gelu_new / gelu_fast -> geglu_tanh, relu -> reglu; others refused"),
+    "hidden_act": read(
+        "the gate of the gated FFN: silu / swish -> swiglu, gelu -> geglu, gelu_pytorch_tanh / "
+        "gelu_new / gelu_fast -> geglu_tanh, relu -> reglu; others refused"
+    ),
     "max_position_embeddings": read("max_positions"),
     "rms_norm_eps": read("norm_eps"),
-    "rope_parameters": supported("rope_type 'default' only (its rope_theta is read into rope_base); "
-                                 "scaled RoPE is refused",
-                                 lambda v, hf: v is None or v.get("rope_type", "default") == "default"),
+    "rope_parameters": supported(
+        "rope_type 'default' only (its rope_theta is read into rope_base); scaled RoPE is refused",
+        lambda v, hf: v is None or v.get("rope_type", "default") == "default",
+    ),
     "rope_theta": read("rope_base (older configs)"),
     "rope_scaling": refused("scaled RoPE (older configs)"),
     "attention_bias": read("bias"),
     "mlp_bias": supported("equal to attention_bias (lmforge has one bias switch)", _equals("attention_bias")),
     "attention_dropout": read("attention_dropout"),
-    "head_dim": supported("hidden_size / num_attention_heads only",
-                          lambda v, hf: v is None or v * hf.get("num_attention_heads", 0) == hf.get("hidden_size")),
+    "head_dim": supported(
+        "hidden_size / num_attention_heads only",
+        lambda v, hf: v is None or v * hf.get("num_attention_heads", 0) == hf.get("hidden_size"),
+    ),
     "pretraining_tp": ignored("splits the projections into slices: the same numbers"),
     "initializer_range": _INIT,
     "tie_word_embeddings": read("tie_embeddings"),
@@ -168,8 +207,9 @@ BERT: dict[str, HFField] = {
     "num_hidden_layers": read("n_layer"),
     "num_attention_heads": read("n_head"),
     "intermediate_size": read("d_ff"),
-    "hidden_act": read("activation: gelu, gelu_new / gelu_pytorch_tanh / gelu_fast -> gelu_tanh, relu, silu / swish; "
-                       "others refused"),
+    "hidden_act": read(
+        "activation: gelu, gelu_new / gelu_pytorch_tanh / gelu_fast -> gelu_tanh, relu, silu / swish; others refused"
+    ),
     "hidden_dropout_prob": read("dropout"),
     "attention_probs_dropout_prob": read("attention_dropout"),
     "max_position_embeddings": read("max_positions"),
@@ -194,8 +234,9 @@ _SEQ2SEQ: dict[str, HFField] = {
     "decoder_attention_heads": supported("equal to encoder_attention_heads", _equals("encoder_attention_heads")),
     "encoder_ffn_dim": read("d_ff"),
     "decoder_ffn_dim": supported("equal to encoder_ffn_dim", _equals("encoder_ffn_dim")),
-    "activation_function": read("activation: gelu, gelu_new / gelu_pytorch_tanh / gelu_fast -> gelu_tanh, relu, "
-                                "silu / swish; others refused"),
+    "activation_function": read(
+        "activation: gelu, gelu_new / gelu_pytorch_tanh / gelu_fast -> gelu_tanh, relu, silu / swish; others refused"
+    ),
     "dropout": read("dropout"),
     "attention_dropout": read("attention_dropout"),
     "activation_dropout": ignored("training only: lmforge has no dropout inside the FFN"),
@@ -206,8 +247,9 @@ _SEQ2SEQ: dict[str, HFField] = {
     "classifier_dropout": ignored("the classification head, which is not converted"),
     "classif_dropout": ignored("the classification head, which is not converted"),
     "is_decoder": refused("a decoder-only model (BartForCausalLM)"),
-    "tie_word_embeddings": read("False: encoder, decoder and LM head each have their own matrix "
-                                "(share_embeddings=false, tie_embeddings=false)"),
+    "tie_word_embeddings": read(
+        "False: encoder, decoder and LM head each have their own matrix (share_embeddings=false, tie_embeddings=false)"
+    ),
     # older (mBART-style) switches
     "normalize_before": refused("pre-norm layers (mBART)"),
     "add_final_layer_norm": refused("a final layer norm (mBART)"),
@@ -234,14 +276,24 @@ TABLES: dict[str, dict[str, HFField]] = {"gpt2": GPT2, "llama": LLAMA, "bert": B
 
 # transformers' attribute_map of each config class: alias -> the field it stands for.
 ALIASES: dict[str, dict[str, str]] = {
-    "gpt2": {"hidden_size": "n_embd", "max_position_embeddings": "n_positions", "num_attention_heads": "n_head",
-             "num_hidden_layers": "n_layer"},
+    "gpt2": {
+        "hidden_size": "n_embd",
+        "max_position_embeddings": "n_positions",
+        "num_attention_heads": "n_head",
+        "num_hidden_layers": "n_layer",
+    },
     "llama": {},
     "bert": {},
-    "bart": {"num_attention_heads": "encoder_attention_heads", "hidden_size": "d_model",
-             "num_hidden_layers": "encoder_layers"},
-    "marian": {"num_attention_heads": "encoder_attention_heads", "hidden_size": "d_model",
-               "num_hidden_layers": "encoder_layers"},
+    "bart": {
+        "num_attention_heads": "encoder_attention_heads",
+        "hidden_size": "d_model",
+        "num_hidden_layers": "encoder_layers",
+    },
+    "marian": {
+        "num_attention_heads": "encoder_attention_heads",
+        "hidden_size": "d_model",
+        "num_hidden_layers": "encoder_layers",
+    },
 }
 
 
@@ -265,15 +317,22 @@ def check_hf_config(hf: dict[str, Any], family: str) -> dict[str, Any]:
         if spec is None:
             warnings.warn(f"HF {family} config field {name}={value!r} is not in lmforge's table; ignored", stacklevel=3)
         elif not spec.accepts(value, out):
-            raise ConfigError(f"{name}: HF {family} config has {name}={value!r}, which lmforge does not support "
-                              f"({spec.note})")
+            raise ConfigError(
+                f"{name}: HF {family} config has {name}={value!r}, which lmforge does not support ({spec.note})"
+            )
     return out
 
 
 def fields_markdown() -> str:
     """The tables of docs/models.md: the fields every config has, then one table per family."""
-    titles = {"common": "every family", "gpt2": "GPT-2", "llama": "Llama", "bert": "BERT", "bart": "BART",
-              "marian": "Marian"}
+    titles = {
+        "common": "every family",
+        "gpt2": "GPT-2",
+        "llama": "Llama",
+        "bert": "BERT",
+        "bart": "BART",
+        "marian": "Marian",
+    }
     parts = []
     for key, table in (("common", COMMON), *TABLES.items()):
         aliases = {} if key == "common" else {v: k for k, v in ALIASES[key].items()}

@@ -36,5 +36,15 @@ def count_parameters(model: nn.Module, non_embedding: bool = False) -> int:
     return total
 
 
-__all__ = ["DecoderLM", "EncoderLM", "EncoderDecoderLM", "LMOutput", "EncoderOutput", "FAMILIES",
-           "build_model", "count_parameters", "load_model", "save_model"]
+__all__ = [
+    "DecoderLM",
+    "EncoderLM",
+    "EncoderDecoderLM",
+    "LMOutput",
+    "EncoderOutput",
+    "FAMILIES",
+    "build_model",
+    "count_parameters",
+    "load_model",
+    "save_model",
+]

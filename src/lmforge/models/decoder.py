@@ -54,8 +54,14 @@ class DecoderLM(nn.Module):
         output_hidden_states: bool = False,
         last_only: bool = False,  # logits of the last position only (generation)
     ) -> LMOutput:
-        out = self.transformer(input_ids, attention_mask, position_ids, cache=cache,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        out = self.transformer(
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache=cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         h = out.last_hidden_state
         logits = self.lm_head(h[:, -1:] if last_only else h)  # (B, T, V)
         loss = cross_entropy(logits, labels) if labels is not None else None

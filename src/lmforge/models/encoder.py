@@ -78,8 +78,14 @@ class EncoderLM(nn.Module):
         output_hidden_states: bool = False,
         full_logits: bool = False,
     ) -> EncoderOutput:
-        out = self.encoder(input_ids, attention_mask, position_ids, token_type_ids,
-                           output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        out = self.encoder(
+            input_ids,
+            attention_mask,
+            position_ids,
+            token_type_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         h = out.last_hidden_state
         logits = mlm_loss = None
         if self.mlm is not None:
@@ -93,9 +99,11 @@ class EncoderLM(nn.Module):
                 mlm_loss = cross_entropy(logits, labels)
         pooled = self.pooler(h) if self.pooler is not None else None
         nsp_logits = self.nsp(pooled) if self.nsp is not None else None
-        nsp_loss = (cross_entropy(nsp_logits, next_sentence_label)
-                    if next_sentence_label is not None and nsp_logits is not None else None)
+        nsp_loss = (
+            cross_entropy(nsp_logits, next_sentence_label)
+            if next_sentence_label is not None and nsp_logits is not None
+            else None
+        )
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
         loss = sum(losses) if losses else None
-        return EncoderOutput(h, logits, nsp_logits, pooled, loss, mlm_loss, nsp_loss,
-                             out.hidden_states, out.attentions)
+        return EncoderOutput(h, logits, nsp_logits, pooled, loss, mlm_loss, nsp_loss, out.hidden_states, out.attentions)

@@ -22,8 +22,9 @@ class EncoderDecoderLM(nn.Module):
         self.config = cfg
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)  # the encoder's (and, shared, the decoder's)
         self.encoder = TransformerStack(cfg, cfg.encoder_layers, causal=False, tok_emb=self.shared)
-        self.decoder = TransformerStack(cfg, cfg.decoder_layers, causal=True, cross=True,
-                                        tok_emb=self.shared if cfg.share_embeddings else None)
+        self.decoder = TransformerStack(
+            cfg, cfg.decoder_layers, causal=True, cross=True, tok_emb=self.shared if cfg.share_embeddings else None
+        )
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         init_weights(self, cfg, cfg.encoder_layers + cfg.decoder_layers)
         if cfg.tie_embeddings:
@@ -32,10 +33,16 @@ class EncoderDecoderLM(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None) -> KVCache:
         return self.decoder.new_cache(batch, max_len or self.config.max_positions, dtype, device)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               output_attentions: bool = False, output_hidden_states: bool = False):
-        return self.encoder(input_ids, attention_mask, output_attentions=output_attentions,
-                            output_hidden_states=output_hidden_states)
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ):
+        return self.encoder(
+            input_ids, attention_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs from targets: a start token, then the targets without the last (-100 -> pad)."""
@@ -68,11 +75,27 @@ class EncoderDecoderLM(nn.Module):
             if labels is None:
                 raise ValueError("give decoder_input_ids or labels")
             decoder_input_ids = self.shift_right(labels)
-        dec = self.decoder(decoder_input_ids, decoder_attention_mask, cache=cache, context=encoder_hidden_states,
-                           context_mask=attention_mask, output_attentions=output_attentions,
-                           output_hidden_states=output_hidden_states)
+        dec = self.decoder(
+            decoder_input_ids,
+            decoder_attention_mask,
+            cache=cache,
+            context=encoder_hidden_states,
+            context_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         h = dec.last_hidden_state
         logits = self.lm_head(h[:, -1:] if last_only else h)
         loss = cross_entropy(logits, labels) if labels is not None else None
-        return LMOutput(logits, loss, h, dec.hidden_states, dec.attentions, dec.cross_attentions, cache,
-                        encoder_hidden_states, enc_hidden, enc_attn)
+        return LMOutput(
+            logits,
+            loss,
+            h,
+            dec.hidden_states,
+            dec.attentions,
+            dec.cross_attentions,
+            cache,
+            encoder_hidden_states,
+            enc_hidden,
+            enc_attn,
+        )

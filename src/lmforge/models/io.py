@@ -163,15 +163,21 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all); "
-                              f"the weights do not belong to this architecture")
+        raise CheckpointError(
+            f"{source}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all); "
+            f"the weights do not belong to this architecture"
+        )
     for name, t in state.items():
         if tuple(t.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{source}: {name} has shape {tuple(t.shape)}, the config expects "
-                                  f"{tuple(expected[name].shape)}")
+            raise CheckpointError(
+                f"{source}: {name} has shape {tuple(t.shape)}, the config expects {tuple(expected[name].shape)}"
+            )
     stored = {(t.untyped_storage().data_ptr(), t.storage_offset()) for n, t in expected.items() if n in state}
-    missing = [n for n, t in expected.items()
-               if n not in state and (t.untyped_storage().data_ptr(), t.storage_offset()) not in stored]
+    missing = [
+        n
+        for n, t in expected.items()
+        if n not in state and (t.untyped_storage().data_ptr(), t.storage_offset()) not in stored
+    ]
     if missing:
         raise CheckpointError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} in all)")
     with torch.no_grad():
@@ -179,11 +185,16 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             expected[name].copy_(t)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               with_extra: bool = False):
+def load_model(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    with_extra: bool = False,
+):
     """Build the model described by ``config.json`` and fill it from ``model.safetensors``.
 
-    If the directory holds a ``tokenizer.json`` its vocabulary must fit the embedding.
+    The weights only: :func:`lmforge.load_model` (:mod:`lmforge.modeldir`, a floor above the
+    tokenizer) also checks that a ``tokenizer.json`` beside them fits the embedding.
     """
     from lmforge.models import build_model
 
@@ -198,15 +209,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype:
         raise CheckpointError(f"{weights}: corrupt or truncated weights ({e})") from None
     model = build_model(cfg)
     load_state_into(model, state, str(weights))
-    tok_file = directory / TOKENIZER_FILE
-    if tok_file.is_file():
-        _check_tokenizer_file(tok_file, cfg)
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     model.eval()
     return (model, extra) if with_extra else model
-
-
-def _check_tokenizer_file(path: Path, cfg: ModelConfig) -> None:
-    from lmforge.tokenizer import Tokenizer, check_compatible
-
-    check_compatible(Tokenizer.load(path), cfg.vocab_size, str(path))

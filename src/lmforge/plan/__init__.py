@@ -8,16 +8,54 @@
 Parameter, FLOP, memory and time accounting live one level down in :mod:`lmforge.accounting`.
 """
 
-from lmforge.plan.allocate import (Allocation, Budget, InferenceAware, allocate, deepseek_batch_tokens,
-                                   deepseek_learning_rate, inference_optimal, isoflop_curve, resolve_budget)
+from lmforge.plan.allocate import (
+    Allocation,
+    Budget,
+    InferenceAware,
+    allocate,
+    deepseek_batch_tokens,
+    deepseek_learning_rate,
+    inference_optimal,
+    isoflop_curve,
+    resolve_budget,
+)
 from lmforge.plan.fit import FitResult, Runs, fit, fit_envelope, fit_isoflop, fit_parametric, load_runs
-from lmforge.plan.laws import (CHINCHILLA_TABLE3, LAWS, KaplanLaw, Law, ParametricLaw, PowerLawFrontier, describe,
-                               load_law)
+from lmforge.plan.laws import (
+    CHINCHILLA_TABLE3,
+    LAWS,
+    KaplanLaw,
+    Law,
+    ParametricLaw,
+    PowerLawFrontier,
+    describe,
+    load_law,
+)
 from lmforge.plan.shapes import shape_for
 
 __all__ = [
-    "Allocation", "Budget", "CHINCHILLA_TABLE3", "FitResult", "InferenceAware", "KaplanLaw", "LAWS", "Law",
-    "ParametricLaw", "PowerLawFrontier", "Runs", "allocate", "deepseek_batch_tokens", "deepseek_learning_rate",
-    "describe", "fit", "fit_envelope", "fit_isoflop", "fit_parametric", "inference_optimal", "isoflop_curve",
-    "load_law", "load_runs", "resolve_budget", "shape_for",
+    "Allocation",
+    "Budget",
+    "CHINCHILLA_TABLE3",
+    "FitResult",
+    "InferenceAware",
+    "KaplanLaw",
+    "LAWS",
+    "Law",
+    "ParametricLaw",
+    "PowerLawFrontier",
+    "Runs",
+    "allocate",
+    "deepseek_batch_tokens",
+    "deepseek_learning_rate",
+    "describe",
+    "fit",
+    "fit_envelope",
+    "fit_isoflop",
+    "fit_parametric",
+    "inference_optimal",
+    "isoflop_curve",
+    "load_law",
+    "load_runs",
+    "resolve_budget",
+    "shape_for",
 ]

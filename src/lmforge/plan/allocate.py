@@ -23,8 +23,20 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq
 
-from lmforge.accounting import (GiB, MemoryEstimate, ParamCount, TimeCost, count_flops, count_params,
-                                estimate_memory, flops_for, human, human_bytes, lookup_device, training_time)
+from lmforge.accounting import (
+    GiB,
+    MemoryEstimate,
+    ParamCount,
+    TimeCost,
+    count_flops,
+    count_params,
+    estimate_memory,
+    flops_for,
+    human,
+    human_bytes,
+    lookup_device,
+    training_time,
+)
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.plan.fit import E_COLLAPSED
@@ -70,15 +82,27 @@ def _positive(name: str, value: float | None) -> None:
         raise ConfigError(f"{name}: must be a positive number, got {value}")
 
 
-def resolve_budget(flops: float | None = None, device: str | None = None, hours: float | None = None,
-                   gpus: int = 1, mfu: float = 0.4, dollars: float | None = None,
-                   price: float | None = None) -> Budget | None:
+def resolve_budget(
+    flops: float | None = None,
+    device: str | None = None,
+    hours: float | None = None,
+    gpus: int = 1,
+    mfu: float = 0.4,
+    dollars: float | None = None,
+    price: float | None = None,
+) -> Budget | None:
     """A :class:`Budget` from exactly one of FLOPs, device-hours (``device`` + ``hours``) or ``dollars``.
 
     Returns None when no budget is given.
     """
-    for name, value in (("flops", flops), ("hours", hours), ("dollars", dollars), ("gpus", gpus), ("mfu", mfu),
-                        ("price", price)):
+    for name, value in (
+        ("flops", flops),
+        ("hours", hours),
+        ("dollars", dollars),
+        ("gpus", gpus),
+        ("mfu", mfu),
+        ("price", price),
+    ):
         _positive(name, value)
     given = [n for n, v in (("flops", flops), ("hours", hours), ("dollars", dollars)) if v is not None]
     if len(given) > 1:
@@ -86,8 +110,7 @@ def resolve_budget(flops: float | None = None, device: str | None = None, hours:
     if not given:
         return None
     if (hours is not None or dollars is not None) and device is None:
-        raise ConfigError(f"{given[0]}: a budget in {given[0]} needs a device (e.g. --device h100); "
-                          "or give --flops")
+        raise ConfigError(f"{given[0]}: a budget in {given[0]} needs a device (e.g. --device h100); or give --flops")
     dev = lookup_device(device) if device is not None else None
     if dev is None:
         return Budget(flops=float(flops), gpus=gpus, mfu=mfu)
@@ -96,8 +119,15 @@ def resolve_budget(flops: float | None = None, device: str | None = None, hours:
         hours = dollars / (price * gpus)
     if hours is None:  # FLOPs given: how long they take on the device
         hours = training_time(flops, dev, gpus, mfu).seconds / 3600
-    return Budget(flops=flops_for(dev, hours, gpus, mfu), device=dev.name, gpus=gpus, mfu=mfu, hours=hours,
-                  dollars=hours * gpus * price, price=price)
+    return Budget(
+        flops=flops_for(dev, hours, gpus, mfu),
+        device=dev.name,
+        gpus=gpus,
+        mfu=mfu,
+        hours=hours,
+        dollars=hours * gpus * price,
+        price=price,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +160,10 @@ class InferenceAware:
 
 def _as_parametric(law: Law, what: str) -> ParametricLaw:
     if not isinstance(law, ParametricLaw):
-        raise ConfigError(f"{what} needs a law with a loss model L(N, D) (chinchilla, epoch, sardana or an "
-                          f"approach-3 fit); {law.name!r} only knows the frontier")
+        raise ConfigError(
+            f"{what} needs a law with a loss model L(N, D) (chinchilla, epoch, sardana or an "
+            f"approach-3 fit); {law.name!r} only knows the frontier"
+        )
     return law
 
 
@@ -161,9 +193,17 @@ def inference_optimal(law: Law | str, target_loss: float, inference_tokens: floa
     d = tokens(n)
     c = law.compute_for_loss(target_loss)
     n_c, d_c = law.optimal(c)
-    return InferenceAware(target_loss=target_loss, inference_tokens=inference_tokens, params=n, train_tokens=d,
-                          train_flops=6 * n * d, inference_flops=2 * n * inference_tokens, chinchilla_params=n_c,
-                          chinchilla_tokens=d_c, chinchilla_total_flops=6 * n_c * d_c + 2 * n_c * inference_tokens)
+    return InferenceAware(
+        target_loss=target_loss,
+        inference_tokens=inference_tokens,
+        params=n,
+        train_tokens=d,
+        train_flops=6 * n * d,
+        inference_flops=2 * n * inference_tokens,
+        chinchilla_params=n_c,
+        chinchilla_tokens=d_c,
+        chinchilla_total_flops=6 * n_c * d_c + 2 * n_c * inference_tokens,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,18 +251,34 @@ class Allocation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "law": self.law.to_dict(), "law_formula": self.law_formula, "counts": self.counts,
+            "law": self.law.to_dict(),
+            "law_formula": self.law_formula,
+            "counts": self.counts,
             "budget": self.budget.to_dict(),
-            "params": self.params, "tokens": self.tokens, "tokens_per_param": self.tokens_per_param,
-            "loss": self.loss, "target_loss": self.target_loss, "frontier": self.frontier,
-            "shape": {"config": self.shape.to_dict(), "params": self.shape_params.to_dict(),
-                      "tokens": self.shape_tokens, "loss": self.shape_loss,
-                      "training_flops_per_token": self.shape_flops_per_token},
-            "batch_tokens": self.batch_tokens, "batch_sequences": self.batch_sequences,
-            "learning_rate": self.learning_rate, "seq_len": self.seq_len,
-            "time": self.time.to_dict() if self.time else None, "memory": [m.to_dict() for m in self.memory],
-            "inference": self.inference.to_dict() if self.inference else None, "warnings": self.warnings,
-            "objective": self.objective, "train_flops": self.train_flops, "compute_optimal": self.compute_optimal,
+            "params": self.params,
+            "tokens": self.tokens,
+            "tokens_per_param": self.tokens_per_param,
+            "loss": self.loss,
+            "target_loss": self.target_loss,
+            "frontier": self.frontier,
+            "shape": {
+                "config": self.shape.to_dict(),
+                "params": self.shape_params.to_dict(),
+                "tokens": self.shape_tokens,
+                "loss": self.shape_loss,
+                "training_flops_per_token": self.shape_flops_per_token,
+            },
+            "batch_tokens": self.batch_tokens,
+            "batch_sequences": self.batch_sequences,
+            "learning_rate": self.learning_rate,
+            "seq_len": self.seq_len,
+            "time": self.time.to_dict() if self.time else None,
+            "memory": [m.to_dict() for m in self.memory],
+            "inference": self.inference.to_dict() if self.inference else None,
+            "warnings": self.warnings,
+            "objective": self.objective,
+            "train_flops": self.train_flops,
+            "compute_optimal": self.compute_optimal,
         }
 
     def summary(self) -> str:
@@ -230,47 +286,65 @@ class Allocation:
         loss = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
         head = f"budget: {b.flops:.3g} FLOPs"
         if b.device:
-            head += (f" = {b.gpus} x {b.device} for {b.hours:,.1f} h at MFU {b.mfu:.0%}"
-                     f" ({b.hours * b.gpus:,.0f} device-hours, ${b.dollars:,.0f} at ${b.price:.2f}/h)")
+            head += (
+                f" = {b.gpus} x {b.device} for {b.hours:,.1f} h at MFU {b.mfu:.0%}"
+                f" ({b.hours * b.gpus:,.0f} device-hours, ${b.dollars:,.0f} at ${b.price:.2f}/h)"
+            )
         if self.target_loss is not None and self.inference is None:
             head += f"  (the least compute reaching loss {self.target_loss})"
         lines = [head, f"law: {self.law.name}: {self.law_formula}", ""]
-        answer = (f"N* = {human(self.params)} parameters ({self.counts.replace('_', '-')}), D* = {human(self.tokens)} "
-                  f"tokens, {self.tokens_per_param:.1f} tokens/parameter, loss {loss(self.loss)}")
+        answer = (
+            f"N* = {human(self.params)} parameters ({self.counts.replace('_', '-')}), D* = {human(self.tokens)} "
+            f"tokens, {self.tokens_per_param:.1f} tokens/parameter, loss {loss(self.loss)}"
+        )
         if self.inference:
             i, co = self.inference, self.compute_optimal
             saved = 1 - i.total_flops / i.chinchilla_total_flops
-            lines += [f"inference-aware (Sardana et al., {human(i.inference_tokens)} inference tokens): {answer}",
-                      f"  training {i.train_flops:.3g} FLOPs ({i.train_flops / b.flops:.2f}x the budget, whose "
-                      f"compute-optimal loss is the target) + inference {i.inference_flops:.3g} = "
-                      f"{i.total_flops:.3g} FLOPs, vs {i.chinchilla_total_flops:.3g} for the compute-optimal model "
-                      f"({saved:.1%} saved)",
-                      f"  compute-optimal at the budget, for comparison: N = {human(co['params'])}, "
-                      f"D = {human(co['tokens'])}, loss {loss(co['loss'])}"]
+            lines += [
+                f"inference-aware (Sardana et al., {human(i.inference_tokens)} inference tokens): {answer}",
+                f"  training {i.train_flops:.3g} FLOPs ({i.train_flops / b.flops:.2f}x the budget, whose "
+                f"compute-optimal loss is the target) + inference {i.inference_flops:.3g} = "
+                f"{i.total_flops:.3g} FLOPs, vs {i.chinchilla_total_flops:.3g} for the compute-optimal model "
+                f"({saved:.1%} saved)",
+                f"  compute-optimal at the budget, for comparison: N = {human(co['params'])}, "
+                f"D = {human(co['tokens'])}, loss {loss(co['loss'])}",
+            ]
         else:
             lines.append(f"compute-optimal: {answer}")
-        lines += ["", f"frontier at {self.train_flops:.3g} training FLOPs:",
-                  f"  {'N / N*':>7} {'params':>9} {'tokens':>9} {'loss':>8}"]
+        lines += [
+            "",
+            f"frontier at {self.train_flops:.3g} training FLOPs:",
+            f"  {'N / N*':>7} {'params':>9} {'tokens':>9} {'loss':>8}",
+        ]
         for row in self.frontier:
-            lines.append(f"  {row['scale']:>7g} {human(row['params']):>9} {human(row['tokens']):>9} "
-                         f"{loss(row['loss']):>8}")
-        lines += ["", f"model: {s.arch}, n_layer {s.n_layer}, d_model {s.d_model}, n_head {s.n_head} "
-                      f"(head {s.head_dim}, kv {s.kv_heads}), ffn {s.ffn_dim} {s.activation}, vocab {s.vocab_size}, "
-                      f"context {s.max_positions}",
-                  f"  {p.total:,} parameters ({p.non_embedding:,} non-embedding); trains on "
-                  f"{human(self.shape_tokens)} tokens, loss {loss(self.shape_loss)}",
-                  "  training FLOPs/token: 6N {6n:.4g}, +attention {palm:.4g}, detailed {detailed:.4g}".format(
-                      **self.shape_flops_per_token),
-                  f"batch: {human(self.batch_tokens)} tokens = {self.batch_sequences} sequences of {self.seq_len}; "
-                  f"peak learning rate {self.learning_rate:.3g} (DeepSeek LLM fits)"]
+            lines.append(
+                f"  {row['scale']:>7g} {human(row['params']):>9} {human(row['tokens']):>9} {loss(row['loss']):>8}"
+            )
+        lines += [
+            "",
+            f"model: {s.arch}, n_layer {s.n_layer}, d_model {s.d_model}, n_head {s.n_head} "
+            f"(head {s.head_dim}, kv {s.kv_heads}), ffn {s.ffn_dim} {s.activation}, vocab {s.vocab_size}, "
+            f"context {s.max_positions}",
+            f"  {p.total:,} parameters ({p.non_embedding:,} non-embedding); trains on "
+            f"{human(self.shape_tokens)} tokens, loss {loss(self.shape_loss)}",
+            "  training FLOPs/token: 6N {6n:.4g}, +attention {palm:.4g}, detailed {detailed:.4g}".format(
+                **self.shape_flops_per_token
+            ),
+            f"batch: {human(self.batch_tokens)} tokens = {self.batch_sequences} sequences of {self.seq_len}; "
+            f"peak learning rate {self.learning_rate:.3g} (DeepSeek LLM fits)",
+        ]
         if self.time:
             t = self.time
-            lines.append(f"time: {t.seconds / 3600:,.1f} h ({t.days:,.1f} days) on {t.n_devices} x {t.device} at MFU "
-                         f"{t.mfu:.0%}, {t.device_hours:,.0f} device-hours, ${t.dollars:,.0f} ({t.flops:.3g} FLOPs: "
-                         f"the shape's 6N + attention per token x {human(self.shape_tokens)} tokens)")
+            lines.append(
+                f"time: {t.seconds / 3600:,.1f} h ({t.days:,.1f} days) on {t.n_devices} x {t.device} at MFU "
+                f"{t.mfu:.0%}, {t.device_hours:,.0f} device-hours, ${t.dollars:,.0f} ({t.flops:.3g} FLOPs: "
+                f"the shape's 6N + attention per token x {human(self.shape_tokens)} tokens)"
+            )
         for m in self.memory:
-            lines.append(f"memory per device ({m.strategy} x{m.world_size}, micro-batch {m.micro_batch}, "
-                         f"{'checkpointing' if m.checkpointing else 'no checkpointing'}): {human_bytes(m.total)}")
+            lines.append(
+                f"memory per device ({m.strategy} x{m.world_size}, micro-batch {m.micro_batch}, "
+                f"{'checkpointing' if m.checkpointing else 'no checkpointing'}): {human_bytes(m.total)}"
+            )
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -288,12 +362,27 @@ def _vocab_from_tokenizer(path: str | Path) -> int:
         raise ConfigError(f"tokenizer: cannot read {p} ({str(e).splitlines()[0]})") from None
 
 
-def allocate(flops: float | None = None, *, law: Law | str = "chinchilla", device: str | None = None,
-             hours: float | None = None, gpus: int = 1, mfu: float = 0.4, dollars: float | None = None,
-             price: float | None = None, target_loss: float | None = None, inference_tokens: float | None = None,
-             available_tokens: float | None = None, template: ModelConfig | None = None,
-             vocab_size: int | None = None, tokenizer: str | Path | None = None, seq_len: int | None = None,
-             aspect: tuple[float, float] = ASPECT, head_dim: int | None = None, micro_batch: int = 1) -> Allocation:
+def allocate(
+    flops: float | None = None,
+    *,
+    law: Law | str = "chinchilla",
+    device: str | None = None,
+    hours: float | None = None,
+    gpus: int = 1,
+    mfu: float = 0.4,
+    dollars: float | None = None,
+    price: float | None = None,
+    target_loss: float | None = None,
+    inference_tokens: float | None = None,
+    available_tokens: float | None = None,
+    template: ModelConfig | None = None,
+    vocab_size: int | None = None,
+    tokenizer: str | Path | None = None,
+    seq_len: int | None = None,
+    aspect: tuple[float, float] = ASPECT,
+    head_dim: int | None = None,
+    micro_batch: int = 1,
+) -> Allocation:
     """The compute-optimal model and data size for a budget (see the module docstring).
 
     ``template`` supplies the architecture of the suggested config (default: the LLaMA recipe);
@@ -301,19 +390,27 @@ def allocate(flops: float | None = None, *, law: Law | str = "chinchilla", devic
     """
     law = load_law(law)
     budget = resolve_budget(flops, device, hours, gpus, mfu, dollars, price)
-    for name, value in (("target_loss", target_loss), ("available_tokens", available_tokens),
-                        ("vocab_size", vocab_size), ("seq_len", seq_len), ("head_dim", head_dim),
-                        ("micro_batch", micro_batch)):
+    for name, value in (
+        ("target_loss", target_loss),
+        ("available_tokens", available_tokens),
+        ("vocab_size", vocab_size),
+        ("seq_len", seq_len),
+        ("head_dim", head_dim),
+        ("micro_batch", micro_batch),
+    ):
         _positive(name, value)
     if budget is None:
         if target_loss is None:
-            raise ConfigError("budget: give --flops, --device with --hours, --dollars (with --device), "
-                              "or --target-loss")
+            raise ConfigError(
+                "budget: give --flops, --device with --hours, --dollars (with --device), or --target-loss"
+            )
         c = _as_parametric(law, "a target loss").compute_for_loss(target_loss)
         budget = resolve_budget(c, device, None, gpus, mfu, None, price)
     elif target_loss is not None and inference_tokens is None:
-        raise ConfigError("target_loss: give either a budget or a target loss (the budget then follows), "
-                          "or a target loss with inference tokens")
+        raise ConfigError(
+            "target_loss: give either a budget or a target loss (the budget then follows), "
+            "or a target loss with inference tokens"
+        )
     c = budget.flops
 
     # the template: architecture from the user, vocabulary and context from the options
@@ -328,48 +425,67 @@ def allocate(flops: float | None = None, *, law: Law | str = "chinchilla", devic
     smallest = smallest_shape(template, head_dim)
     n_small = count_params(smallest).total if law.counts == "total" else count_params(smallest).non_embedding
     if n_opt < n_small:
-        raise ConfigError(f"budget: {c:.3g} FLOPs is too small: the compute-optimal model has {human(n_opt)} "
-                          f"parameters, fewer than the smallest model of this vocabulary ({human(n_small)}, "
-                          f"vocab {template.vocab_size}); give at least {_least_flops(law, c, n_opt, n_small):.2g} "
-                          f"FLOPs or a smaller vocabulary")
+        raise ConfigError(
+            f"budget: {c:.3g} FLOPs is too small: the compute-optimal model has {human(n_opt)} "
+            f"parameters, fewer than the smallest model of this vocabulary ({human(n_small)}, "
+            f"vocab {template.vocab_size}); give at least {_least_flops(law, c, n_opt, n_small):.2g} "
+            f"FLOPs or a smaller vocabulary"
+        )
 
     inference = None
     n_pick, d_pick = n_opt, d_opt
     if inference_tokens is not None:  # the answer is then the inference-aware model, everywhere below
-        goal = target_loss if target_loss is not None else _loss(_as_parametric(law, "inference-aware allocation"),
-                                                                 n_opt, d_opt)
+        goal = (
+            target_loss
+            if target_loss is not None
+            else _loss(_as_parametric(law, "inference-aware allocation"), n_opt, d_opt)
+        )
         inference = inference_optimal(law, goal, inference_tokens)
         n_pick, d_pick = inference.params, inference.train_tokens
         if n_pick < n_small:
-            raise ConfigError(f"inference_tokens: the inference-aware model has {human(n_pick)} parameters, fewer "
-                              f"than the smallest model of this vocabulary ({human(n_small)}); give a larger budget "
-                              f"or fewer inference tokens")
+            raise ConfigError(
+                f"inference_tokens: the inference-aware model has {human(n_pick)} parameters, fewer "
+                f"than the smallest model of this vocabulary ({human(n_small)}); give a larger budget "
+                f"or fewer inference tokens"
+            )
     c_train = 6 * n_pick * d_pick
     shape = shape_for(n_pick, template, law.counts, aspect, head_dim)
     pc = count_params(shape)
     n_shape = pc.total if law.counts == "total" else pc.non_embedding
     fc = count_flops(shape, seq_len)
     shape_tokens = c_train / (6 * n_shape)
-    frontier = [{"scale": s, "params": n_pick * s, "tokens": c_train / (6 * n_pick * s),
-                 "loss": _loss(law, n_pick * s, c_train / (6 * n_pick * s))} for s in FRONTIER_SCALES]
+    frontier = [
+        {
+            "scale": s,
+            "params": n_pick * s,
+            "tokens": c_train / (6 * n_pick * s),
+            "loss": _loss(law, n_pick * s, c_train / (6 * n_pick * s)),
+        }
+        for s in FRONTIER_SCALES
+    ]
     batch = deepseek_batch_tokens(c_train)
     batch_sequences = max(1, round(batch / seq_len))
 
     warnings = []
     pick_loss = _loss(law, n_pick, d_pick)
     if isinstance(law, ParametricLaw) and pick_loss is not None and law.E < E_COLLAPSED * pick_loss:
-        warnings.append(f"the law's irreducible loss E is {law.E:.3g}, about 0: a fit that collapsed (runs far from "
-                        f"the compute-optimal frontier do not pin E down); extrapolated losses are unreliable")
+        warnings.append(
+            f"the law's irreducible loss E is {law.E:.3g}, about 0: a fit that collapsed (runs far from "
+            f"the compute-optimal frontier do not pin E down); extrapolated losses are unreliable"
+        )
     if available_tokens is not None and d_pick > available_tokens:
         n_data = c_train / (6 * available_tokens)
         alt = _loss(law, n_data, available_tokens)
         warnings.append(
             f"data-constrained: D* = {human(d_pick)} tokens exceeds the {human(available_tokens)} available "
             f"({d_pick / available_tokens:.1f} epochs). Repeating data up to ~4 epochs costs little (Muennighoff et al. "
-            f"2023); or train N = {human(n_data)} on one epoch" + (f" (loss {alt:.4f})" if alt is not None else ""))
+            f"2023); or train N = {human(n_data)} on one epoch" + (f" (loss {alt:.4f})" if alt is not None else "")
+        )
 
-    memory = [estimate_memory(shape, micro_batch, seq_len, gpus, "fsdp" if gpus > 1 else "ddp", ckpt)
-              for ckpt in (False, True)]
+    memory = [
+        estimate_memory(shape, micro_batch, seq_len, gpus, "fsdp" if gpus > 1 else "ddp", ckpt)
+        for ckpt in (False, True)
+    ]
     device = lookup_device(budget.device) if budget.device else None
     advice = _memory_advice(shape, seq_len, micro_batch, gpus, batch_sequences, device)
     if advice:
@@ -379,18 +495,41 @@ def allocate(flops: float | None = None, *, law: Law | str = "chinchilla", devic
         time = training_time(shape_tokens * fc.rule_6n_attention_per_token, budget.device, gpus, mfu, budget.price)
         over = time.flops / c_train - 1
         if inference is None and over > 0.005:
-            warnings.append(f"the shape computes {over:.1%} more per token than 6N (attention): training it on "
-                            f"{human(shape_tokens)} tokens takes {time.seconds / 3600:,.1f} h, not the budget's "
-                            f"{budget.hours:,.1f} h; within the budget it trains on {human(shape_tokens / (1 + over))}")
+            warnings.append(
+                f"the shape computes {over:.1%} more per token than 6N (attention): training it on "
+                f"{human(shape_tokens)} tokens takes {time.seconds / 3600:,.1f} h, not the budget's "
+                f"{budget.hours:,.1f} h; within the budget it trains on {human(shape_tokens / (1 + over))}"
+            )
     return Allocation(
-        law=law, law_formula=describe(law) + (f"  [{LAW_NOTES[law.name]}]" if law.name in LAW_NOTES else ""),
-        counts=law.counts, budget=budget, params=n_pick, tokens=d_pick, loss=pick_loss, frontier=frontier,
-        shape=shape, shape_params=pc, shape_tokens=shape_tokens, shape_loss=_loss(law, n_shape, shape_tokens),
-        shape_flops_per_token={"6n": fc.rule_6n_per_token, "palm": fc.rule_6n_attention_per_token,
-                               "detailed": fc.training_per_token},
-        batch_tokens=batch, batch_sequences=batch_sequences, learning_rate=deepseek_learning_rate(c_train),
-        seq_len=seq_len, time=time, memory=memory, inference=inference, target_loss=target_loss, warnings=warnings,
-        train_flops=c_train, compute_optimal={"params": n_opt, "tokens": d_opt, "loss": _loss(law, n_opt, d_opt)})
+        law=law,
+        law_formula=describe(law) + (f"  [{LAW_NOTES[law.name]}]" if law.name in LAW_NOTES else ""),
+        counts=law.counts,
+        budget=budget,
+        params=n_pick,
+        tokens=d_pick,
+        loss=pick_loss,
+        frontier=frontier,
+        shape=shape,
+        shape_params=pc,
+        shape_tokens=shape_tokens,
+        shape_loss=_loss(law, n_shape, shape_tokens),
+        shape_flops_per_token={
+            "6n": fc.rule_6n_per_token,
+            "palm": fc.rule_6n_attention_per_token,
+            "detailed": fc.training_per_token,
+        },
+        batch_tokens=batch,
+        batch_sequences=batch_sequences,
+        learning_rate=deepseek_learning_rate(c_train),
+        seq_len=seq_len,
+        time=time,
+        memory=memory,
+        inference=inference,
+        target_loss=target_loss,
+        warnings=warnings,
+        train_flops=c_train,
+        compute_optimal={"params": n_opt, "tokens": d_opt, "loss": _loss(law, n_opt, d_opt)},
+    )
 
 
 def _least_flops(law: Law, c: float, n_opt: float, n_small: float) -> float:
@@ -406,12 +545,15 @@ def _least_flops(law: Law, c: float, n_opt: float, n_small: float) -> float:
 DEVICE_ROOM = 0.9  # of a device's memory usable by the estimate (CUDA context, fragmentation)
 
 
-def _memory_advice(shape: ModelConfig, seq_len: int, micro_batch: int, gpus: int, batch_sequences: int,
-                   device) -> str | None:
+def _memory_advice(
+    shape: ModelConfig, seq_len: int, micro_batch: int, gpus: int, batch_sequences: int, device
+) -> str | None:
     """When a device cannot hold the training state: how many devices (FSDP) and how much gradient
     accumulation would fit it; None when it fits."""
     memory_gib = device.memory_gib if device else 80.0
-    where = f"the {device.name}'s {memory_gib:.0f} GiB" if device else "the 80 GiB of a large accelerator (give --device)"
+    where = (
+        f"the {device.name}'s {memory_gib:.0f} GiB" if device else "the 80 GiB of a large accelerator (give --device)"
+    )
     limit = DEVICE_ROOM * memory_gib * GiB
     need = estimate_memory(shape, micro_batch, seq_len, gpus, "fsdp" if gpus > 1 else "ddp").total
     if need <= limit:
@@ -422,15 +564,22 @@ def _memory_advice(shape: ModelConfig, seq_len: int, micro_batch: int, gpus: int
             m = estimate_memory(shape, micro_batch, seq_len, n, "fsdp" if n > 1 else "ddp", ckpt)
             if m.total <= limit:
                 accum = max(1, math.ceil(batch_sequences / (micro_batch * n)))
-                how = (f"turn on activation checkpointing ({human_bytes(m.total)} each" if n == gpus else
-                       f"shard with FSDP over {n} devices ({human_bytes(m.total)} each"
-                       f"{' with activation checkpointing' if ckpt else ''}")
-                return (f"memory: {human_bytes(need)} per device exceeds {where}: {how}, micro-batch {micro_batch}) "
-                        f"and accumulate {accum} micro-batches per step for the batch of {batch_sequences} sequences"
-                        + (f" (--gpus {n})" if n != gpus else ""))
+                how = (
+                    f"turn on activation checkpointing ({human_bytes(m.total)} each"
+                    if n == gpus
+                    else f"shard with FSDP over {n} devices ({human_bytes(m.total)} each"
+                    f"{' with activation checkpointing' if ckpt else ''}"
+                )
+                return (
+                    f"memory: {human_bytes(need)} per device exceeds {where}: {how}, micro-batch {micro_batch}) "
+                    f"and accumulate {accum} micro-batches per step for the batch of {batch_sequences} sequences"
+                    + (f" (--gpus {n})" if n != gpus else "")
+                )
         n *= 2
-    return (f"memory: {human_bytes(need)} per device exceeds {where} on any number of devices: the activations of one "
-            f"micro-batch of {micro_batch} x {seq_len} tokens do not fit; lower --micro-batch or --seq-len")
+    return (
+        f"memory: {human_bytes(need)} per device exceeds {where} on any number of devices: the activations of one "
+        f"micro-batch of {micro_batch} x {seq_len} tokens do not fit; lower --micro-batch or --seq-len"
+    )
 
 
 def _loss(law: Law, n: float, d: float) -> float | None:

@@ -27,9 +27,10 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -71,8 +72,15 @@ class Runs:
 
     def take(self, idx: np.ndarray) -> Runs:
         pick = lambda x: None if x is None else x[idx]  # noqa: E731
-        return Runs(self.params[idx], self.tokens[idx], self.loss[idx], self.flops[idx], pick(self.run),
-                    pick(self.step), self.source)
+        return Runs(
+            self.params[idx],
+            self.tokens[idx],
+            self.loss[idx],
+            self.flops[idx],
+            pick(self.run),
+            pick(self.step),
+            self.source,
+        )
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the columns ``params,tokens,loss,flops`` (+ ``run,step``) that :func:`load_runs` reads."""
@@ -140,8 +148,10 @@ def _columns(named, where: str) -> dict[str, list]:
     for name, values in named:
         key = str(name).strip().lower()
         if key in cols:
-            raise DataError(f"{where}: columns {spelled[key]!r} and {str(name)!r} are the same column (names are "
-                            f"case-insensitive); keep one")
+            raise DataError(
+                f"{where}: columns {spelled[key]!r} and {str(name)!r} are the same column (names are "
+                f"case-insensitive); keep one"
+            )
         cols[key], spelled[key] = values, str(name)
     return cols
 
@@ -183,9 +193,16 @@ def load_runs(source: Any) -> Runs:
     return Runs(params, tokens, loss, flops, run, step, where)
 
 
-def synthetic_runs(law: Law | str = "epoch", budgets=(1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21, 3e21),
-                   sizes: int = 30, spread: float = 8.0, noise: float = 0.01, seed: int = 0,
-                   curves: bool = False, steps: int = 20) -> Runs:
+def synthetic_runs(
+    law: Law | str = "epoch",
+    budgets=(1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21, 3e21),
+    sizes: int = 30,
+    spread: float = 8.0,
+    noise: float = 0.01,
+    seed: int = 0,
+    curves: bool = False,
+    steps: int = 20,
+) -> Runs:
     """Runs drawn from a parametric law with multiplicative (log-normal) noise, for demos and tests.
 
     Without ``curves``: an IsoFLOP design, ``sizes`` model sizes log-uniform within ``spread``x of
@@ -237,9 +254,16 @@ class FitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "approach": self.approach, "law": self.law.to_dict(), "estimates": self.estimates, "ci": self.ci,
-            "objective": self.objective, "n_points": self.n_points, "seconds": self.seconds,
-            "bootstrap": self.bootstrap, "details": self.details, "warnings": self.warnings,
+            "approach": self.approach,
+            "law": self.law.to_dict(),
+            "estimates": self.estimates,
+            "ci": self.ci,
+            "objective": self.objective,
+            "n_points": self.n_points,
+            "seconds": self.seconds,
+            "bootstrap": self.bootstrap,
+            "details": self.details,
+            "warnings": self.warnings,
         }
 
     def save(self, path: str | Path) -> None:
@@ -254,8 +278,10 @@ class FitResult:
 
     def summary(self) -> str:
         what = {3: "parametric L(N, D), Huber sum", 2: "IsoFLOP parabolas", 1: "loss-curve envelope"}
-        lines = [f"Approach {self.approach} ({what[self.approach]}): {self.n_points} points, {self.seconds:.2f} s",
-                 f"  {describe(self.law)}"]
+        lines = [
+            f"Approach {self.approach} ({what[self.approach]}): {self.n_points} points, {self.seconds:.2f} s",
+            f"  {describe(self.law)}",
+        ]
         for name, value in self.estimates.items():
             interval = self.ci.get(name)
             ci = f"   [{interval[0]:.5g}, {interval[1]:.5g}]" if interval else ""
@@ -271,12 +297,15 @@ def _intervals(samples: list[dict[str, float]], level: float) -> dict[str, list[
     if not samples:
         return {}
     lo, hi = 50 * (1 - level), 50 * (1 + level)
-    return {k: [float(np.percentile([s[k] for s in samples], lo)), float(np.percentile([s[k] for s in samples], hi))]
-            for k in samples[0]}
+    return {
+        k: [float(np.percentile([s[k] for s in samples], lo)), float(np.percentile([s[k] for s in samples], hi))]
+        for k in samples[0]
+    }
 
 
-def _bootstrap(estimate: Callable[[np.random.Generator], dict[str, float] | None], n: int,
-               seed: int) -> tuple[list[dict[str, float]], int]:
+def _bootstrap(
+    estimate: Callable[[np.random.Generator], dict[str, float] | None], n: int, seed: int
+) -> tuple[list[dict[str, float]], int]:
     """Run ``estimate`` on ``n`` resamples; returns the estimates and how many resamples failed."""
     rng = np.random.default_rng(seed)
     out, failed = [], 0
@@ -297,8 +326,14 @@ def _bootstrap(estimate: Callable[[np.random.Generator], dict[str, float] | None
 # ---------------------------------------------------------------------------------------------
 
 
-def huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
-                    delta: float = HUBER_DELTA, grad: bool = False):
+def huber_objective(
+    theta: np.ndarray,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    log_l: np.ndarray,
+    delta: float = HUBER_DELTA,
+    grad: bool = False,
+):
     """Huber sum at ``theta`` = (a, b, e, alpha, beta), or at each row of an (S, 5) array at once.
 
     The residual is LSE(a - alpha log N, b - beta log D, e) - log L, the predicted log loss minus
@@ -337,8 +372,13 @@ class _Refined:
 
 def _refine(start: np.ndarray, data: tuple[np.ndarray, ...], max_iter: int) -> _Refined:
     fun = lambda th: huber_objective(th, *data, grad=True)  # noqa: E731
-    res = minimize(fun, start, jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "maxfun": 4 * max_iter, "ftol": 1e-15, "gtol": 1e-12})
+    res = minimize(
+        fun,
+        start,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "maxfun": 4 * max_iter, "ftol": 1e-15, "gtol": 1e-12},
+    )
     return _Refined(res.x, float(res.fun), int(res.status), str(res.message))
 
 
@@ -366,7 +406,7 @@ def _best_of(starts: np.ndarray, data: tuple[np.ndarray, ...], max_iter: int) ->
 def _rank_starts(starts: np.ndarray, data: tuple[np.ndarray, ...], chunk_elements: int = 2**20) -> np.ndarray:
     """``starts`` sorted by their objective, evaluated in chunks to bound memory."""
     step = max(1, chunk_elements // len(data[0]))
-    values = np.concatenate([huber_objective(starts[i:i + step], *data) for i in range(0, len(starts), step)])
+    values = np.concatenate([huber_objective(starts[i : i + step], *data) for i in range(0, len(starts), step)])
     return starts[np.argsort(values, kind="stable")]
 
 
@@ -376,8 +416,10 @@ E_COLLAPSED = 0.05  # a fitted E below this share of the lowest loss: the fit le
 def _parametric_estimates(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = (float(x) for x in theta)
     if max(a, b, e) > 700:  # exp would overflow: the optimum ran off to infinity
-        raise DataError(f"approach 3 diverged (log A {a:.3g}, log B {b:.3g}, log E {e:.3g}): these runs do not "
-                        "pin the law down; add runs at more budgets and sizes")
+        raise DataError(
+            f"approach 3 diverged (log A {a:.3g}, log B {b:.3g}, log E {e:.3g}): these runs do not "
+            "pin the law down; add runs at more budgets and sizes"
+        )
     E, A, B = math.exp(e), math.exp(a), math.exp(b)
     out = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta}
     if alpha > 0 and beta > 0:  # the frontier exponents and G exist
@@ -386,8 +428,16 @@ def _parametric_estimates(theta: np.ndarray) -> dict[str, float]:
     return out
 
 
-def fit_parametric(runs: Runs, top_k: int | None = 32, bootstrap: int = 0, seed: int = 0, level: float = 0.95,
-                   max_iter: int = 2000, starts: np.ndarray | None = None, name: str = "fit") -> FitResult:
+def fit_parametric(
+    runs: Runs,
+    top_k: int | None = 32,
+    bootstrap: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+    max_iter: int = 2000,
+    starts: np.ndarray | None = None,
+    name: str = "fit",
+) -> FitResult:
     """Approach 3: Chinchilla's Huber / L-BFGS fit of L(N, D) = E + A/N^alpha + B/D^beta.
 
     ``starts`` defaults to Chinchilla's grid (:func:`grid_starts`); only the ``top_k`` starts with
@@ -405,12 +455,16 @@ def fit_parametric(runs: Runs, top_k: int | None = 32, bootstrap: int = 0, seed:
     ranked = _rank_starts(grid_starts() if starts is None else np.atleast_2d(starts), data)
     best = _best_of(ranked[:top_k], data, max_iter)
     if best.status == 1:  # iteration limit: a genuine failure to converge
-        raise DataError(f"{runs.source}: approach 3 did not converge in {max_iter} L-BFGS iterations "
-                        f"({best.message}); raise max_iter or check the data")
+        raise DataError(
+            f"{runs.source}: approach 3 did not converge in {max_iter} L-BFGS iterations "
+            f"({best.message}); raise max_iter or check the data"
+        )
     est = _parametric_estimates(best.theta)
     if not (est["alpha"] > 0 and est["beta"] > 0):
-        raise DataError(f"{runs.source}: the fit gives alpha={est['alpha']:.3g}, beta={est['beta']:.3g}; loss must "
-                        "fall with both params and tokens for a compute-optimal frontier - add runs that vary both")
+        raise DataError(
+            f"{runs.source}: the fit gives alpha={est['alpha']:.3g}, beta={est['beta']:.3g}; loss must "
+            "fall with both params and tokens for a compute-optimal frontier - add runs that vary both"
+        )
     law = ParametricLaw(name, *(est[k] for k in PARAMETRIC_NAMES))
 
     def resample(rng: np.random.Generator) -> dict[str, float] | None:
@@ -424,12 +478,24 @@ def fit_parametric(runs: Runs, top_k: int | None = 32, bootstrap: int = 0, seed:
     samples, failed = _bootstrap(resample, bootstrap, seed)
     warnings = [f"{failed} of {bootstrap} bootstrap fits failed and were left out"] if failed else []
     if est["E"] < E_COLLAPSED * float(runs.loss.min()):
-        warnings.append(f"the irreducible loss E collapsed to {est['E']:.3g} (about 0): these runs do not pin it down "
-                        "(e.g. runs far over-trained, away from the compute-optimal frontier, as in Sardana et al.); "
-                        "the law's extrapolations are unreliable: add runs near the frontier at more budgets")
-    return FitResult(approach=3, law=law, estimates=est, ci=_intervals(samples, level), objective=best.value,
-                     n_points=len(runs), seconds=time.perf_counter() - t0, bootstrap=bootstrap,
-                     warnings=warnings, runs=runs, samples=samples)
+        warnings.append(
+            f"the irreducible loss E collapsed to {est['E']:.3g} (about 0): these runs do not pin it down "
+            "(e.g. runs far over-trained, away from the compute-optimal frontier, as in Sardana et al.); "
+            "the law's extrapolations are unreliable: add runs near the frontier at more budgets"
+        )
+    return FitResult(
+        approach=3,
+        law=law,
+        estimates=est,
+        ci=_intervals(samples, level),
+        objective=best.value,
+        n_points=len(runs),
+        seconds=time.perf_counter() - t0,
+        bootstrap=bootstrap,
+        warnings=warnings,
+        runs=runs,
+        samples=samples,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,13 +543,22 @@ def _isoflop_minima(runs: Runs, labels: np.ndarray) -> tuple[list[dict[str, floa
         if not inside:
             warnings.append(f"budget {c:.3g} FLOPs: the minimum lies outside the sampled model sizes (extrapolated)")
         n_opt = float(np.exp(x_opt))
-        rows.append({"flops": c, "n_opt": n_opt, "d_opt": c / (6 * n_opt),
-                     "loss": float(c0 + c1 * x_opt + c2 * x_opt**2), "runs": int(sel.sum()), "inside": inside})
+        rows.append(
+            {
+                "flops": c,
+                "n_opt": n_opt,
+                "d_opt": c / (6 * n_opt),
+                "loss": float(c0 + c1 * x_opt + c2 * x_opt**2),
+                "runs": int(sel.sum()),
+                "inside": inside,
+            }
+        )
     return rows, warnings
 
 
-def fit_isoflop(runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0.95,
-                tolerance: float = 0.1, name: str = "fit") -> FitResult:
+def fit_isoflop(
+    runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0.95, tolerance: float = 0.1, name: str = "fit"
+) -> FitResult:
     """Approach 2: IsoFLOP profiles. Budgets are the ``flops`` column (or 6ND) grouped within ``tolerance``."""
     t0 = time.perf_counter()
     runs = runs.final()
@@ -492,8 +567,10 @@ def fit_isoflop(runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0.
     def estimate(r: Runs, lab: np.ndarray):
         rows, warns = _isoflop_minima(r, lab)
         if len(rows) < 2:
-            raise DataError(f"{runs.source}: approach 2 needs at least 2 compute budgets with 3+ model sizes each "
-                            f"(found {len(rows)}); group runs by budget in a flops column")
+            raise DataError(
+                f"{runs.source}: approach 2 needs at least 2 compute budgets with 3+ model sizes each "
+                f"(found {len(rows)}); group runs by budget in a flops column"
+            )
         return (*_frontier_estimates(rows, name), rows, warns)
 
     law, est, rss, rows, warnings = estimate(runs, labels)
@@ -506,9 +583,19 @@ def fit_isoflop(runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0.
     samples, failed = _bootstrap(resample, bootstrap, seed)
     if failed:
         warnings.append(f"{failed} of {bootstrap} bootstrap fits failed and were left out")
-    return FitResult(approach=2, law=law, estimates=est, ci=_intervals(samples, level), objective=rss,
-                     n_points=len(runs), seconds=time.perf_counter() - t0, bootstrap=bootstrap, details=rows,
-                     warnings=warnings, runs=runs)
+    return FitResult(
+        approach=2,
+        law=law,
+        estimates=est,
+        ci=_intervals(samples, level),
+        objective=rss,
+        n_points=len(runs),
+        seconds=time.perf_counter() - t0,
+        bootstrap=bootstrap,
+        details=rows,
+        warnings=warnings,
+        runs=runs,
+    )
 
 
 def _envelope(runs: Runs, n_bins: int) -> list[dict[str, float]]:
@@ -528,20 +615,25 @@ def _envelope(runs: Runs, n_bins: int) -> list[dict[str, float]]:
     return rows
 
 
-def fit_envelope(runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0.95, n_bins: int = 40,
-                 name: str = "fit") -> FitResult:
+def fit_envelope(
+    runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0.95, n_bins: int = 40, name: str = "fit"
+) -> FitResult:
     """Approach 1: the lower envelope of loss over FLOPs across runs, then N_opt = k C^a."""
     t0 = time.perf_counter()
     if not runs.has_curves:
-        raise DataError(f"{runs.source}: approach 1 needs loss curves: a run column with several rows per run "
-                        "(and a step column); use approach 2 or 3 for one row per run")
+        raise DataError(
+            f"{runs.source}: approach 1 needs loss curves: a run column with several rows per run "
+            "(and a step column); use approach 2 or 3 for one row per run"
+        )
     run_ids = np.unique(runs.run)
 
     def estimate(r: Runs):
         rows = _envelope(r, n_bins)
         if len(rows) < 3 or len({x["n_opt"] for x in rows}) < 2:
-            raise DataError(f"{runs.source}: the loss-curve envelope is won by a single model size; approach 1 "
-                            "needs curves of several sizes that cross over a range of FLOPs")
+            raise DataError(
+                f"{runs.source}: the loss-curve envelope is won by a single model size; approach 1 "
+                "needs curves of several sizes that cross over a range of FLOPs"
+            )
         return (*_frontier_estimates(rows, name), rows)
 
     law, est, rss, rows = estimate(runs)
@@ -555,9 +647,19 @@ def fit_envelope(runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0
 
     samples, failed = _bootstrap(resample, bootstrap, seed)
     warnings = [f"{failed} of {bootstrap} bootstrap fits failed and were left out"] if failed else []
-    return FitResult(approach=1, law=law, estimates=est, ci=_intervals(samples, level), objective=rss,
-                     n_points=len(runs), seconds=time.perf_counter() - t0, bootstrap=bootstrap, details=rows,
-                     warnings=warnings, runs=runs)
+    return FitResult(
+        approach=1,
+        law=law,
+        estimates=est,
+        ci=_intervals(samples, level),
+        objective=rss,
+        n_points=len(runs),
+        seconds=time.perf_counter() - t0,
+        bootstrap=bootstrap,
+        details=rows,
+        warnings=warnings,
+        runs=runs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,8 +667,9 @@ def fit_envelope(runs: Runs, bootstrap: int = 0, seed: int = 0, level: float = 0
 # ---------------------------------------------------------------------------------------------
 
 
-def fit(source: Any, approach: int = 3, bootstrap: int = 0, seed: int = 0, level: float = 0.95,
-        **options: Any) -> FitResult:
+def fit(
+    source: Any, approach: int = 3, bootstrap: int = 0, seed: int = 0, level: float = 0.95, **options: Any
+) -> FitResult:
     """Fit a scaling law to a runs CSV path, a mapping of columns, rows of mappings or a data frame.
 
     ``options`` go to the approach: ``top_k``, ``max_iter``, ``starts`` (3); ``tolerance`` (2);

@@ -83,8 +83,10 @@ class ParametricLaw(Law):
 
     def __post_init__(self) -> None:
         if not (self.alpha > 0 and self.beta > 0 and self.A > 0 and self.B > 0):
-            raise ConfigError(f"law {self.name}: A, B, alpha and beta must be positive to define a frontier "
-                              f"(got A={self.A:.4g}, B={self.B:.4g}, alpha={self.alpha:.4g}, beta={self.beta:.4g})")
+            raise ConfigError(
+                f"law {self.name}: A, B, alpha and beta must be positive to define a frontier "
+                f"(got A={self.A:.4g}, B={self.B:.4g}, alpha={self.alpha:.4g}, beta={self.beta:.4g})"
+            )
 
     # ---- the closed-form frontier ----------------------------------------------------------
     @property
@@ -116,13 +118,15 @@ class ParametricLaw(Law):
         return self.loss(*self.optimal(flops))
 
     def _frontier_constant(self) -> float:
-        return self.A * self.G ** -self.alpha + self.B * self.G**self.beta
+        return self.A * self.G**-self.alpha + self.B * self.G**self.beta
 
     def compute_for_loss(self, target: float) -> float:
         """The smallest training compute whose optimal allocation reaches ``target`` loss."""
         if not target > self.E:
-            raise ConfigError(f"target loss {target} is not above the irreducible loss E = {self.E:.4g} "
-                              f"of law {self.name}: no finite model reaches it")
+            raise ConfigError(
+                f"target loss {target} is not above the irreducible loss E = {self.E:.4g} "
+                f"of law {self.name}: no finite model reaches it"
+            )
         exponent = self.alpha * self.beta / (self.alpha + self.beta)
         return 6 * ((target - self.E) / self._frontier_constant()) ** (-1 / exponent)
 
@@ -147,8 +151,9 @@ class PowerLawFrontier(Law):
         return n, c / (6 * n)
 
     @classmethod
-    def from_points(cls, name: str, flops, params, tokens=None, minimax: bool = False,
-                    counts: str = "total") -> PowerLawFrontier:
+    def from_points(
+        cls, name: str, flops, params, tokens=None, minimax: bool = False, counts: str = "total"
+    ) -> PowerLawFrontier:
         """Fit log N = log k + a log C: least squares, or ``minimax`` (the smallest largest error).
 
         With ``tokens`` the residuals of log D = log(C / 6N) count as well. Chinchilla's Table 3
@@ -213,12 +218,13 @@ LAWS: dict[str, Law] = {
     "epoch": ParametricLaw("epoch", E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658),
     "sardana": ParametricLaw("sardana", E=1.69, A=406.4, B=410.7, alpha=0.336, beta=0.283),
     "chinchilla-table3": PowerLawFrontier.from_points(
-        "chinchilla-table3", *zip(*[(c, n, d) for n, c, d in CHINCHILLA_TABLE3]), minimax=True),
+        "chinchilla-table3", *zip(*[(c, n, d) for n, c, d in CHINCHILLA_TABLE3]), minimax=True
+    ),
     "kaplan": KaplanLaw("kaplan"),
 }
 LAW_NOTES = {
     "chinchilla": "Hoffmann et al. 2022, Approach 3 as printed; implies about twice the tokens per parameter of "
-                  "their Approaches 1-2 (the epoch refit agrees with those)",
+    "their Approaches 1-2 (the epoch refit agrees with those)",
     "epoch": "Besiroglu et al. 2024 refit of Chinchilla's data (~20 tokens per parameter)",
     "sardana": "Sardana et al. 2024 constants (inference-aware scaling)",
     "chinchilla-table3": "N_opt = k C^a fitted (minimax) to Chinchilla's Table 3 (Approach 1 projections)",
@@ -263,8 +269,10 @@ def load_law(spec: str | Path | Law | dict) -> Law:
 def describe(law: Law) -> str:
     """One line: the formula with its constants."""
     if isinstance(law, ParametricLaw):
-        return (f"L = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} + {law.B:.4g}/D^{law.beta:.4g} "
-                f"(N_opt ~ C^{law.a:.3f}, D_opt ~ C^{law.b:.3f})")
+        return (
+            f"L = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} + {law.B:.4g}/D^{law.beta:.4g} "
+            f"(N_opt ~ C^{law.a:.3f}, D_opt ~ C^{law.b:.3f})"
+        )
     if isinstance(law, KaplanLaw):
         return f"Kaplan: N_opt = {law.k_pf_day:.3g} (C/PF-day)^{law.a} (non-embedding N)"
     if isinstance(law, PowerLawFrontier):

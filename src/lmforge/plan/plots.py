@@ -94,8 +94,11 @@ def plot_fit(result: FitResult, path: str | Path) -> Path:
         fig.colorbar(sc, ax=left, label="log10 FLOPs")
         # the runs' own budgets when they form IsoFLOP groups (a sweep), else five across the range
         groups = np.round(np.log10(runs.flops), 1)
-        budgets = (np.array([np.median(runs.flops[groups == g]) for g in np.unique(groups)])
-                   if len(np.unique(groups)) <= 8 else np.geomspace(runs.flops.min(), runs.flops.max(), 5))
+        budgets = (
+            np.array([np.median(runs.flops[groups == g]) for g in np.unique(groups)])
+            if len(np.unique(groups)) <= 8
+            else np.geomspace(runs.flops.min(), runs.flops.max(), 5)
+        )
         _isoflops(left, law, budgets, (runs.params.min(), runs.params.max()))
         left.set_ylim(runs.loss.min() * 0.97, runs.loss.max() * 1.03)
         _frontier_panel(right, law, c_range)

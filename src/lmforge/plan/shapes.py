@@ -23,8 +23,16 @@ from lmforge.accounting import count_params
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 
-DEFAULT_TEMPLATE = dict(arch="decoder", vocab_size=32000, max_positions=2048, activation="swiglu", norm="rmsnorm",
-                        positions="rope", bias=False, tie_embeddings=False)
+DEFAULT_TEMPLATE = dict(
+    arch="decoder",
+    vocab_size=32000,
+    max_positions=2048,
+    activation="swiglu",
+    norm="rmsnorm",
+    positions="rope",
+    bias=False,
+    tie_embeddings=False,
+)
 ASPECT = (64.0, 128.0)
 MAX_D_MODEL = 1 << 18
 
@@ -45,8 +53,16 @@ def _group(template: ModelConfig) -> int:
 def _with_shape(template: ModelConfig, n_layer: int, d_model: int, head_dim: int) -> ModelConfig:
     n_head = d_model // head_dim
     kv = n_head // _group(template) if template.n_kv_head is not None else None
-    return dataclasses.replace(template, n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=kv, d_ff=None,
-                               n_encoder_layer=None, n_decoder_layer=None)
+    return dataclasses.replace(
+        template,
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        n_kv_head=kv,
+        d_ff=None,
+        n_encoder_layer=None,
+        n_decoder_layer=None,
+    )
 
 
 def _count(cfg: ModelConfig, counts: str) -> int:
@@ -60,8 +76,13 @@ def smallest_shape(template: ModelConfig, head_dim: int | None = None) -> ModelC
     return _with_shape(template, 1, hd * _group(template), hd)
 
 
-def shape_for(n_params: float, template: ModelConfig | None = None, counts: str = "total",
-              aspect: tuple[float, float] = ASPECT, head_dim: int | None = None) -> ModelConfig:
+def shape_for(
+    n_params: float,
+    template: ModelConfig | None = None,
+    counts: str = "total",
+    aspect: tuple[float, float] = ASPECT,
+    head_dim: int | None = None,
+) -> ModelConfig:
     """The config (following the module's rule) whose parameter count is closest to ``n_params``."""
     template = template or default_template()
     lo, hi = aspect

@@ -61,9 +61,13 @@ class SweepResult:
     plots: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "runs": self.runs,
-                "fits": {str(k): v.to_dict() for k, v in self.fits.items()}, "allocation": self.allocation,
-                "plots": [str(p) for p in self.plots]}
+        return {
+            "directory": str(self.directory),
+            "runs": self.runs,
+            "fits": {str(k): v.to_dict() for k, v in self.fits.items()},
+            "allocation": self.allocation,
+            "plots": [str(p) for p in self.plots],
+        }
 
 
 def with_dataset(base, log=print):
@@ -74,8 +78,10 @@ def with_dataset(base, log=print):
     from lmforge.train.run import dataset_dir, fit_model_to_tokenizer, prepare_dataset
 
     dataset = prepare_dataset(base, D.setup(resolve_device(base.train.device)), log)
-    return base.replace(model=fit_model_to_tokenizer(base.model, dataset.tokenizer, base.data.objective),
-                        data={**base.data.to_dict(), "path": str(dataset_dir(base))})
+    return base.replace(
+        model=fit_model_to_tokenizer(base.model, dataset.tokenizer, base.data.objective),
+        data={**base.data.to_dict(), "path": str(dataset_dir(base))},
+    )
 
 
 def sized_run(base, budget: float, n_params: float) -> SweepRun:
@@ -89,11 +95,19 @@ def sized_run(base, budget: float, n_params: float) -> SweepRun:
     tokens_per_step = base.train.batch_size * base.data.seq_len
     steps = int(budget / (6 * params) // tokens_per_step)
     if steps < 10:
-        raise ConfigError(f"sweep: budget {budget:.3g} FLOPs gives the {params:,}-parameter model only "
-                          f"{steps} steps of {tokens_per_step} tokens; raise the budget or lower "
-                          "train.batch_size / data.seq_len")
-    return SweepRun(f"C{budget:.2g}-L{shape.n_layer}-d{shape.d_model}".replace("+", ""), budget,
-                    params, steps * tokens_per_step, steps, shape.to_dict())
+        raise ConfigError(
+            f"sweep: budget {budget:.3g} FLOPs gives the {params:,}-parameter model only "
+            f"{steps} steps of {tokens_per_step} tokens; raise the budget or lower "
+            "train.batch_size / data.seq_len"
+        )
+    return SweepRun(
+        f"C{budget:.2g}-L{shape.n_layer}-d{shape.d_model}".replace("+", ""),
+        budget,
+        params,
+        steps * tokens_per_step,
+        steps,
+        shape.to_dict(),
+    )
 
 
 def budget_runs(base, budget: float, centre: float, sizes: int = 4, spread: float = 4.0) -> list[SweepRun]:
@@ -108,11 +122,15 @@ def budget_runs(base, budget: float, centre: float, sizes: int = 4, spread: floa
     return sorted(runs.values(), key=lambda r: r.params)
 
 
-def plan_runs(base, budgets: list[float], sizes: int = 4, spread: float = 4.0,
-              tokens_per_param: float = TOKENS_PER_PARAM_GUESS) -> list[SweepRun]:
+def plan_runs(
+    base, budgets: list[float], sizes: int = 4, spread: float = 4.0, tokens_per_param: float = TOKENS_PER_PARAM_GUESS
+) -> list[SweepRun]:
     """The first-guess runs of every budget (before any result moves the centres)."""
-    return [run for budget in sorted(budgets)
-            for run in budget_runs(base, budget, _guess(budget, tokens_per_param), sizes, spread)]
+    return [
+        run
+        for budget in sorted(budgets)
+        for run in budget_runs(base, budget, _guess(budget, tokens_per_param), sizes, spread)
+    ]
 
 
 def _guess(budget: float, tokens_per_param: float) -> float:
@@ -140,9 +158,19 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
 def _run_config(base, run: SweepRun, directory: Path):
     warmup = max(1, min(base.train.warmup_steps, run.steps // 10))
     return base.replace(
-        name=run.label, out_dir=str(directory / "runs" / run.label), model=run.model,
-        train={**base.train.to_dict(), "max_steps": run.steps, "warmup_steps": warmup, "eval_every": 0,
-               "checkpoint_every": max(50, run.steps // 4), "keep_checkpoints": 1, "sample_tokens": 0})
+        name=run.label,
+        out_dir=str(directory / "runs" / run.label),
+        model=run.model,
+        train={
+            **base.train.to_dict(),
+            "max_steps": run.steps,
+            "warmup_steps": warmup,
+            "eval_every": 0,
+            "checkpoint_every": max(50, run.steps // 4),
+            "keep_checkpoints": 1,
+            "sample_tokens": 0,
+        },
+    )
 
 
 def _train_one(cfg_dict: dict[str, Any], resume: bool) -> tuple[float | None, str | None]:
@@ -154,8 +182,9 @@ def _train_one(cfg_dict: dict[str, Any], resume: bool) -> tuple[float | None, st
     return result.metrics.get("loss"), result.stopped_by
 
 
-def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], note: str, log,
-           jobs: int = 1) -> dict[str, float]:
+def _train(
+    base, runs: list[SweepRun], directory: Path, done: dict[str, float], note: str, log, jobs: int = 1
+) -> dict[str, float]:
     """Train ``runs`` (``jobs`` at a time; those in runs.csv are skipped) and return their
     final validation losses."""
     from lmforge.train.checkpoint import list_checkpoints
@@ -167,8 +196,10 @@ def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], 
             continue
         cfg = _run_config(base, run, directory)
         resume = bool(list_checkpoints(cfg.run_dir))
-        log(f"{note} {run.label}: {run.params:,} parameters, {run.tokens:,} tokens "
-            f"({run.tokens / run.params:.0f} per parameter), {run.steps} steps{' (resuming)' if resume else ''}")
+        log(
+            f"{note} {run.label}: {run.params:,} parameters, {run.tokens:,} tokens "
+            f"({run.tokens / run.params:.0f} per parameter), {run.steps} steps{' (resuming)' if resume else ''}"
+        )
         todo.append((run, cfg, resume))
 
     def record(run: SweepRun, loss: float | None, stopped_by: str | None) -> None:
@@ -176,8 +207,13 @@ def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], 
             raise KeyboardInterrupt(f"sweep interrupted by {stopped_by}; run it again to continue")
         if loss is None or not math.isfinite(loss):
             raise ConfigError(f"sweep: run {run.label} ended without a finite validation loss")
-        row = {"params": run.params, "tokens": run.tokens, "loss": f"{loss:.6f}",
-               "flops": 6 * run.params * run.tokens, "run": run.label}
+        row = {
+            "params": run.params,
+            "tokens": run.tokens,
+            "loss": f"{loss:.6f}",
+            "flops": 6 * run.params * run.tokens,
+            "run": run.label,
+        }
         _append_row(directory / "runs.csv", row)
         log(f"    {run.label}: validation loss {loss:.4f}")
         done[run.label] = float(row["loss"])  # decisions use the value runs.csv holds, so a resume replays them
@@ -196,8 +232,12 @@ def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], 
         os.environ["OMP_WAIT_POLICY"] = policy or "PASSIVE"  # read by each worker's OpenMP as it starts
         try:
             with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(_train_one, cfg.replace(train={**cfg.train.to_dict(), "threads": threads}
-                                                               ).to_dict(), resume): run for run, cfg, resume in todo}
+                futures = {
+                    pool.submit(
+                        _train_one, cfg.replace(train={**cfg.train.to_dict(), "threads": threads}).to_dict(), resume
+                    ): run
+                    for run, cfg, resume in todo
+                }
                 try:
                     for future in as_completed(futures):
                         record(futures[future], *future.result())
@@ -211,10 +251,21 @@ def _train(base, runs: list[SweepRun], directory: Path, done: dict[str, float], 
     return {run.label: done[run.label] for run in runs}
 
 
-def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spread: float = 4.0,
-          target_flops: float | None = None, bootstrap: int = 100, seed: int = 0, plot: bool = True,
-          tokens_per_param: float = TOKENS_PER_PARAM_GUESS, extend: int = 2, jobs: int = 1,
-          log=print) -> SweepResult:
+def sweep(
+    base,
+    budgets: list[float],
+    directory: str | Path,
+    sizes: int = 4,
+    spread: float = 4.0,
+    target_flops: float | None = None,
+    bootstrap: int = 100,
+    seed: int = 0,
+    plot: bool = True,
+    tokens_per_param: float = TOKENS_PER_PARAM_GUESS,
+    extend: int = 2,
+    jobs: int = 1,
+    log=print,
+) -> SweepResult:
     """Run (or finish) the sweep in ``directory``; see the module docstring. ``jobs > 1`` trains
     in spawned worker processes: a script that calls this needs ``if __name__ == "__main__":``."""
     directory = Path(directory)
@@ -227,10 +278,22 @@ def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spr
 
     def write_plan(runs: list[SweepRun]) -> None:
         planned.extend(runs)
-        (directory / "sweep.json").write_text(json.dumps({
-            "base": base.to_dict(), "budgets": budgets, "sizes": sizes, "spread": spread,
-            "tokens_per_param": tokens_per_param, "extend": extend,
-            "runs": [r.__dict__ for r in planned]}, indent=2) + "\n", encoding="utf-8")
+        (directory / "sweep.json").write_text(
+            json.dumps(
+                {
+                    "base": base.to_dict(),
+                    "budgets": budgets,
+                    "sizes": sizes,
+                    "spread": spread,
+                    "tokens_per_param": tokens_per_param,
+                    "extend": extend,
+                    "runs": [r.__dict__ for r in planned],
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
 
     centre = _guess(budgets[0], tokens_per_param)
     for b, budget in enumerate(budgets, 1):
@@ -249,8 +312,10 @@ def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spr
                 break
             if extra.label in losses:  # no smaller (or larger) shape exists
                 break
-            log(f"    lowest loss at the {'smallest' if best is runs[0] else 'largest'} size: "
-                f"adding {extra.params:,} parameters")
+            log(
+                f"    lowest loss at the {'smallest' if best is runs[0] else 'largest'} size: "
+                f"adding {extra.params:,} parameters"
+            )
             write_plan([extra])
             losses.update(_train(base, [extra], directory, done, note, log))
             runs = sorted(runs + [extra], key=lambda r: r.params)
@@ -260,8 +325,14 @@ def sweep(base, budgets: list[float], directory: str | Path, sizes: int = 4, spr
     return summarize(directory, target_flops, bootstrap, seed, plot, log)
 
 
-def summarize(directory: str | Path, target_flops: float | None = None, bootstrap: int = 100, seed: int = 0,
-              plot: bool = True, log=print) -> SweepResult:
+def summarize(
+    directory: str | Path,
+    target_flops: float | None = None,
+    bootstrap: int = 100,
+    seed: int = 0,
+    plot: bool = True,
+    log=print,
+) -> SweepResult:
     """Fit the sweep's runs.csv and allocate ``target_flops`` (default: 100x the largest budget)."""
     directory = Path(directory)
     csv_path = directory / "runs.csv"
@@ -283,8 +354,13 @@ def summarize(directory: str | Path, target_flops: float | None = None, bootstra
         base = json.loads((directory / "sweep.json").read_text())["base"]
         template = ModelConfig.from_dict(base["model"])
         available = _train_tokens(base["data"].get("path"))
-    alloc = allocate(flops=target, law=fits[3].law, template=template, available_tokens=available,
-                     head_dim=template.head_dim if template else None)
+    alloc = allocate(
+        flops=target,
+        law=fits[3].law,
+        template=template,
+        available_tokens=available,
+        head_dim=template.head_dim if template else None,
+    )
     low_high = _allocation_interval(fits[3], target)
     allocation = {**alloc.to_dict(), "params_interval": low_high[0], "tokens_interval": low_high[1]}
     log(alloc.summary())

@@ -85,10 +85,14 @@ class Service:
         self.arch, self.context, self.vocab = cfg.arch, cfg.max_positions, cfg.vocab_size
         self.name = config.model_name or "lmforge"
         self.created = int(time.time())
-        self.limits = Limits(max_tokens=min(config.max_tokens or self.context, self.context),
-                             max_n=min(config.max_n, config.max_batch))
-        self.engine = (Engine(model, tokenizer, config.max_batch, config.max_waiting, config.batch_invariant)
-                       if self.arch in ("decoder", "encoder-decoder") else None)
+        self.limits = Limits(
+            max_tokens=min(config.max_tokens or self.context, self.context), max_n=min(config.max_n, config.max_batch)
+        )
+        self.engine = (
+            Engine(model, tokenizer, config.max_batch, config.max_waiting, config.batch_invariant)
+            if self.arch in ("decoder", "encoder-decoder")
+            else None
+        )
         self.chat = ChatFormatter(chat_template, tokenizer)
 
         self.piece = functools.lru_cache(maxsize=65536)(self._piece)  # a token's text, e.g. " the"
@@ -116,13 +120,21 @@ class Service:
     def check_model(self, body: dict) -> None:
         name = body.get("model")
         if name is not None and name != self.name:
-            raise APIError(404, f"model: {name!r} is not served here; this server has {self.name!r}", "model",
-                           code="model_not_found")
+            raise APIError(
+                404,
+                f"model: {name!r} is not served here; this server has {self.name!r}",
+                "model",
+                code="model_not_found",
+            )
 
     def generating(self) -> Engine:
         if self.engine is None:
-            raise APIError(400, "this model is an encoder (masked LM): it does not generate text; ask it to fill "
-                           "masks instead: lmforge fill-mask MODEL_DIR \"text with [MASK]\"", "model")
+            raise APIError(
+                400,
+                "this model is an encoder (masked LM): it does not generate text; ask it to fill "
+                'masks instead: lmforge fill-mask MODEL_DIR "text with [MASK]"',
+                "model",
+            )
         return self.engine
 
     def submit(self, prompts: list[tuple[list[int], int]], sampling, n: int, echo_k: int | None):
@@ -138,6 +150,7 @@ class Service:
         jobs = []
         try:
             for k, (ids, _) in enumerate(prompts):
+
                 def sink(events, k=k):
                     loop.call_soon_threadsafe(queue.put_nowait, (k, events))
 
@@ -194,9 +207,10 @@ class Service:
         def echoed(k: int, ev: PromptLogprobs | None) -> tuple[str, dict | None]:
             if ev is None:
                 return texts[k], None
-            return texts[k], completion_logprobs(ev.tokens[prompts[k][1]:], self.piece)
+            return texts[k], completion_logprobs(ev.tokens[prompts[k][1] :], self.piece)
 
         if req.stream:
+
             async def stream():
                 completion_tokens = 0
                 if req.echo and echo_k is None:
@@ -221,8 +235,9 @@ class Service:
                         completion_tokens += ev.n_tokens
                         yield _sse({**head, "choices": [_choice(k * n + ev.choice, "", None, ev.reason)]})
                 if req.include_usage:
-                    yield _sse({**head, "choices": [], "usage": usage(sum(len(p) for p, _ in prompts),
-                                                                         completion_tokens)})
+                    yield _sse(
+                        {**head, "choices": [], "usage": usage(sum(len(p) for p, _ in prompts), completion_tokens)}
+                    )
                 yield b"data: [DONE]\n\n"
 
             return _stream_response(stream())
@@ -242,8 +257,11 @@ class Service:
             if req.echo:
                 text = texts[k] + text
             choices.append(_choice(i, text, lp, ch.reason))
-        return {**head, "choices": choices,
-                "usage": usage(sum(len(p) for p, _ in prompts), sum(c.n_tokens for c in chunks.values()))}
+        return {
+            **head,
+            "choices": choices,
+            "usage": usage(sum(len(p) for p, _ in prompts), sum(c.n_tokens for c in chunks.values())),
+        }
 
     # ---- chat ------------------------------------------------------------------------------
     async def chat_completions(self, request, body: dict):
@@ -261,22 +279,28 @@ class Service:
             sampling = _replace(sampling, max_tokens=max(1, min(self.limits.max_tokens, room)))
         sampling = _replace(sampling, stop=sampling.stop + self.chat.stops)
         jobs, queue = self.submit([(ids, 0)], sampling, req.n, None)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self.name}
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.name,
+        }
         n_prompt = len(ids)
 
         def lp_of(tokens):
             return chat_logprobs(tokens, self.piece) if req.logprobs is not None else None
 
         if req.stream:
+
             async def stream():
                 completion_tokens = 0
                 for c in range(req.n):
                     yield _sse({**head, "choices": [_delta(c, {"role": "assistant", "content": ""}, None, None)]})
                 async for _, ev in self.events(request, jobs, queue, watch=False):
                     if isinstance(ev, Delta):
-                        yield _sse({**head, "choices": [_delta(ev.choice, {"content": ev.text},
-                                                               lp_of(ev.tokens or []), None)]})
+                        yield _sse(
+                            {**head, "choices": [_delta(ev.choice, {"content": ev.text}, lp_of(ev.tokens or []), None)]}
+                        )
                     elif isinstance(ev, Finished):
                         completion_tokens += ev.n_tokens
                         yield _sse({**head, "choices": [_delta(ev.choice, {}, None, ev.reason)]})
@@ -289,10 +313,21 @@ class Service:
         chunks = {c: _Chunk() for c in range(req.n)}
         async for k, ev in self.events(request, jobs, queue, watch=True):
             _collect(chunks, {}, k, req.n, ev)
-        choices = [{"index": c, "message": {"role": "assistant", "content": "".join(ch.text)},
-                    "logprobs": lp_of(ch.tokens), "finish_reason": ch.reason} for c, ch in chunks.items()]
-        return {**head, "object": "chat.completion", "choices": choices,
-                "usage": usage(n_prompt, sum(ch.n_tokens for ch in chunks.values()))}
+        choices = [
+            {
+                "index": c,
+                "message": {"role": "assistant", "content": "".join(ch.text)},
+                "logprobs": lp_of(ch.tokens),
+                "finish_reason": ch.reason,
+            }
+            for c, ch in chunks.items()
+        ]
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": choices,
+            "usage": usage(n_prompt, sum(ch.n_tokens for ch in chunks.values())),
+        }
 
     # ---- tokenizer routes (lm-evaluation-harness's "remote" tokenizer) ----------------------
     def tokenize(self, body: dict) -> dict:
@@ -307,22 +342,41 @@ class Service:
 
     def detokenize(self, body: dict) -> dict:
         ids = body.get("tokens") if isinstance(body, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab
-                                                 for t in ids):
+        if not isinstance(ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab for t in ids
+        ):
             raise bad("tokens", f"required: an array of token ids in [0, {self.vocab})")
         return {"prompt": self.tokenizer.decode(ids)}
 
     def tokenizer_info(self) -> dict:
         tok = self.tokenizer
-        names = {r: tok.id_to_token(getattr(tok, f"{r}_id")) if getattr(tok, f"{r}_id", None) is not None else None
-                 for r in ("bos", "eos", "pad")}
-        return {"tokenizer_class": "lmforge", "bos_token": names["bos"], "eos_token": names["eos"],
-                "pad_token": names["pad"], "chat_template": self.chat.template_source,
-                "model_max_length": self.context, "vocab_size": self.vocab}
+        names = {
+            r: tok.id_to_token(getattr(tok, f"{r}_id")) if getattr(tok, f"{r}_id", None) is not None else None
+            for r in ("bos", "eos", "pad")
+        }
+        return {
+            "tokenizer_class": "lmforge",
+            "bos_token": names["bos"],
+            "eos_token": names["eos"],
+            "pad_token": names["pad"],
+            "chat_template": self.chat.template_source,
+            "model_max_length": self.context,
+            "vocab_size": self.vocab,
+        }
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
-                                            "owned_by": "lmforge", "max_model_len": self.context}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "lmforge",
+                    "max_model_len": self.context,
+                }
+            ],
+        }
 
 
 def _replace(s, **changes):

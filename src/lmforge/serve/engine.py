@@ -106,8 +106,14 @@ class Job:
     from the engine thread; ``prompt_logprobs`` (an int: alternatives per position) asks for the
     log-probability of every prompt token first (the OpenAI ``echo`` with ``logprobs``)."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[list[Event]], None],
-                 n: int = 1, prompt_logprobs: int | None = None):
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        sink: Callable[[list[Event]], None],
+        n: int = 1,
+        prompt_logprobs: int | None = None,
+    ):
         self.prompt_ids, self.params, self.sink, self.n = list(prompt_ids), params, sink, n
         self.prompt_logprobs = prompt_logprobs
         self.cancelled = False  # set by the consumer (client gone) or on failure; rows leave at the next step
@@ -137,8 +143,17 @@ class _SlotCache:
     """Keys and values of ``rows`` slots, each written at its own position: what the model's
     attention layers see as their cache (``update``, and ``cross`` for an encoder-decoder)."""
 
-    def __init__(self, n_layer: int, rows: int, n_kv_head: int, head_dim: int, length: int, cross_length: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        n_layer: int,
+        rows: int,
+        n_kv_head: int,
+        head_dim: int,
+        length: int,
+        cross_length: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
         shape = (n_layer, rows, n_kv_head, length, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -159,10 +174,10 @@ class _SlotCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, K, 1, D) new keys / values -> all of them, (rows, K, length, D)."""
-        kl, vl = self.k[layer, :len(self.rows)], self.v[layer, :len(self.rows)]
+        kl, vl = self.k[layer, : len(self.rows)], self.v[layer, : len(self.rows)]
         kl[self.rows, :, self.pos] = k[:, :, 0]
         vl[self.rows, :, self.pos] = v[:, :, 0]
-        return kl[:, :, :self.length], vl[:, :, :self.length]
+        return kl[:, :, : self.length], vl[:, :, : self.length]
 
 
 class Engine:
@@ -177,8 +192,10 @@ class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 8, max_waiting: int = 256, batch_invariant: bool = True):
         cfg = getattr(model, "config", None)
         if getattr(cfg, "arch", None) not in ("decoder", "encoder-decoder"):
-            raise LMForgeError("serving generates text: it needs a decoder or an encoder-decoder "
-                               "(an encoder answers fill-mask: lmforge fill-mask MODEL_DIR TEXT)")
+            raise LMForgeError(
+                "serving generates text: it needs a decoder or an encoder-decoder "
+                "(an encoder answers fill-mask: lmforge fill-mask MODEL_DIR TEXT)"
+            )
         if max_batch < 1:
             raise LMForgeError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer, self.max_batch, self.max_waiting = model.eval(), tokenizer, max_batch, max_waiting
@@ -188,8 +205,16 @@ class Engine:
         param = next(model.parameters())
         self.device = param.device
         self._stack = model.transformer if self.arch == "decoder" else model.decoder
-        self._cache = _SlotCache(len(self._stack.blocks), max_batch, cfg.kv_heads, cfg.head_dim, self.context,
-                                 self.context if self.arch == "encoder-decoder" else 0, param.dtype, self.device)
+        self._cache = _SlotCache(
+            len(self._stack.blocks),
+            max_batch,
+            cfg.kv_heads,
+            cfg.head_dim,
+            self.context,
+            self.context if self.arch == "encoder-decoder" else 0,
+            param.dtype,
+            self.device,
+        )
         self._cols = torch.arange(self.context, device=self.device)
         if self.arch == "encoder-decoder":
             self._src_valid = torch.zeros(max_batch, self.context, dtype=torch.bool, device=self.device)
@@ -228,12 +253,16 @@ class Engine:
         if n_prompt < 1:
             raise LMForgeError("prompt: empty; give at least one token")
         if self.arch == "decoder" and n_prompt + max_tokens > self.context:
-            raise LMForgeError(f"prompt: {n_prompt} prompt tokens + max_tokens {max_tokens} = {n_prompt + max_tokens} "
-                               f"exceeds the model's context of {self.context} tokens; shorten the prompt or lower "
-                               f"max_tokens")
+            raise LMForgeError(
+                f"prompt: {n_prompt} prompt tokens + max_tokens {max_tokens} = {n_prompt + max_tokens} "
+                f"exceeds the model's context of {self.context} tokens; shorten the prompt or lower "
+                f"max_tokens"
+            )
         if self.arch == "encoder-decoder" and (n_prompt > self.context or 1 + max_tokens > self.context):
-            raise LMForgeError(f"prompt: a source of {n_prompt} tokens and max_tokens {max_tokens} (+ 1 start token) "
-                               f"must each fit the model's context of {self.context} tokens")
+            raise LMForgeError(
+                f"prompt: a source of {n_prompt} tokens and max_tokens {max_tokens} (+ 1 start token) "
+                f"must each fit the model's context of {self.context} tokens"
+            )
 
     def submit(self, job: Job) -> None:
         self.check(len(job.prompt_ids), job.params.max_tokens, job.n)
@@ -293,7 +322,7 @@ class Engine:
         return joining
 
     def _join(self, job: Job) -> None:
-        free = [i for i, r in enumerate(self._rows) if r is None][:job.slots_needed]
+        free = [i for i, r in enumerate(self._rows) if r is None][: job.slots_needed]
         try:
             p = job.params
             if p.temperature > 0:
@@ -382,7 +411,7 @@ class Engine:
         for i, r in enumerate(rows):
             p = r.job.params
             if p.temperature > 0:
-                chosen[i] = _sample(logits[i:i + 1], p, r.job.generator)
+                chosen[i] = _sample(logits[i : i + 1], p, r.job.generator)
         want = [r.job.params.logprobs for r in rows]
         lps: list[TokenLogprob | None] = [None] * len(rows)
         if any(w is not None for w in want):

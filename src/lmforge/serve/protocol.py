@@ -21,8 +21,14 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 class APIError(Exception):
     """An error answered as OpenAI's error JSON with ``status``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
 
@@ -115,8 +121,15 @@ class _Body:
 
 
 def _kind(v) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 def _stop(b: _Body) -> tuple[str, ...]:
@@ -155,7 +168,7 @@ def _common(b: _Body, limits: Limits, max_tokens_field: str, default_max_tokens:
         temperature=b.number("temperature", 1.0, 0.0, 2.0),
         top_p=b.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=max(top_k, 0),  # 0 and -1 both mean off
-        seed=b.int("seed", None, -(2 ** 63), 2 ** 63 - 1),
+        seed=b.int("seed", None, -(2**63), 2**63 - 1),
         stop=_stop(b),
     )
     return n, stream, include_usage, sampling
@@ -237,8 +250,9 @@ def _messages(v) -> list[dict]:
             raise bad(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
         content = m.get("content")
         if isinstance(content, list):  # content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
                 raise bad(f"{where}.content", "only text parts ({type: text, text: ...}) are supported")
             content = "".join(p["text"] for p in content)
         if content is None and role == "assistant":
@@ -254,8 +268,11 @@ def _messages(v) -> list[dict]:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_logprobs(tokens: list[TokenLogprob], piece, offset: int = 0) -> dict:
@@ -266,9 +283,12 @@ def completion_logprobs(tokens: list[TokenLogprob], piece, offset: int = 0) -> d
     for s in texts:
         offsets.append(offset)
         offset += len(s)
-    return {"tokens": texts, "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [None if t.logprob is None else {piece(i): v for i, v in t.top} for t in tokens],
-            "text_offset": offsets}
+    return {
+        "tokens": texts,
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [None if t.logprob is None else {piece(i): v for i, v in t.top} for t in tokens],
+        "text_offset": offsets,
+    }
 
 
 def chat_logprobs(tokens: list[TokenLogprob], piece) -> dict:

@@ -64,13 +64,27 @@ def _too_large(limit: int) -> APIError:
 
 async def _send_error(send, e: APIError) -> None:
     body = _dumps(e.body())
-    await send({"type": "http.response.start", "status": e.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": e.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(model_dir: str | Path | None = None, *, model=None, tokenizer=None, config: ServeConfig | None = None,
-               chat_template: str | None = None, device: str = "auto", dtype: str | None = None, **settings):
+def create_app(
+    model_dir: str | Path | None = None,
+    *,
+    model=None,
+    tokenizer=None,
+    config: ServeConfig | None = None,
+    chat_template: str | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    **settings,
+):
     """The ASGI app serving ``model_dir`` (or ``model`` + ``tokenizer``). Settings are
     :class:`ServeConfig` fields, given as ``config`` or as keywords (``api_key=``, ``max_batch=``,
     ...). ``chat_template``: Jinja source overriding the model directory's own."""
@@ -186,8 +200,16 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     return sock
 
 
-def serve(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, *,
-          shutdown_timeout: float = 30.0, log_level: str = "info", app=None, **kwargs) -> None:
+def serve(
+    model_dir: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    shutdown_timeout: float = 30.0,
+    log_level: str = "info",
+    app=None,
+    **kwargs,
+) -> None:
     """Serve ``model_dir`` on ``host:port`` until SIGINT / SIGTERM (see :func:`create_app` for the
     settings). Prints the address once it listens."""
     require_extra()

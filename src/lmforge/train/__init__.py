@@ -5,5 +5,15 @@ from lmforge.train.config import RUN_PRESETS, DataConfig, RunConfig, TrainConfig
 from lmforge.train.engine import FitResult, Trainer, lm_metrics, lr_at, param_groups
 from lmforge.train.run import pretrain
 
-__all__ = ["Trainer", "FitResult", "TrainConfig", "DataConfig", "RunConfig", "RUN_PRESETS", "pretrain", "lm_metrics",
-           "lr_at", "param_groups"]
+__all__ = [
+    "Trainer",
+    "FitResult",
+    "TrainConfig",
+    "DataConfig",
+    "RunConfig",
+    "RUN_PRESETS",
+    "pretrain",
+    "lm_metrics",
+    "lr_at",
+    "param_groups",
+]

@@ -105,12 +105,31 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"train.schedule: unknown {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy: unknown {self.strategy!r}; choose ddp or fsdp")
-        for name in ("max_steps", "batch_size", "grad_accum", "lr", "eps", "log_every", "keep_checkpoints",
-                     "max_nonfinite"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "eps",
+            "log_every",
+            "keep_checkpoints",
+            "max_nonfinite",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}: must be positive, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "weight_decay", "grad_clip",
-                     "sample_tokens", "threads", "peak_flops", "sample_temperature", "seed"):
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "weight_decay",
+            "grad_clip",
+            "sample_tokens",
+            "threads",
+            "peak_flops",
+            "sample_temperature",
+            "seed",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -140,19 +159,30 @@ class RunConfig(ConfigBase):
         return self.out_dir or f"runs/{self.name}"
 
     def validate(self) -> None:
-        wants = {"causal": "decoder", "mlm": "encoder", "mlm+nsp": "encoder", "span": "encoder-decoder",
-                 "infill": "encoder-decoder"}[self.data.objective]
+        wants = {
+            "causal": "decoder",
+            "mlm": "encoder",
+            "mlm+nsp": "encoder",
+            "span": "encoder-decoder",
+            "infill": "encoder-decoder",
+        }[self.data.objective]
         if self.model.arch != wants:
-            raise ConfigError(f"data.objective: {self.data.objective!r} trains an {wants} model, but model.arch is "
-                              f"{self.model.arch!r}; set model.arch={wants} or pick another objective")
+            raise ConfigError(
+                f"data.objective: {self.data.objective!r} trains an {wants} model, but model.arch is "
+                f"{self.model.arch!r}; set model.arch={wants} or pick another objective"
+            )
         if self.data.objective == "mlm+nsp" and not self.model.nsp_head:
             raise ConfigError("data.objective: mlm+nsp needs the next-sentence head; set model.nsp_head=true")
         if self.data.objective == "mlm" and self.model.nsp_head:  # an untrained head (and idle DDP parameters)
-            raise ConfigError("data.objective: mlm does not train the next-sentence head; set model.nsp_head=false "
-                              "or use the mlm+nsp objective")
+            raise ConfigError(
+                "data.objective: mlm does not train the next-sentence head; set model.nsp_head=false "
+                "or use the mlm+nsp objective"
+            )
         if self.model.positions in ("learned",) and self.data.seq_len > self.model.max_positions:
-            raise ConfigError(f"data.seq_len: {self.data.seq_len} exceeds model.max_positions="
-                              f"{self.model.max_positions}; raise model.max_positions or lower data.seq_len")
+            raise ConfigError(
+                f"data.seq_len: {self.data.seq_len} exceeds model.max_positions="
+                f"{self.model.max_positions}; raise model.max_positions or lower data.seq_len"
+            )
 
     @classmethod
     def from_preset(cls, name: str) -> RunConfig:
@@ -166,8 +196,17 @@ def _model(preset: str, **changes: Any) -> dict[str, Any]:
 
 
 # The schedule of the seconds-long tiny-* presets (tests and smoke checks).
-_TINY_TRAIN = dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10, eval_batches=2,
-                   checkpoint_every=10, log_every=1, progress=False)
+_TINY_TRAIN = dict(
+    max_steps=20,
+    batch_size=8,
+    lr=3e-3,
+    warmup_steps=2,
+    eval_every=10,
+    eval_batches=2,
+    checkpoint_every=10,
+    log_every=1,
+    progress=False,
+)
 
 
 # The model's vocab_size and special-token ids are set from the tokenizer when the run starts.
@@ -179,19 +218,50 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         name="shakespeare-gpt",
         model=_model("gpt-tiny", max_positions=128, n_layer=4, d_model=128, n_head=4),
         data=dict(source="shakespeare", tokenizer="bpe", vocab_size=2048, objective="causal", seq_len=128),
-        train=dict(max_steps=800, batch_size=32, lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1,
-                   eval_every=200, eval_batches=8, checkpoint_every=200, log_every=10),
+        train=dict(
+            max_steps=800,
+            batch_size=32,
+            lr=3e-3,
+            warmup_steps=50,
+            min_lr_ratio=0.1,
+            weight_decay=0.1,
+            eval_every=200,
+            eval_batches=8,
+            checkpoint_every=200,
+            log_every=10,
+        ),
     ),
     # A masked LM that leaves the unigram plateau in minutes (docs/training.md, "The encoder's plateau"):
     # pre-norm, rotary positions, windows of 64 tokens, 30% of the tokens masked, a high peak learning rate.
     "shakespeare-bert": dict(
         name="shakespeare-bert",
-        model=_model("bert-tiny", max_positions=64, n_layer=4, d_model=128, n_head=4, norm_position="pre",
-                     positions="rope", nsp_head=False),
-        data=dict(source="shakespeare", tokenizer="wordpiece", vocab_size=4096, objective="mlm", seq_len=64,
-                  mlm_probability=0.3),
-        train=dict(max_steps=1500, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250, eval_batches=8,
-                   checkpoint_every=500),
+        model=_model(
+            "bert-tiny",
+            max_positions=64,
+            n_layer=4,
+            d_model=128,
+            n_head=4,
+            norm_position="pre",
+            positions="rope",
+            nsp_head=False,
+        ),
+        data=dict(
+            source="shakespeare",
+            tokenizer="wordpiece",
+            vocab_size=4096,
+            objective="mlm",
+            seq_len=64,
+            mlm_probability=0.3,
+        ),
+        train=dict(
+            max_steps=1500,
+            batch_size=64,
+            lr=3e-3,
+            warmup_steps=100,
+            eval_every=250,
+            eval_batches=8,
+            checkpoint_every=500,
+        ),
     ),
     # T5-style span corruption for an encoder-decoder, on the encoder's recipe: rotary positions, windows of
     # 64 tokens, a high peak learning rate.
@@ -199,8 +269,15 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         name="shakespeare-t5",
         model=_model("seq2seq-tiny", max_positions=64, n_layer=3, d_model=192, n_head=6, positions="rope"),
         data=dict(source="shakespeare", tokenizer="unigram", vocab_size=4096, objective="span", seq_len=64),
-        train=dict(max_steps=1000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=200, eval_batches=8,
-                   checkpoint_every=500),
+        train=dict(
+            max_steps=1000,
+            batch_size=64,
+            lr=3e-3,
+            warmup_steps=100,
+            eval_every=200,
+            eval_batches=8,
+            checkpoint_every=500,
+        ),
     ),
     # Seconds-long runs for tests and smoke checks (char tokenizer, two-layer models).
     "tiny-gpt": dict(

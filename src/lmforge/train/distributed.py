@@ -44,9 +44,11 @@ def setup(device: torch.device) -> DistInfo:
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.type == "cuda" and local_world > torch.cuda.device_count():  # NCCL needs a GPU per rank
-        raise ConfigError(f"torchrun started {local_world} processes on this node but it has "
-                          f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node {torch.cuda.device_count()}, "
-                          "or --train.device cpu to run the ranks on the CPU")
+        raise ConfigError(
+            f"torchrun started {local_world} processes on this node but it has "
+            f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node {torch.cuda.device_count()}, "
+            "or --train.device cpu to run the ranks on the CPU"
+        )
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -129,9 +131,15 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
     return len(blocks)
 
 
-def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, strategy: str = "ddp",
-               compile: bool = False, activation_checkpointing: bool = False,
-               find_unused_parameters: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module,
+    info: DistInfo,
+    device: torch.device,
+    strategy: str = "ddp",
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+    find_unused_parameters: bool = False,
+) -> nn.Module:
     """The module to train with: ``model`` checkpointed, compiled and distributed as asked.
 
     With FSDP2 the model's parameters become shards in place (``model`` itself is the sharded
@@ -157,8 +165,11 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, strategy:
     if info.enabled and strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                          find_unused_parameters=find_unused_parameters)
+        train_model = DDP(
+            train_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
     return train_model
 
 
@@ -199,17 +210,22 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return optimizer.state_dict()
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict,
-                    optim_state: dict | None) -> None:
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict, optim_state: dict | None
+) -> None:
     """Load whole-model / whole-optimizer states saved by the two functions above."""
     if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True)
         set_model_state_dict(model, model_state, options=opts)

@@ -185,8 +185,8 @@ class Trainer:
       ``trainable(name, param)``     which parameters train (the rest are frozen); default all
       ``save_fn(model, directory)``  writes a model directory (default :func:`save_model` with the
                                      tokenizer); its ``model.safetensors`` must hold the full state
-      ``sample_fn(model)``           a text sample shown at each evaluation (default: generate
-                                     from ``cfg.sample_prompt`` for decoders when a tokenizer is given)
+      ``sample_fn(model)``           a text sample shown at each evaluation (default: none;
+                                     :func:`lmforge.train.run.sample_fn` builds the pretraining one)
       ``tokens_per_byte``            of the validation text, to report bits per byte (causal LM)
     ``run_dir`` (None: nothing is written) receives metrics.jsonl, checkpoints/, best/, plots/.
     """
@@ -212,7 +212,7 @@ class Trainer:
         self.train_batches, self.eval_batches, self.metric_fn = train_batches, eval_batches, metric_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tokenizer, self.save_fn, self.tokens_per_byte = tokenizer, save_fn, tokens_per_byte
-        self.sample_fn = sample_fn if sample_fn is not None else self._default_sample_fn(model, tokenizer)
+        self.sample_fn = sample_fn
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -228,13 +228,24 @@ class Trainer:
             raise TrainingError("no trainable parameters: the trainable selection froze every parameter")
 
         self.model = model.to(self.device)  # the plain module: evaluation, sampling, saving
-        self.train_model = D.wrap_model(model, self.dist, self.device, cfg.strategy, cfg.compile,
-                                        cfg.activation_checkpointing, find_unused_parameters)
+        self.train_model = D.wrap_model(
+            model,
+            self.dist,
+            self.device,
+            cfg.strategy,
+            cfg.compile,
+            cfg.activation_checkpointing,
+            find_unused_parameters,
+        )
         self.sharded = D.is_sharded(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                           fused=dev.fused_adamw_ok(self.device) and not self.sharded)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=dev.fused_adamw_ok(self.device) and not self.sharded,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self._forward_keys = _forward_keys(self.model)
         self.encoder_decoder = getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
@@ -288,9 +299,12 @@ class Trainer:
         if micro_batches is None:
             micro_batches = [self.train_batches.next_batch() for _ in range(cfg.grad_accum)]
         weights = [batch_weight(b) for b in micro_batches]
-        counts = D.all_reduce_sum(torch.tensor([float(sum(weights)),
-                                                float(sum(count_tokens(b, self.encoder_decoder)
-                                                          for b in micro_batches))], device=self.device))
+        counts = D.all_reduce_sum(
+            torch.tensor(
+                [float(sum(weights)), float(sum(count_tokens(b, self.encoder_decoder) for b in micro_batches))],
+                device=self.device,
+            )
+        )
         total_weight, tokens = counts[0].item(), int(counts[1].item())
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
@@ -330,8 +344,10 @@ class Trainer:
             self._open_tensorboard()
         metrics: dict[str, float] = {}
         if self.step >= cfg.max_steps:
-            self.log(f"nothing to do: the run is at step {self.step} of max_steps={cfg.max_steps}; "
-                     "raise train.max_steps to train further")
+            self.log(
+                f"nothing to do: the run is at step {self.step} of max_steps={cfg.max_steps}; "
+                "raise train.max_steps to train further"
+            )
             # a finished run resumed: its final evaluation, as logged when it finished
             last = [r for r in self._history if r.get("step") == self.step and "val_loss" in r]
             metrics = {k[4:]: v for k, v in last[-1].items() if k.startswith("val_")} if last else {}
@@ -370,8 +386,10 @@ class Trainer:
                 if stop or last or (periodic and not self.nonfinite_in_row):  # no checkpoint mid-failure
                     self.save_checkpoint()
                 if stop:
-                    self.log(f"stopped by {self._signal or 'a signal on another rank'} after step {self.step}; "
-                             f"checkpoint {self.last_checkpoint}; continue with: lmforge train --resume {self.run_dir}")
+                    self.log(
+                        f"stopped by {self._signal or 'a signal on another rank'} after step {self.step}; "
+                        f"checkpoint {self.last_checkpoint}; continue with: lmforge train --resume {self.run_dir}"
+                    )
                     break
         finally:
             restore()
@@ -382,8 +400,16 @@ class Trainer:
                 self._tb.flush()
         if self.is_main and self.run_dir is not None:
             self._plot()
-        return FitResult(self.step, self._signal, metrics, self.last_checkpoint, self.best_val_loss,
-                         self.nonfinite_total, self.train_seconds, self.tokens_seen)
+        return FitResult(
+            self.step,
+            self._signal,
+            metrics,
+            self.last_checkpoint,
+            self.best_val_loss,
+            self.nonfinite_total,
+            self.train_seconds,
+            self.tokens_seen,
+        )
 
     def _account(self, result: StepResult, elapsed: float) -> None:
         """Count the step; stop the run after too many non-finite steps in a row."""
@@ -395,13 +421,16 @@ class Trainer:
         if result.skipped:
             self.nonfinite_in_row += 1
             self.nonfinite_total += 1
-            self.log(f"warning: step {self.step}: non-finite loss or gradient (loss {result.loss}, grad norm "
-                     f"{result.grad_norm}); update skipped ({self.nonfinite_in_row} in a row)")
+            self.log(
+                f"warning: step {self.step}: non-finite loss or gradient (loss {result.loss}, grad norm "
+                f"{result.grad_norm}); update skipped ({self.nonfinite_in_row} in a row)"
+            )
             if self.nonfinite_in_row >= self.cfg.max_nonfinite:
                 where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
                 raise TrainingError(
                     f"{self.nonfinite_in_row} non-finite steps in a row (step {self.step}){where}; lower train.lr, "
-                    f"raise train.warmup_steps, or set train.grad_clip (now {self.cfg.grad_clip})")
+                    f"raise train.warmup_steps, or set train.grad_clip (now {self.cfg.grad_clip})"
+                )
         else:
             self.nonfinite_in_row = 0
             w["loss_sum"] += result.loss
@@ -412,20 +441,31 @@ class Trainer:
             self._pbar.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == 1:
                 tps = w["tokens"] / max(w["seconds"], 1e-9)
-                self._pbar.set_postfix_str(f"loss {result.loss:.4f} lr {result.lr:.2e} {tps:,.0f} tok/s "
-                                           f"MFU {self._mfu(tps):.1%}", refresh=False)
+                self._pbar.set_postfix_str(
+                    f"loss {result.loss:.4f} lr {result.lr:.2e} {tps:,.0f} tok/s MFU {self._mfu(tps):.1%}",
+                    refresh=False,
+                )
 
     def _log_record(self) -> dict[str, Any]:
         w = self._window
         tps = w["tokens"] / max(w["seconds"], 1e-9)
-        record = {"step": self.step, "loss": w["loss_sum"] / w["steps"] if w["steps"] else float("nan"),
-                  "lr": self._last_lr, "tokens": self.tokens_seen, "tokens_per_s": tps, "mfu": self._mfu(tps),
-                  "grad_norm": w["grad_norm"], "nonfinite_steps": self.nonfinite_total,
-                  "elapsed_s": self.train_seconds}
+        record = {
+            "step": self.step,
+            "loss": w["loss_sum"] / w["steps"] if w["steps"] else float("nan"),
+            "lr": self._last_lr,
+            "tokens": self.tokens_seen,
+            "tokens_per_s": tps,
+            "mfu": self._mfu(tps),
+            "grad_norm": w["grad_norm"],
+            "nonfinite_steps": self.nonfinite_total,
+            "elapsed_s": self.train_seconds,
+        }
         self._window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
         if self._pbar is None or not self._pbar_enabled:
-            self.log(f"step {self.step}/{self.cfg.max_steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                     f"{tps:,.0f} tok/s  MFU {record['mfu']:.1%}")
+            self.log(
+                f"step {self.step}/{self.cfg.max_steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                f"{tps:,.0f} tok/s  MFU {record['mfu']:.1%}"
+            )
         return record
 
     def _write_record(self, record: dict[str, Any]) -> None:
@@ -437,8 +477,9 @@ class Trainer:
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k.replace("val_", "val/") if k.startswith("val_") else f"train/{k}", v,
-                                        record["step"])
+                    self._tb.add_scalar(
+                        k.replace("val_", "val/") if k.startswith("val_") else f"train/{k}", v, record["step"]
+                    )
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -461,8 +502,9 @@ class Trainer:
         finally:
             self.model.train(was_training)
         keys = sorted(set().union(*map(set, D.all_gather_objects(sorted(sums)))))
-        totals = D.all_reduce_sum(torch.tensor([sums.get(k, [0.0, 0.0])[i] for k in keys for i in (0, 1)],
-                                               dtype=torch.float64))
+        totals = D.all_reduce_sum(
+            torch.tensor([sums.get(k, [0.0, 0.0])[i] for k in keys for i in (0, 1)], dtype=torch.float64)
+        )
         metrics = {k: (totals[2 * j] / totals[2 * j + 1]).item() for j, k in enumerate(keys) if totals[2 * j + 1] > 0}
         lm_loss = metrics.get("mlm_loss", metrics.get("loss"))
         if lm_loss is not None:
@@ -477,8 +519,10 @@ class Trainer:
         if not metrics:
             return metrics
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        self.log(f"eval at step {self.step}{' (whole validation split)' if full else ''}: {shown}  "
-                 f"[{time.perf_counter() - t0:.1f}s]")
+        self.log(
+            f"eval at step {self.step}{' (whole validation split)' if full else ''}: {shown}  "
+            f"[{time.perf_counter() - t0:.1f}s]"
+        )
         loss = metrics.get("loss")
         if loss is not None and math.isfinite(loss) and (self.best_val_loss is None or loss < self.best_val_loss):
             self.best_val_loss = loss
@@ -496,21 +540,6 @@ class Trainer:
         if self.is_main and self.run_dir is not None and time.perf_counter() - self._last_plot > 60:
             self._plot()  # refreshed at most once a minute (and always at the end)
         return metrics
-
-    def _default_sample_fn(self, model: nn.Module, tokenizer) -> Callable[[nn.Module], str] | None:
-        cfg = self.cfg
-        if tokenizer is None or cfg.sample_tokens <= 0 or getattr(getattr(model, "config", None), "arch", "") != "decoder":
-            return None
-
-        def sample(m: nn.Module) -> str:
-            from lmforge.infer.generate import generate
-
-            room = m.config.max_positions - len(tokenizer.encode(cfg.sample_prompt)) - 1  # (+ BOS)
-            out = generate(m, tokenizer, [cfg.sample_prompt], max_new_tokens=max(1, min(cfg.sample_tokens, room)),
-                           temperature=cfg.sample_temperature, seed=cfg.seed)
-            return cfg.sample_prompt + out[0].text
-
-        return sample
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _saveable_model(self) -> nn.Module | None:
@@ -550,10 +579,15 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": D.all_gather_objects(ckpt.rng_state()),  # one per rank
             "sampler": ckpt.to_safe(self.train_batches.state_dict()),
-            "trainer": {"tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
-                        "nonfinite_in_row": self.nonfinite_in_row, "nonfinite_total": self.nonfinite_total,
-                        "train_seconds": self.train_seconds, "window": dict(self._window),
-                        "world_size": self.dist.world_size},
+            "trainer": {
+                "tokens_seen": self.tokens_seen,
+                "best_val_loss": self.best_val_loss,
+                "nonfinite_in_row": self.nonfinite_in_row,
+                "nonfinite_total": self.nonfinite_total,
+                "train_seconds": self.train_seconds,
+                "window": dict(self._window),
+                "world_size": self.dist.world_size,
+            },
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -564,8 +598,9 @@ class Trainer:
         state = self.state_dict()
         path = None
         if self.is_main:
-            path = ckpt.save_checkpoint(ckpt.checkpoint_dir(self.run_dir, self.step),
-                                        lambda d: self._write_model(model, d), state)
+            path = ckpt.save_checkpoint(
+                ckpt.checkpoint_dir(self.run_dir, self.step), lambda d: self._write_model(model, d), state
+            )
             ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
         self.last_checkpoint = D.broadcast_object(path)
         D.barrier()
@@ -588,8 +623,10 @@ class Trainer:
         self.train_batches.load_state_dict(ckpt.from_safe(state["sampler"]))
         t = state["trainer"]
         if t.get("world_size", 1) != self.dist.world_size:
-            self.log(f"note: resuming a {t.get('world_size')}-process run with {self.dist.world_size} processes; "
-                     "the data order continues, RNG streams are re-derived")
+            self.log(
+                f"note: resuming a {t.get('world_size')}-process run with {self.dist.world_size} processes; "
+                "the data order continues, RNG streams are re-derived"
+            )
         self.step = int(state["step"])
         self.tokens_seen, self.best_val_loss = t["tokens_seen"], t["best_val_loss"]
         self.nonfinite_in_row, self.nonfinite_total = t["nonfinite_in_row"], t["nonfinite_total"]
@@ -626,8 +663,10 @@ class Trainer:
             if self._signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self._signal = signal.Signals(signum).name
-            self.log(f"{self._signal} received: finishing the current step, then checkpointing "
-                     "(press Ctrl-C again to abort without a checkpoint)")
+            self.log(
+                f"{self._signal} received: finishing the current step, then checkpointing "
+                "(press Ctrl-C again to abort without a checkpoint)"
+            )
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
@@ -658,31 +697,42 @@ class Trainer:
         if self.encoder_decoder:
             tgt = (b.get("decoder_input_ids") if "decoder_input_ids" in b else b["labels"]).shape[1]
         tokens_step = sum(count_tokens(x, self.encoder_decoder) for x in micro) * self.dist.world_size
-        lines = [f"device {dev.describe(self.device, self.dtype)}, {self.dist.world_size} process(es)"
-                 + (f", {cfg.strategy}" if self.dist.enabled else "")]
+        lines = [
+            f"device {dev.describe(self.device, self.dtype)}, {self.dist.world_size} process(es)"
+            + (f", {cfg.strategy}" if self.dist.enabled else "")
+        ]
         if model_cfg is not None and hasattr(model_cfg, "vocab_size"):
             from lmforge.accounting import count_params
 
             pc = count_params(model_cfg)
             # an MLM head runs at the labelled positions only (lmforge's encoder): count those
-            mlm = float((b["labels"] != -100).float().mean()) if "labels" in b and not self.encoder_decoder \
-                and getattr(model_cfg, "arch", None) == "encoder" else 1.0
+            mlm = (
+                float((b["labels"] != -100).float().mean())
+                if "labels" in b and not self.encoder_decoder and getattr(model_cfg, "arch", None) == "encoder"
+                else 1.0
+            )
             fc = count_flops(model_cfg, seq, tgt, mlm_fraction=mlm)
             self._flops_per_token = fc.rule_6n_attention_per_token
             total = pc.total
-            lines.append(f"parameters {human(pc.total)} total, {human(pc.non_embedding)} non-embedding"
-                         + (f", {human(trainable)} trainable" if trainable != pc.total else ""))
-            lines.append(f"FLOPs per token {fc.training_per_token:.3g} (detailed), "
-                         f"{fc.rule_6n_attention_per_token:.3g} (6N + attention, used for MFU)")
+            lines.append(
+                f"parameters {human(pc.total)} total, {human(pc.non_embedding)} non-embedding"
+                + (f", {human(trainable)} trainable" if trainable != pc.total else "")
+            )
+            lines.append(
+                f"FLOPs per token {fc.training_per_token:.3g} (detailed), "
+                f"{fc.rule_6n_attention_per_token:.3g} (6N + attention, used for MFU)"
+            )
         else:
             self._flops_per_token = 6.0 * trainable + 0.0  # the 6N rule when the shape is unknown
             lines.append(f"parameters {human(total)} total, {human(trainable)} trainable")
         planned_tokens = tokens_step * (cfg.max_steps - self.step)
         planned_flops = planned_tokens * self._flops_per_token
-        lines.append(f"tokens per step {tokens_step:,} ({cfg.batch_size} x {seq}"
-                     f"{f' + {tgt}' if tgt else ''}, grad_accum {cfg.grad_accum}); "
-                     f"{cfg.max_steps - self.step:,} steps = {human(planned_tokens)} tokens, "
-                     f"{planned_flops:.3g} FLOPs")
+        lines.append(
+            f"tokens per step {tokens_step:,} ({cfg.batch_size} x {seq}"
+            f"{f' + {tgt}' if tgt else ''}, grad_accum {cfg.grad_accum}); "
+            f"{cfg.max_steps - self.step:,} steps = {human(planned_tokens)} tokens, "
+            f"{planned_flops:.3g} FLOPs"
+        )
         peak = self._peak
         if peak is None:
             from lmforge.accounting import device_peak
@@ -691,8 +741,9 @@ class Trainer:
         if peak:
             assumed = 0.4  # a typical MFU for a well-shaped model; the measured one is shown after 10 steps
             seconds = planned_flops / (peak * self.dist.world_size * assumed)
-            lines.append(f"peak {human(peak, 'FLOP/s')} per device; estimated time {_duration(seconds)} "
-                         f"at {assumed:.0%} MFU")
+            lines.append(
+                f"peak {human(peak, 'FLOP/s')} per device; estimated time {_duration(seconds)} at {assumed:.0%} MFU"
+            )
         for line in lines:
             self.log(line)
 
@@ -700,15 +751,19 @@ class Trainer:
         """Once, after a few steps: the measured rate and the time the remaining steps will take."""
         tps = self._window["tokens"] / max(self._window["seconds"], 1e-9)
         per_step = (self.train_seconds - self._eta_t0) / max(self.step - self._eta_from, 1)
-        self.log(f"measured after {self.step} steps: {tps:,.0f} tokens/s, MFU {self._mfu(tps):.1%}; "
-                 f"estimated time to step {self.cfg.max_steps}: {_duration(per_step * (self.cfg.max_steps - self.step))}"
-                 " (evaluations not included)")
+        self.log(
+            f"measured after {self.step} steps: {tps:,.0f} tokens/s, MFU {self._mfu(tps):.1%}; "
+            f"estimated time to step {self.cfg.max_steps}: {_duration(per_step * (self.cfg.max_steps - self.step))}"
+            " (evaluations not included)"
+        )
 
     def _oom_message(self, micro: list[dict[str, torch.Tensor]]) -> str:
         b = micro[0]["input_ids"]
-        return (f"CUDA out of memory at step {self.step + 1} with micro-batches of {b.shape[0]} x {b.shape[1]} "
-                f"tokens per rank; raise train.grad_accum (same global batch, smaller micro-batches), lower "
-                f"train.batch_size, set train.activation_checkpointing=true, or lower data.seq_len")
+        return (
+            f"CUDA out of memory at step {self.step + 1} with micro-batches of {b.shape[0]} x {b.shape[1]} "
+            f"tokens per rank; raise train.grad_accum (same global batch, smaller micro-batches), lower "
+            f"train.batch_size, set train.activation_checkpointing=true, or lower data.seq_len"
+        )
 
     def _progress_bar(self):
         self._pbar_enabled = self.is_main and self.cfg.progress
@@ -716,8 +771,9 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                    file=sys.stderr)
+        return tqdm(
+            total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
+        )
 
     def _open_tensorboard(self) -> None:
         if not self.cfg.tensorboard or self._tb is not None:
@@ -775,4 +831,3 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
-

@@ -24,17 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lmforge import device as dev
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models import build_model
+from lmforge.tokenizer import KINDS
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
-from lmforge.train.config import RunConfig
+from lmforge.train.config import RunConfig, TrainConfig
 from lmforge.train.engine import FitResult, Trainer
 from lmforge.train.objective_metrics import objective_metrics
-from lmforge.tokenizer import KINDS
 
 CONFIG_FILE = "config.yaml"
 
@@ -57,16 +58,28 @@ def prepare_dataset(cfg: RunConfig, info: D.DistInfo, log: Callable[[str], None]
     path = dataset_dir(cfg)
     if info.is_main and not (path / META_FILE).is_file():
         sentinels = d.sentinels if d.sentinels is not None else (100 if d.objective == "span" else None)
-        log(f"preparing {path} from {d.source} (tokenizer: {d.tokenizer}"
-            f"{f', vocab {d.vocab_size}' if d.tokenizer != 'char' else ''})")
-        prepare([s.strip() for s in d.source.split(",")], path, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
-                sentinels=sentinels, val_fraction=d.val_fraction, seed=cfg.train.seed, progress=cfg.train.progress)
+        log(
+            f"preparing {path} from {d.source} (tokenizer: {d.tokenizer}"
+            f"{f', vocab {d.vocab_size}' if d.tokenizer != 'char' else ''})"
+        )
+        prepare(
+            [s.strip() for s in d.source.split(",")],
+            path,
+            tokenizer=d.tokenizer,
+            vocab_size=d.vocab_size,
+            sentinels=sentinels,
+            val_fraction=d.val_fraction,
+            seed=cfg.train.seed,
+            progress=cfg.train.progress,
+        )
     D.barrier()
     dataset = open_dataset(path)
     tok = dataset.meta["tokenizer"]
     if d.tokenizer in KINDS and tok["kind"] != d.tokenizer:
-        raise ConfigError(f"data.path: {path} was prepared with a {tok['kind']} tokenizer, not {d.tokenizer}; "
-                          "set data.path to a new directory (or data.tokenizer to its kind)")
+        raise ConfigError(
+            f"data.path: {path} was prepared with a {tok['kind']} tokenizer, not {d.tokenizer}; "
+            "set data.path to a new directory (or data.tokenizer to its kind)"
+        )
     return dataset
 
 
@@ -85,10 +98,13 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer, objective: str | None 
 
 def objective_options(cfg: RunConfig) -> dict[str, float]:
     d = cfg.data
-    return {"causal": {}, "mlm": {"mlm_probability": d.mlm_probability},
-            "mlm+nsp": {"mlm_probability": d.mlm_probability},
-            "span": {"noise_density": d.noise_density, "mean_span_length": d.mean_span_length},
-            "infill": {"noise_density": d.noise_density, "poisson_lambda": d.mean_span_length}}[d.objective]
+    return {
+        "causal": {},
+        "mlm": {"mlm_probability": d.mlm_probability},
+        "mlm+nsp": {"mlm_probability": d.mlm_probability},
+        "span": {"noise_density": d.noise_density, "mean_span_length": d.mean_span_length},
+        "infill": {"noise_density": d.noise_density, "poisson_lambda": d.mean_span_length},
+    }[d.objective]
 
 
 # Held-out masked-LM metrics mask BERT's 15% of the tokens whatever the training rate, so that
@@ -104,16 +120,37 @@ def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
     options = objective_options(cfg)
     micro = t.batch_size // t.grad_accum
     if micro % info.world_size:
-        raise ConfigError(f"train.batch_size: micro-batches of {micro} sequences (batch_size / grad_accum) do not "
-                          f"split over {info.world_size} processes; use a multiple of {info.world_size}")
-    train = make_batches(d.objective, dataset, micro, d.seq_len, seed=t.seed, split="train", rank=info.rank,
-                         world_size=info.world_size, **options)
+        raise ConfigError(
+            f"train.batch_size: micro-batches of {micro} sequences (batch_size / grad_accum) do not "
+            f"split over {info.world_size} processes; use a multiple of {info.world_size}"
+        )
+    train = make_batches(
+        d.objective,
+        dataset,
+        micro,
+        d.seq_len,
+        seed=t.seed,
+        split="train",
+        rank=info.rank,
+        world_size=info.world_size,
+        **options,
+    )
     eval_size = 2 * micro  # no gradients to keep: larger batches fit
     eval_options = {**options, "mlm_probability": EVAL_MLM_PROBABILITY} if "mlm_probability" in options else options
 
     def val_sampler(whole: bool):
-        return make_batches(d.objective, dataset, eval_size, d.seq_len, seed=t.seed + 1, split="val", rank=info.rank,
-                            world_size=info.world_size, order="sequential" if whole else "random", **eval_options)
+        return make_batches(
+            d.objective,
+            dataset,
+            eval_size,
+            d.seq_len,
+            seed=t.seed + 1,
+            split="val",
+            rank=info.rank,
+            world_size=info.world_size,
+            order="sequential" if whole else "random",
+            **eval_options,
+        )
 
     def eval_batches(max_batches: int | None):
         """The same batches at every evaluation: a fixed random sample, or (None) every window of the split
@@ -137,8 +174,11 @@ def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
 
 
 # The fields that size each part of count_params' breakdown, to name in a refusal.
-_PART_FIELDS = {"position_embedding": ("max_positions", "d_model"), "segment_embedding": ("type_vocab_size", "d_model"),
-                "blocks": ("n_layer", "n_encoder_layer", "n_decoder_layer", "d_model", "d_ff")}
+_PART_FIELDS = {
+    "position_embedding": ("max_positions", "d_model"),
+    "segment_embedding": ("type_vocab_size", "d_model"),
+    "blocks": ("n_layer", "n_encoder_layer", "n_decoder_layer", "d_model", "d_ff"),
+}
 
 
 def check_memory(cfg: RunConfig, device: torch.device, world_size: int) -> None:
@@ -152,25 +192,40 @@ def check_memory(cfg: RunConfig, device: torch.device, world_size: int) -> None:
     t, m = cfg.train, cfg.model
     micro = max(1, t.batch_size // t.grad_accum // world_size)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dev.resolve_dtype(t.dtype, device), "fp32")
-    est = estimate_memory(m, micro, cfg.data.seq_len, world_size, t.strategy if world_size > 1 else "ddp",
-                          t.activation_checkpointing, precision)
+    est = estimate_memory(
+        m,
+        micro,
+        cfg.data.seq_len,
+        world_size,
+        t.strategy if world_size > 1 else "ddp",
+        t.activation_checkpointing,
+        precision,
+    )
     if est.total <= have:
         return
     where = f"{device.type} device's {human_bytes(have)}" if device.type != "cpu" else f"machine's {human_bytes(have)}"
     state = est.total - est.activations
     if state <= have:  # the model fits: its activations do not
-        raise ConfigError(f"train.batch_size: micro-batches of {micro} x {cfg.data.seq_len} tokens need about "
-                          f"{human_bytes(est.activations)} of activations, more than this {where}; raise "
-                          f"train.grad_accum, lower train.batch_size or data.seq_len, or set "
-                          f"train.activation_checkpointing=true")
+        raise ConfigError(
+            f"train.batch_size: micro-batches of {micro} x {cfg.data.seq_len} tokens need about "
+            f"{human_bytes(est.activations)} of activations, more than this {where}; raise "
+            f"train.grad_accum, lower train.batch_size or data.seq_len, or set "
+            f"train.activation_checkpointing=true"
+        )
     pc = count_params(m)
     part, n = max(pc.breakdown.items(), key=lambda kv: kv[1])
-    names = [k for k in _PART_FIELDS.get(part.rsplit(".", 1)[-1], ("d_model",)) if getattr(m, k) is not None
-             and (m.arch == "encoder-decoder" or k not in ("n_encoder_layer", "n_decoder_layer"))]
+    names = [
+        k
+        for k in _PART_FIELDS.get(part.rsplit(".", 1)[-1], ("d_model",))
+        if getattr(m, k) is not None
+        and (m.arch == "encoder-decoder" or k not in ("n_encoder_layer", "n_decoder_layer"))
+    ]
     sizes = ", ".join(f"{k} {getattr(m, k)}" for k in names)
-    raise ConfigError(f"{' / '.join(f'model.{k}' for k in names)}: the model has {human(pc.total)} parameters "
-                      f"({human(n)} in {part}: {sizes}); its weights, gradients and AdamW state need about "
-                      f"{human_bytes(state)}, more than this {where}; make it smaller")
+    raise ConfigError(
+        f"{' / '.join(f'model.{k}' for k in names)}: the model has {human(pc.total)} parameters "
+        f"({human(n)} in {part}: {sizes}); its weights, gradients and AdamW state need about "
+        f"{human_bytes(state)}, more than this {where}; make it smaller"
+    )
 
 
 def tokens_per_byte(dataset, split: str = "val") -> float:
@@ -178,9 +233,41 @@ def tokens_per_byte(dataset, split: str = "val") -> float:
     return dataset.meta["splits"][split]["tokens"] / dataset.num_bytes(split)
 
 
-def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
-             log: Callable[[str], None] = print) -> FitResult:
-    """Prepare data, build the model and train it as ``cfg`` says; see the module docstring."""
+def sample_fn(generate: Callable, tokenizer, cfg: TrainConfig) -> Callable[[nn.Module], str]:
+    """The text sample shown at each evaluation of a decoder: ``cfg.sample_tokens`` tokens after
+    ``cfg.sample_prompt``, drawn by ``generate`` (:func:`lmforge.infer.generate`, passed in: the
+    inference layer sits above training)."""
+
+    def sample(m: nn.Module) -> str:
+        room = m.config.max_positions - len(tokenizer.encode(cfg.sample_prompt)) - 1  # (+ BOS)
+        out = generate(
+            m,
+            tokenizer,
+            [cfg.sample_prompt],
+            max_new_tokens=max(1, min(cfg.sample_tokens, room)),
+            temperature=cfg.sample_temperature,
+            seed=cfg.seed,
+        )
+        return cfg.sample_prompt + out[0].text
+
+    return sample
+
+
+def pretrain(
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    *,
+    generate: Callable | None = None,
+    fill_spans: Callable | None = None,
+) -> FitResult:
+    """Prepare data, build the model and train it as ``cfg`` says; see the module docstring.
+
+    What the job borrows from the inference layer comes in as functions (:func:`lmforge.pretrain`
+    passes them): ``generate`` (:func:`lmforge.infer.generate`) draws the text samples of a
+    decoder at each evaluation, ``fill_spans`` (:func:`lmforge.infer.spans.span_filling_metrics`)
+    is the span objective's final greedy check. None: no samples, no check."""
     device = dev.resolve_device(cfg.train.device)
     info = D.setup(device)
     say = log if info.is_main else (lambda msg: None)
@@ -189,8 +276,10 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
     run_dir = Path(cfg.run_dir)
     if not resume and not overwrite and ckpt.list_checkpoints(run_dir):
-        raise ConfigError(f"{run_dir} already holds checkpoints; continue it with --resume {run_dir}, start afresh "
-                          "with --overwrite, or pick another --name / --out")
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints; continue it with --resume {run_dir}, start afresh "
+            "with --overwrite, or pick another --name / --out"
+        )
     start = ckpt.latest_valid(run_dir, say) if resume else None
     if resume and start is None:
         raise CheckpointError(f"{run_dir}: no usable checkpoint to resume from")
@@ -211,37 +300,50 @@ def pretrain(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     model = build_model(cfg.model)
     train_batches, eval_batches = make_batch_sources(cfg, dataset, info)
     metric_fn = objective_metrics(cfg.data.objective, tokenizer, dataset.split("train"))
-    trainer = Trainer(model, cfg.train, train_batches, eval_batches=eval_batches, metric_fn=metric_fn, run_dir=run_dir,
-                      tokenizer=tokenizer, tokens_per_byte=tokens_per_byte(dataset) if cfg.data.objective == "causal"
-                      else None, log=log)
+    samples = generate is not None and cfg.train.sample_tokens > 0 and cfg.model.arch == "decoder"
+    trainer = Trainer(
+        model,
+        cfg.train,
+        train_batches,
+        eval_batches=eval_batches,
+        metric_fn=metric_fn,
+        run_dir=run_dir,
+        tokenizer=tokenizer,
+        sample_fn=sample_fn(generate, tokenizer, cfg.train) if samples else None,
+        tokens_per_byte=tokens_per_byte(dataset) if cfg.data.objective == "causal" else None,
+        log=log,
+    )
     if start is not None:
         trainer.resume(start)
     try:
         result = trainer.fit()
-        if cfg.data.objective == "span" and not result.stopped_by:
-            result.metrics.update(_greedy_span_metrics(trainer, tokenizer, eval_batches, cfg.train.eval_batches, say))
+        if cfg.data.objective == "span" and fill_spans is not None and not result.stopped_by:
+            result.metrics.update(
+                _greedy_span_metrics(fill_spans, trainer, tokenizer, eval_batches, cfg.train.eval_batches, say)
+            )
     finally:
         D.teardown()
     if info.is_main and not result.stopped_by:
         m = result.metrics
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if math.isfinite(v))
-        say(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "
-            f"({result.tokens / max(result.train_seconds, 1e-9):,.0f} tokens/s); validation: {shown}")
+        say(
+            f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "
+            f"({result.tokens / max(result.train_seconds, 1e-9):,.0f} tokens/s); validation: {shown}"
+        )
         say(f"best model: {run_dir / 'best'}; last checkpoint: {result.checkpoint}")
     return result
 
 
-def _greedy_span_metrics(trainer: Trainer, tokenizer, eval_batches, max_batches: int,
-                         say: Callable[[str], None]) -> dict[str, float]:
+def _greedy_span_metrics(
+    fill_spans: Callable, trainer: Trainer, tokenizer, eval_batches, max_batches: int, say: Callable[[str], None]
+) -> dict[str, float]:
     """Span corruption's final check: how many dropped spans greedy decoding restores exactly (the
     periodic evaluations' batches; teacher forcing, in the engine's metrics, hides error propagation)."""
-    from lmforge.infer.spans import span_filling_metrics
-
     model = trainer.model
     was_training = model.training
     model.eval()
     try:
-        m = span_filling_metrics(model, tokenizer, eval_batches(max_batches or None))
+        m = fill_spans(model, tokenizer, eval_batches(max_batches or None))
     finally:
         model.train(was_training)
     say(f"greedy span filling on {int(m['spans']):,} held-out spans: exact match {m['span_exact_match']:.4f}")
