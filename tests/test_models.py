@@ -229,3 +229,30 @@ def test_load_refuses_mismatch_and_corruption(tmp_path):
         load_model(tmp_path / "m")
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "bert-tiny", "seq2seq-tiny"])
+def test_fan_in_init_scales_each_linear_by_its_inputs(preset):
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(preset, d_model=96, n_head=4, init="fan_in")
+    model = build_model(cfg)
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) not in tied]
+    assert linears  # a head tied to the embedding keeps the embedding's scale
+    for m in linears:
+        if m.weight.numel() >= 4096:  # enough samples for a 10% tolerance on the standard deviation
+            assert m.weight.std().item() == pytest.approx(m.in_features**-0.5, rel=0.1)
+        if m.bias is not None:
+            assert torch.count_nonzero(m.bias) == 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Embedding):
+            assert m.weight.std().item() == pytest.approx(cfg.init_std, rel=0.1)
+
+
+def test_gpt2_init_scales_residual_projections_by_depth():
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("gpt-tiny", d_model=128, n_head=4)
+    model = build_model(cfg)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and name.endswith(("attn.proj", "mlp.proj")):
+            assert m.weight.std().item() == pytest.approx(cfg.init_std / (2 * cfg.n_layer) ** 0.5, rel=0.1)

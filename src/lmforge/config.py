@@ -30,6 +30,7 @@ GATED = {
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
+INITS = ("gpt2", "fan_in")
 
 
 @functools.cache
@@ -280,6 +281,9 @@ class ModelConfig(ConfigBase):
     # BOS). lmforge's causal pretraining sets its document separator, EOS: the model never saw BOS.
     text_start_id: int | None = None
     init_std: float = 0.02
+    # "gpt2": every matrix N(0, init_std), residual projections / sqrt(2 * layers); "fan_in": every
+    # linear layer N(0, 1 / fan_in) (T5's scale), which a small encoder-decoder needs to use its source
+    init: str = "gpt2"
 
     # ---- derived fields -------------------------------------------------------------
     @property
@@ -330,6 +334,7 @@ class ModelConfig(ConfigBase):
             "norm": NORMS,
             "norm_position": NORM_POSITIONS,
             "positions": POSITIONS,
+            "init": INITS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -443,10 +443,17 @@ class TransformerStack(nn.Module):
 def init_weights(model: nn.Module, cfg: ModelConfig, n_residual_layers: int) -> None:
     """GPT-2 init: N(0, init_std) for matrices and embeddings, zero biases, unit norms, and the
     projections that write into the residual stream scaled by 1/sqrt(2 * layers) so the residual
-    variance does not grow with depth."""
+    variance does not grow with depth. ``init="fan_in"``: linear layers N(0, 1 / fan_in) instead
+    (T5's scale; embeddings keep ``init_std``). At GPT-2's scale the cross-attention of a small
+    encoder-decoder starts so near zero that its decoder learns to ignore the source
+    (docs/training.md, "The encoder-decoder's blind decoder")."""
     resid_std = cfg.init_std / math.sqrt(2 * n_residual_layers)
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, nn.Linear) and cfg.init == "fan_in":
+            nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
             std = resid_std if name.endswith(("attn.proj", "mlp.proj")) else cfg.init_std
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if getattr(module, "bias", None) is not None:
