@@ -9,7 +9,9 @@ On fixed held-out span-corruption batches (the run's own data and options) it re
   head, averaged over positions). The first token of a span can only come from there; a model that
   has not learned the lookup spreads its cross-attention (1 / source length ~ 0.02);
 - the entropy of the encoder's self-attention and of the decoder's cross-attention per layer,
-  divided by log(keys): 1.0 is uniform.
+  divided by log(keys): 1.0 is uniform;
+- ``loss`` against ``loss_wrong_source``, the loss of the same targets when each row reads the
+  source of the next row in the batch: equal losses mean the decoder does not use its source.
 
     python benchmarks/t5_diagnosis.py runs/shakespeare-t5            # a run directory (its best/)
     python benchmarks/t5_diagnosis.py runs/a runs/b --batches 4 --json out.jsonl
@@ -26,7 +28,7 @@ import torch
 from lmforge.data import make_batches, open_dataset
 from lmforge.models import load_model
 from lmforge.train.config import RunConfig
-from lmforge.train.run import dataset_dir, objective_options
+from lmforge.train.run import dataset_dir, eval_objective_options
 
 
 def _entropy(weights: torch.Tensor, key_mask: torch.Tensor) -> float:
@@ -44,16 +46,26 @@ def probe(run_dir: Path, batches: int = 4, batch_size: int = 64) -> dict:
     model = load_model(run_dir / "best").eval()
     sentinels = torch.tensor(tok.sentinel_ids)
     val = make_batches(
-        "span", dataset, batch_size, cfg.data.seq_len, seed=cfg.train.seed + 1, split="val", **objective_options(cfg)
+        "span",
+        dataset,
+        batch_size,
+        cfg.data.seq_len,
+        seed=cfg.train.seed + 1,
+        split="val",
+        **eval_objective_options(cfg),
     )
     first = [0, 0]
     later = [0, 0]
     lookup: list[list[float]] = []
+    losses = [0.0, 0.0]
     enc_entropy: list[list[float]] = []
     cross_entropy: list[list[float]] = []
     for _ in range(batches):
         b = val.next_batch()
         out = model(**b, output_attentions=True)
+        wrong = {**b, "input_ids": b["input_ids"].roll(1, 0), "attention_mask": b["attention_mask"].roll(1, 0)}
+        losses[0] += float(out.loss) / batches
+        losses[1] += float(model(**wrong).loss) / batches
         labels, dec_in = b["labels"], b["decoder_input_ids"]
         is_sentinel_in = torch.isin(dec_in, sentinels)  # (B, T): the decoder just read <extra_id_k>
         target = (labels != -100) & ~torch.isin(labels, sentinels) & (labels != tok.eos_id)
@@ -84,6 +96,8 @@ def probe(run_dir: Path, batches: int = 4, batch_size: int = 64) -> dict:
         "first_token_accuracy": round(first[0] / max(first[1], 1), 4),
         "later_token_accuracy": round(later[0] / max(later[1], 1), 4),
         "span_token_accuracy": round((first[0] + later[0]) / max(first[1] + later[1], 1), 4),
+        "loss": round(losses[0], 4),
+        "loss_wrong_source": round(losses[1], 4),
         "sentinel_lookup": mean(lookup),
         "encoder_entropy": mean(enc_entropy),
         "cross_entropy": mean(cross_entropy),

@@ -91,3 +91,17 @@ def test_each_paradigm_overfits_a_fixed_batch(dataset, objective):
         assert result.metrics["mlm_accuracy"] > 0.9
     if objective == "mlm+nsp":
         assert result.metrics["nsp_accuracy"] == 1.0
+
+
+def test_held_out_corruption_is_the_reference_recipe_whatever_the_training_settings():
+    from lmforge.train.config import RunConfig
+    from lmforge.train.run import eval_objective_options, objective_options
+
+    bert = RunConfig.from_preset("shakespeare-bert")
+    assert objective_options(bert)["mlm_probability"] == 0.3
+    assert eval_objective_options(bert) == {"mlm_probability": 0.15}
+    t5 = RunConfig.from_preset("tiny-t5")
+    t5.data.noise_density, t5.data.mean_span_length = 0.3, 1.0
+    assert eval_objective_options(t5) == {"noise_density": 0.15, "mean_span_length": 3.0}
+    gpt = RunConfig.from_preset("tiny-gpt")
+    assert eval_objective_options(gpt) == objective_options(gpt) == {}
