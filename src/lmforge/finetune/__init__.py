@@ -212,17 +212,10 @@ def load_backbone(
     """(model, tokenizer) for a ``--model`` value: ``minilm`` (the packaged all-MiniLM-L6-v2), a run
     directory (its ``best/``), an lmforge or HF model directory, or a model preset (random weights,
     needs ``tokenizer``). ``init="scratch"`` keeps the architecture and re-draws the weights."""
-    from lmforge.interop.hf import from_hf, packaged_model_dir
-    from lmforge.modeldir import load_model
+    from lmforge.interop.hf import packaged_model_dir
+    from lmforge.modeldir import find_model_dir, load
     from lmforge.models import build_model
     from lmforge.tokenizer import Tokenizer
-
-    def tok_from(path: Path):
-        if tokenizer is not None:
-            return Tokenizer.load(tokenizer)
-        if not path.is_file():
-            raise CheckpointError(f"{path.parent}: no tokenizer.json; pass --tokenizer PATH")
-        return Tokenizer.load(path)
 
     if spec in MODEL_PRESETS:
         if tokenizer is None:
@@ -231,18 +224,11 @@ def load_backbone(
         torch.manual_seed(seed)
         return build_model(fit_model_to_tokenizer(ModelConfig.from_preset(spec), tok)), tok
     path = packaged_model_dir() if spec == "minilm" else Path(spec)
-    if (path / "best" / "config.json").is_file():  # a run directory
-        path = path / "best"
-    if not (path / "config.json").is_file():
+    if find_model_dir(path) is None:
         raise CheckpointError(
             f"{spec}: not a model directory, run directory, 'minilm' or model preset ({', '.join(MODEL_PRESETS)})"
         )
-    if "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8")):  # an HF directory
-        model = from_hf(path)
-        tok = Tokenizer.load(tokenizer) if tokenizer else Tokenizer.from_hf_dir(path)
-    else:
-        model = load_model(path)
-        tok = tok_from(path / "tokenizer.json")
+    model, tok = load(path, tokenizer=tokenizer, hint="pass --tokenizer PATH")
     if init == "scratch":
         torch.manual_seed(seed)
         model = build_model(model.config)
