@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 import string
@@ -245,6 +246,18 @@ class Tokenizer:
     @classmethod
     def from_str(cls, text: str) -> Tokenizer:
         return cls(HFTokenizer.from_str(text))
+
+
+def special_id(tokenizer, role: str, model=None) -> int | None:
+    """The id of a special-token role (``"pad"``, ``"eos"``, ``"mask"``, ... or ``"eos_id"``): the
+    tokenizer's, else the model config's (``model``: a model or its config; optional); None when
+    neither has one. Any object with ``<role>_id`` attributes serves as the tokenizer (or None)."""
+    name = role if role.endswith("_id") else f"{role}_id"
+    for source in (tokenizer, getattr(model, "config", model)):
+        v = getattr(source, name, None) if source is not None else None
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            return int(v)
+    return None
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:

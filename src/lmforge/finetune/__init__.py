@@ -63,6 +63,8 @@ from lmforge.finetune.tasks import (
     restoration_prompt,
     restoration_rows,
 )
+from lmforge.nn import eval_mode
+from lmforge.tokenizer import special_id
 from lmforge.train.config import TrainConfig
 from lmforge.train.engine import Trainer, lm_metrics, seed_everything
 from lmforge.train.run import _clear_run, fit_model_to_tokenizer
@@ -235,11 +237,6 @@ def load_backbone(
     return model, tok
 
 
-def _pad_id(tok) -> int:
-    pad = getattr(tok, "pad_id", None)
-    return pad if isinstance(pad, int) else 0
-
-
 # ----------------------------------------------------------------------------------------------
 # Task data and task models
 
@@ -316,12 +313,8 @@ def generation_metrics(model: nn.Module, tokenizer, data: TaskDataset, limit: in
     new = min(new, model.config.max_positions)
     if new <= 0:
         return {}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         outs = generate(model, tokenizer, sources, max_new_tokens=new, temperature=0.0, batch_size=32)
-    finally:
-        model.train(was_training)
     texts = [o.text.strip() for o in outs]
     refs = [r.strip() for r in refs]
     return {"exact_match": exact_match(texts, refs), "bleu": bleu(texts, refs), "chrf": chrf(texts, refs)}
@@ -463,7 +456,7 @@ def finetune(
     trainable = select_parameters(task_model, cfg.params)
     log(str(trainable))
 
-    pad = _pad_id(tokenizer)
+    pad = special_id(tokenizer, "pad") or 0
     if run_dir is not None and overwrite:  # checked data and model first: a failed start clears nothing
         _clear_run(run_dir)
         (run_dir / "result.json").unlink(missing_ok=True)
