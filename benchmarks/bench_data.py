@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from lmforge.data import corpus, make_batches, prepare
-from lmforge.tokenizer import KINDS, train_tokenizer, utf8_len
+from lmforge.text import utf8_len
+from lmforge.tokenizer import KINDS, train_tokenizer
 
 
 def timed(fn):

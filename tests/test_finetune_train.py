@@ -257,3 +257,23 @@ def test_genre_preset_through_the_cli(tok, tmp_path, capsys):
     assert result["baseline"]["macro_f1"] < 0.2 and 0 <= result["metrics"]["macro_f1"] <= 1
     _, extra = load_task_model(tmp_path / "run" / "best")
     assert extra["task"]["labels"] == ["comedy", "history", "problem", "roman", "romance", "tragedy"]
+
+
+def test_info_plan_and_convert_read_a_fine_tuned_best_directory(tok, files, tmp_path, capsys):
+    run = tmp_path / "run"
+    finetune(
+        _cfg(files, out_dir=str(run), train=dict(max_steps=2, eval_every=2)), _backbone(tok), tok, log=lambda s: None
+    )
+    best = run / "best"
+    assert "lmforge" in json.loads((best / "config.json").read_text())  # the task section that info refused
+    expected = load_model(best).config.to_dict()
+    for source in (best, run):  # the best/ directory, or the run directory holding it
+        assert main(["info", "--config", str(source), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["config"] == expected
+        assert main(["plan", "--model", str(source), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["config"] == expected
+    hf = tmp_path / "hf"
+    assert main(["convert", "to-hf", str(run), str(hf)]) == 0
+    capsys.readouterr()
+    assert main(["info", "--config", str(hf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["d_model"] == expected["d_model"]

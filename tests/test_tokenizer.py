@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lmforge.cli.main import main
 from lmforge.data.corpus import shakespeare
 from lmforge.errors import CheckpointError, ConfigError, DataError
-from lmforge.tokenizer import KINDS, Tokenizer, check_compatible, load_tokenizer, train_tokenizer, utf8_len
+from lmforge.tokenizer import KINDS, Tokenizer, check_compatible, load_tokenizer, train_tokenizer
 
 SMALL_VOCAB = {"bpe": 400, "wordpiece": 400, "unigram": 300, "char": None}
 fixture_settings = settings(max_examples=150, deadline=None)
@@ -305,10 +305,6 @@ def test_check_compatible(toks):
         with pytest.raises(CheckpointError, match=r"^runs/x: the tokenizer has 400 tokens") as err:
             check_compatible(tok, rows, "runs/x")
         assert "\n" not in str(err.value)
-
-
-def test_utf8_len():
-    assert utf8_len("aé😀") == 1 + 2 + 4
 
 
 def test_cli_train_encode_decode_info(tmp_path, capsys):

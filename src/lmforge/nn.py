@@ -9,6 +9,8 @@ Shapes: B batch, T query length, S key length, C = d_model, H heads, K key/value
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -468,3 +470,15 @@ def init_weights(model: nn.Module, cfg: ModelConfig, n_residual_layers: int) -> 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy in nats; ``labels`` are aligned with ``logits`` (no shift), -100 ignored."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(model):`` runs the block in eval mode (no dropout) and gives the model back
+    its training mode afterwards, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

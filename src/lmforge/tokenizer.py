@@ -19,13 +19,14 @@ Byte-level BPE and char tokenizers round-trip text exactly (``decode(encode(t)) 
 normalises whitespace and Unigram maps unseen characters to ``<unk>``. Python strings may hold
 lone surrogates, which are not Unicode scalar values and cannot be UTF-8 encoded: ``encode``
 refuses them (``errors="strict"``, a :class:`~lmforge.errors.DataError`) or replaces each with
-U+FFFD (``errors="replace"``).
+U+FFFD (``errors="replace"``); the policies and the reading of files live in :mod:`lmforge.text`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 import string
@@ -41,11 +42,13 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, tra
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import CheckpointError, ConfigError, DataError
+from lmforge.text import ERRORS as ERRORS  # re-exported: the error policies, as before
+from lmforge.text import SURROGATE, check_errors, clean_text, read_text
+from lmforge.text import utf8_len as utf8_len  # re-exported: as before
 
 KINDS = ("bpe", "wordpiece", "unigram", "char")
 DEFAULT_VOCAB_SIZE = 8192  # for the learned kinds; a char vocabulary is whatever characters occur
 TOKENIZER_FILE = "tokenizer.json"
-ERRORS = ("strict", "replace")
 
 # Role tokens each kind is trained with, in id order (ids 0, 1, 2, ...).
 SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
@@ -68,36 +71,11 @@ ROLE_SPELLINGS: dict[str, tuple[str, ...]] = {
     "mask": ("[MASK]", "<mask>"),
 }
 _SENTINEL = re.compile(r"<extra_id_(\d+)>")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _CHAR_SPLIT = r"[\s\S]"  # every character is its own pre-token
 
 
 def sentinel_token(i: int) -> str:
     return f"<extra_id_{i}>"
-
-
-def clean_text(text: str, errors: str = "strict", where: str = "text") -> str:
-    """``text`` as valid Unicode: a lone surrogate raises :class:`DataError` or becomes U+FFFD."""
-    m = _SURROGATE.search(text)
-    if m is None:
-        return text
-    if errors == "replace":
-        return _SURROGATE.sub("\ufffd", text)
-    raise DataError(
-        f"{where}: lone surrogate U+{ord(m.group()):04X} at character {m.start()} is not valid Unicode "
-        f"(it has no UTF-8 encoding); pass errors='replace' to replace it with U+FFFD"
-    )
-
-
-def utf8_len(text: str) -> int:
-    """Number of UTF-8 bytes of ``text``: the denominator of bits per byte."""
-    return len(text.encode("utf-8", "replace"))
-
-
-def check_errors(errors: str) -> None:
-    """Validate an ``errors=`` policy argument."""
-    if errors not in ERRORS:
-        raise ConfigError(f"errors: {errors!r} is not one of {', '.join(ERRORS)}")
 
 
 class Tokenizer:
@@ -180,7 +158,7 @@ class Tokenizer:
             return None
         if not all(isinstance(t, str) for t in texts) or any(a in t for a in self._added_texts for t in texts):
             return None
-        if any(not t.isascii() and _SURROGATE.search(t) for t in texts):
+        if any(not t.isascii() and SURROGATE.search(t) for t in texts):
             return None
         if self._char_ids is not None:
             return [
@@ -270,6 +248,18 @@ class Tokenizer:
         return cls(HFTokenizer.from_str(text))
 
 
+def special_id(tokenizer, role: str, model=None) -> int | None:
+    """The id of a special-token role (``"pad"``, ``"eos"``, ``"mask"``, ... or ``"eos_id"``): the
+    tokenizer's, else the model config's (``model``: a model or its config; optional); None when
+    neither has one. Any object with ``<role>_id`` attributes serves as the tokenizer (or None)."""
+    name = role if role.endswith("_id") else f"{role}_id"
+    for source in (tokenizer, getattr(model, "config", model)):
+        v = getattr(source, name, None) if source is not None else None
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            return int(v)
+    return None
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """A ``tokenizer.json`` file or a directory holding one."""
     return Tokenizer.load(path)
@@ -333,8 +323,6 @@ def train_tokenizer(
 def _text_stream(texts: Iterable[str | os.PathLike], errors: str) -> Iterator[str]:
     for t in texts:
         if isinstance(t, os.PathLike):
-            from lmforge.data.corpus import read_text  # data sits above the tokenizer; import lazily
-
             yield read_text(t, errors)
         else:
             yield clean_text(t, errors)

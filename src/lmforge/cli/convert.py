@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf import from_hf, packaged_model_dir, to_hf
-from lmforge.modeldir import load_model
+from lmforge.modeldir import load, model_dir
 from lmforge.models import count_parameters, save_model
 
 COMMAND = "convert"
@@ -15,7 +15,10 @@ HELP = "convert between HF transformers model directories and lmforge model dire
 
 def add_arguments(p) -> None:
     p.add_argument("direction", choices=["from-hf", "to-hf"])
-    p.add_argument("source", help="model directory to read (for from-hf also: 'minilm', the packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "source",
+        help="model or run directory to read (for from-hf: an HF directory or 'minilm', the packaged all-MiniLM-L6-v2)",
+    )
     p.add_argument("out", help="directory to write")
 
 
@@ -33,7 +36,8 @@ def run(args) -> None:
         model = from_hf(src)
         out = save_model(model, args.out)
     else:
-        model = load_model(src)
+        src = model_dir(src)  # a run directory's best/
+        model, _ = load(src, need_tokenizer=False)
         out = to_hf(model, args.out)
     _copy_tokenizer(src, out)
     print(f"wrote {out} ({model.config.arch}, {count_parameters(model):,} parameters)")

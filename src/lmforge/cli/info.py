@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from lmforge.accounting import count_flops, count_params
 from lmforge.config import ModelConfig
-from lmforge.errors import ConfigError
+from lmforge.modeldir import model_config
 
 COMMAND = "info"
 HELP = "summarise a model: parameters (total / non-embedding) and FLOPs per token"
@@ -16,7 +15,7 @@ HELP = "summarise a model: parameters (total / non-embedding) and FLOPs per toke
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a model preset name, e.g. gpt2-small")
-    src.add_argument("--config", help="a model config (.json / .yaml) or a model directory")
+    src.add_argument("--config", help="a model config (.json / .yaml), or a model, run or HF model directory")
     p.add_argument("--seq-len", type=int, help="context length for the FLOP count (default: max_positions)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -24,12 +23,7 @@ def add_arguments(p) -> None:
 def resolve_model_config(preset: str | None, config: str | None) -> ModelConfig:
     if preset:
         return ModelConfig.from_preset(preset)
-    path = Path(config)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.exists():
-        raise ConfigError(f"config: {config} not found")
-    return ModelConfig.from_file(path)
+    return model_config(config)
 
 
 def run(args) -> None:

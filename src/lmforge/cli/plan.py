@@ -33,14 +33,19 @@ def add_arguments(p) -> None:
     )
     a.add_argument("--available-tokens", type=float, help="unique training tokens available (warns when D* exceeds it)")
     s = p.add_argument_group("model shape")
-    s.add_argument("--template", help="preset or config file giving the architecture (default: LLaMA-style decoder)")
+    s.add_argument(
+        "--template",
+        help="preset, config file or model directory giving the architecture (default: LLaMA-style decoder)",
+    )
     s.add_argument("--vocab-size", type=int, help="vocabulary size (default 32000 or the template's)")
     s.add_argument("--tokenizer", help="take the vocabulary size from this tokenizer.json (or its directory)")
     s.add_argument("--seq-len", type=int, help="context length (default 2048 or the template's)")
     s.add_argument("--head-dim", type=int, help="head size (default 64 below d_model 2048, else 128)")
     s.add_argument("--aspect", default="64,128", help="range of d_model / n_layer (default 64,128)")
     m = p.add_argument_group("accounting of one model (instead of a budget)")
-    m.add_argument("--model", help="a model preset or config file: parameters, FLOPs, memory, time and cost")
+    m.add_argument(
+        "--model", help="a model preset, config file or model directory: parameters, FLOPs, memory, time and cost"
+    )
     m.add_argument("--tokens", type=float, help="training tokens for the time and cost of --model (needs --device)")
     m.add_argument("--micro-batch", type=int, default=1, help="sequences per device per step, for memory (default 1)")
     p.add_argument("--list", action="store_true", help="list the law presets and devices")
@@ -51,9 +56,9 @@ def add_arguments(p) -> None:
 def _model_config(spec: str) -> ModelConfig:
     if spec in MODEL_PRESETS:
         return ModelConfig.from_preset(spec)
-    from lmforge.cli.info import resolve_model_config
+    from lmforge.modeldir import model_config
 
-    return resolve_model_config(None, spec)
+    return model_config(spec)
 
 
 def _aspect(text: str) -> tuple[float, float]:

@@ -6,7 +6,8 @@ import json
 import time
 
 from lmforge.data.shards import prepare
-from lmforge.tokenizer import ERRORS, KINDS
+from lmforge.text import ERRORS
+from lmforge.tokenizer import KINDS
 
 COMMAND = "prepare"
 HELP = "tokenize text files / JSONL / the bundled corpus into memmap shards"

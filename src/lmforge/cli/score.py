@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from lmforge.data.corpus import jsonl_records
 from lmforge.errors import DataError, LMForgeError
+from lmforge.text import jsonl_records
 
 COMMAND = "score"
 HELP = "score texts: log P, perplexity, bits per byte (sliding window); MLM pseudo-log-likelihood; log P(y|x)"

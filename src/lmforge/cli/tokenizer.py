@@ -9,7 +9,8 @@ import time
 
 from lmforge.data.corpus import load_splits
 from lmforge.errors import ConfigError, DataError
-from lmforge.tokenizer import ERRORS, KINDS, load_tokenizer, train_tokenizer
+from lmforge.text import ERRORS, read_text
+from lmforge.tokenizer import KINDS, load_tokenizer, train_tokenizer
 
 COMMAND = "tokenizer"
 HELP = "train or inspect a tokenizer (byte-level BPE, WordPiece, Unigram, char)"
@@ -100,8 +101,6 @@ def _encode(args) -> int:
     if args.text is not None:
         text = args.text
     elif args.file:
-        from lmforge.data.corpus import read_text
-
         text = read_text(args.file)
     else:
         text = sys.stdin.read()

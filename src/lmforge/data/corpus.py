@@ -14,13 +14,11 @@ byte-order mark is dropped and CRLF / CR line ends become LF. No data is dropped
 
 from __future__ import annotations
 
-import codecs
 import functools
 import glob
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 import re
 import warnings
@@ -29,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.tokenizer import check_errors, clean_text
+from lmforge.text import clean_text, jsonl_records, normalize_newlines, read_text
 
 BUNDLED = "shakespeare"
 GENRES = ("comedies", "histories", "problems", "roman", "romances", "tragedies")
@@ -115,58 +113,6 @@ def shakespeare(split: str = "all") -> list[Document]:
 
 
 # ---- files -----------------------------------------------------------------------------------------
-def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
-    """The text of a UTF-8 file, with a byte-order mark dropped and line ends normalised to LF.
-
-    Refuses a missing, empty or binary (NUL bytes) file; invalid UTF-8 fails with its byte offset
-    (``errors="strict"``) or becomes U+FFFD with a warning (``errors="replace"``).
-    """
-    check_errors(errors)
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataError(f"{p}: is a folder, expected a text file")
-    data = p.read_bytes()
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise DataError(f"{p}: UTF-16 text (byte-order mark); convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
-    skipped = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    data = data[skipped:]
-    if not data.strip():
-        raise DataError(f"{p}: empty file (no text)")
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise DataError(f"{p}: binary file (NUL byte at byte offset {nul + skipped}); lmforge reads UTF-8 text")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if errors == "strict":
-            raise DataError(
-                f"{p}: invalid UTF-8 at byte offset {e.start + skipped} ({e.reason}); fix the file "
-                f"or pass errors='replace' (--encoding-errors replace) to read it as U+FFFD"
-            ) from None
-        text = data.decode("utf-8", "replace")
-        warnings.warn(f"{p}: invalid UTF-8 from byte offset {e.start + skipped} read as U+FFFD", stacklevel=2)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def jsonl_records(path: str | os.PathLike, errors: str = "strict"):
-    """``(where, record)`` for each non-blank line of a JSONL file (``where`` is ``path:line``);
-    a line that is not a JSON object is refused with its line number."""
-    p = Path(path)
-    for n, line in enumerate(read_text(p, errors).split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
-        yield where, record
-
-
 def read_jsonl(path: str | os.PathLike, text_field: str = "text", errors: str = "strict") -> list[Document]:
     """One document per line of a JSONL file, its text in ``text_field``; blank lines are skipped."""
     p = Path(path)
@@ -181,7 +127,7 @@ def read_jsonl(path: str | os.PathLike, text_field: str = "text", errors: str = 
         if not text.strip():
             empty += 1
             continue
-        text = clean_text(text, errors, where).replace("\r\n", "\n").replace("\r", "\n")
+        text = normalize_newlines(clean_text(text, errors, where))
         docs.append(Document(where, text, str(p)))
     if empty:
         warnings.warn(f"{p}: skipped {empty} record(s) whose {text_field!r} is empty", stacklevel=2)

@@ -39,7 +39,7 @@ import torch
 
 from lmforge.data.shards import Dataset, open_dataset
 from lmforge.errors import ConfigError, DataError
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import Tokenizer, special_id
 
 IGNORE_INDEX = -100
 ORDERS = ("random", "sequential")
@@ -171,7 +171,7 @@ def _pad(ids: np.ndarray, length: int, value: int) -> np.ndarray:
 
 
 def _require(tokenizer: Tokenizer, objective: str, *roles: str) -> None:
-    missing = [r for r in roles if getattr(tokenizer, f"{r}_id") is None]
+    missing = [r for r in roles if special_id(tokenizer, r) is None]
     if missing:
         raise ConfigError(
             f"objective: {objective!r} needs the special token(s) {', '.join(missing)}, which this "

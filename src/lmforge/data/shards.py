@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from lmforge.data.corpus import Document, load_splits
 from lmforge.errors import DataError
-from lmforge.tokenizer import KINDS, TOKENIZER_FILE, Tokenizer, train_tokenizer, utf8_len
+from lmforge.text import utf8_len
+from lmforge.tokenizer import KINDS, TOKENIZER_FILE, Tokenizer, train_tokenizer
 
 FORMAT = "lmforge-dataset"
 VERSION = 1

@@ -45,6 +45,7 @@ from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_tex
 
 from lmforge.errors import ConfigError, LMForgeError
 from lmforge.infer import conditional_logprobs, decoder_token_logprobs, generate_ids, load_for_inference
+from lmforge.tokenizer import special_id
 
 DEFAULT_BATCH_SIZE = 16
 UNLIMITED_CONTEXT = 2048  # max_length of a model without position limits (positions="none")
@@ -144,8 +145,7 @@ class LMForgeLM(TemplateLM):
 
     # ---- what the harness asks about the model ----------------------------------------------
     def _special(self, name: str) -> int | None:
-        v = getattr(self.tokenizer, name, None)
-        return v if v is not None else getattr(self.model.config, name, None)
+        return special_id(self.tokenizer, name, self.model)
 
     @property
     def eot_token_id(self) -> int:
@@ -386,10 +386,7 @@ def hf_model_args(directory: str | Path) -> dict:
         from lmforge import load_tokenizer
 
         tok = load_tokenizer(directory / "tokenizer.json")
-        roles = {
-            f"{r}_token": tok.id_to_token(getattr(tok, f"{r}_id"))
-            for r in ("bos", "eos", "pad", "unk")
-            if getattr(tok, f"{r}_id") is not None
-        }
+        ids = {r: special_id(tok, r) for r in ("bos", "eos", "pad", "unk")}
+        roles = {f"{r}_token": tok.id_to_token(i) for r, i in ids.items() if i is not None}
         args["tokenizer"] = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **roles)
     return args

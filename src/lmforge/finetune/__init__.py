@@ -63,6 +63,8 @@ from lmforge.finetune.tasks import (
     restoration_prompt,
     restoration_rows,
 )
+from lmforge.nn import eval_mode
+from lmforge.tokenizer import special_id
 from lmforge.train.config import TrainConfig
 from lmforge.train.engine import Trainer, lm_metrics, seed_everything
 from lmforge.train.run import _clear_run, fit_model_to_tokenizer
@@ -212,17 +214,10 @@ def load_backbone(
     """(model, tokenizer) for a ``--model`` value: ``minilm`` (the packaged all-MiniLM-L6-v2), a run
     directory (its ``best/``), an lmforge or HF model directory, or a model preset (random weights,
     needs ``tokenizer``). ``init="scratch"`` keeps the architecture and re-draws the weights."""
-    from lmforge.interop.hf import from_hf, packaged_model_dir
-    from lmforge.modeldir import load_model
+    from lmforge.interop.hf import packaged_model_dir
+    from lmforge.modeldir import find_model_dir, load
     from lmforge.models import build_model
     from lmforge.tokenizer import Tokenizer
-
-    def tok_from(path: Path):
-        if tokenizer is not None:
-            return Tokenizer.load(tokenizer)
-        if not path.is_file():
-            raise CheckpointError(f"{path.parent}: no tokenizer.json; pass --tokenizer PATH")
-        return Tokenizer.load(path)
 
     if spec in MODEL_PRESETS:
         if tokenizer is None:
@@ -231,27 +226,15 @@ def load_backbone(
         torch.manual_seed(seed)
         return build_model(fit_model_to_tokenizer(ModelConfig.from_preset(spec), tok)), tok
     path = packaged_model_dir() if spec == "minilm" else Path(spec)
-    if (path / "best" / "config.json").is_file():  # a run directory
-        path = path / "best"
-    if not (path / "config.json").is_file():
+    if find_model_dir(path) is None:
         raise CheckpointError(
             f"{spec}: not a model directory, run directory, 'minilm' or model preset ({', '.join(MODEL_PRESETS)})"
         )
-    if "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8")):  # an HF directory
-        model = from_hf(path)
-        tok = Tokenizer.load(tokenizer) if tokenizer else Tokenizer.from_hf_dir(path)
-    else:
-        model = load_model(path)
-        tok = tok_from(path / "tokenizer.json")
+    model, tok = load(path, tokenizer=tokenizer, hint="pass --tokenizer PATH")
     if init == "scratch":
         torch.manual_seed(seed)
         model = build_model(model.config)
     return model, tok
-
-
-def _pad_id(tok) -> int:
-    pad = getattr(tok, "pad_id", None)
-    return pad if isinstance(pad, int) else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,12 +313,8 @@ def generation_metrics(model: nn.Module, tokenizer, data: TaskDataset, limit: in
     new = min(new, model.config.max_positions)
     if new <= 0:
         return {}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         outs = generate(model, tokenizer, sources, max_new_tokens=new, temperature=0.0, batch_size=32)
-    finally:
-        model.train(was_training)
     texts = [o.text.strip() for o in outs]
     refs = [r.strip() for r in refs]
     return {"exact_match": exact_match(texts, refs), "bleu": bleu(texts, refs), "chrf": chrf(texts, refs)}
@@ -477,7 +456,7 @@ def finetune(
     trainable = select_parameters(task_model, cfg.params)
     log(str(trainable))
 
-    pad = _pad_id(tokenizer)
+    pad = special_id(tokenizer, "pad") or 0
     if run_dir is not None and overwrite:  # checked data and model first: a failed start clears nothing
         _clear_run(run_dir)
         (run_dir / "result.json").unlink(missing_ok=True)

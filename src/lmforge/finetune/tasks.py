@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import ConfigError, DataError
+from lmforge.tokenizer import special_id
 
 TASKS = ("classify", "seq2seq", "completion")
 REQUIRED = {"classify": ("text", "label"), "seq2seq": ("source", "target"), "completion": ("prompt", "completion")}
@@ -175,15 +176,10 @@ class TaskDataset:
         return [int(e.labels) for e in self.examples]
 
 
-def _special(tokenizer, name: str) -> int | None:
-    v = getattr(tokenizer, name, None)
-    return v if isinstance(v, int) else None
-
-
 def _plain_ids(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` without the [CLS] / [SEP] a BERT tokenizer may add (we add our own)."""
     ids = list(tokenizer.encode(text))
-    cls, sep = _special(tokenizer, "cls_id"), _special(tokenizer, "sep_id")
+    cls, sep = special_id(tokenizer, "cls"), special_id(tokenizer, "sep")
     if ids and cls is not None and ids[0] == cls:
         ids = ids[1:]
     if ids and sep is not None and ids[-1] == sep:
@@ -206,7 +202,7 @@ def encode_classification(
     last token, whose state the head reads, has seen the whole text."""
     a = _plain_ids(tokenizer, text)
     b = _plain_ids(tokenizer, pair) if pair else []
-    cls, sep, eos = _special(tokenizer, "cls_id"), _special(tokenizer, "sep_id"), _special(tokenizer, "eos_id")
+    cls, sep, eos = special_id(tokenizer, "cls"), special_id(tokenizer, "sep"), special_id(tokenizer, "eos")
     if arch == "encoder":
         head, mid = [cls] if cls is not None else [], [sep] if sep is not None else []
         n_special = len(head) + len(mid) * (2 if b else 1)
@@ -227,7 +223,7 @@ def encode_classification(
 
 def encode_seq2seq(tokenizer, source: str, target: str, max_len: int) -> Example:
     """Source ids (+ EOS) as input; target ids + EOS as labels (the model shifts them right)."""
-    eos = _special(tokenizer, "eos_id")
+    eos = special_id(tokenizer, "eos")
     end = [eos] if eos is not None else []
     src = _plain_ids(tokenizer, source)[: max_len - len(end)] + end
     tgt = _plain_ids(tokenizer, target)[: max_len - len(end)] + end
@@ -238,8 +234,8 @@ def encode_completion(tokenizer, prompt: str, completion: str, max_len: int, sta
     """``start_id`` (default: BOS), prompt and completion as one sequence; labels (aligned with the
     logits) are the next tokens of the completion and -100 over the prompt. A prompt too long is
     cut from the left."""
-    start = start_id if start_id is not None else _special(tokenizer, "bos_id")
-    eos = _special(tokenizer, "eos_id")
+    start = start_id if start_id is not None else special_id(tokenizer, "bos")
+    eos = special_id(tokenizer, "eos")
     p = ([start] if start is not None else []) + _plain_ids(tokenizer, prompt)
     c = _plain_ids(tokenizer, completion) + ([eos] if eos is not None else [])
     c = c[:max_len]  # the sequence is max_len + 1 tokens: inputs drop the last, labels the first

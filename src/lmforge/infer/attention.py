@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import LMForgeError
+from lmforge.nn import eval_mode
 
 
 @dataclass
@@ -74,9 +75,7 @@ def attention_map(
     if arch is None:
         raise LMForgeError("attention maps need an lmforge model")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if arch == "decoder":
             ids = _ids(tokenizer, text, lambda t: encode_for_decoder(tokenizer, t, model=model))
             x = torch.tensor([ids], device=device)
@@ -111,9 +110,6 @@ def attention_map(
                 dec_ids = dec_in[0].tolist()
                 atts = out.cross_attentions if kind == "cross" else out.attentions
                 q_ids, k_ids = dec_ids, (src if kind == "cross" else dec_ids)
-    finally:
-        if was_training:
-            model.train()
     n_layer = len(atts)
     if not -n_layer <= layer < n_layer:
         raise LMForgeError(

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError, LMForgeError
 from lmforge.infer.options import SamplingOptions
-from lmforge.nn import apply_rope
+from lmforge.nn import apply_rope, eval_mode
+from lmforge.tokenizer import special_id
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -643,9 +644,7 @@ def generate_ids(
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if arch == "decoder":
             stepper = _DecoderStepper(model, input_ids, attention_mask, max_new_tokens, use_cache, fast)
             seen_ids, seen_mask = input_ids, (stepper.mask[:, : stepper.P] if stepper.padded else None)
@@ -673,9 +672,6 @@ def generate_ids(
             check_every,
             device,
         )
-    finally:
-        if was_training:
-            model.train()
 
 
 def _sample_loop(
@@ -823,13 +819,6 @@ def _beam_search(
 # Text in, text out
 
 
-def _special_id(tokenizer, name: str, model=None):
-    v = getattr(tokenizer, name, None) if tokenizer is not None else None
-    if v is None and model is not None:
-        v = getattr(model.config, name, None)
-    return v
-
-
 def encode_prompt(tokenizer, text: str, model, add_bos: bool | None = None) -> list[int]:
     """Prompt ids for a decoder: the start token first (the model's ``text_start_id``, else BOS;
     see :func:`~lmforge.infer.score.text_start_id`) when there is one and ``add_bos`` is not False."""
@@ -837,7 +826,7 @@ def encode_prompt(tokenizer, text: str, model, add_bos: bool | None = None) -> l
 
     ids = encode_for_decoder(tokenizer, text, False if add_bos is False else None, model=model)
     if not ids:
-        eos = _special_id(tokenizer, "eos_id", model)
+        eos = special_id(tokenizer, "eos", model)
         if eos is None:
             raise LMForgeError("empty prompt and the tokenizer has no BOS / EOS token to start from; give some text")
         ids = [eos]
@@ -960,8 +949,8 @@ def generate(
     stop = list(stop or [])
     arch = _arch(model)
     device = next(model.parameters()).device
-    eos = _special_id(tokenizer, "eos_id", model)
-    pad = _special_id(tokenizer, "pad_id", model)
+    eos = special_id(tokenizer, "eos", model)
+    pad = special_id(tokenizer, "pad", model)
     if pad is None:
         pad = eos if eos is not None else 0
     if arch == "decoder":
@@ -1056,13 +1045,8 @@ def fill_mask_ids(
     positions = (ids[0] == mask_id).nonzero().flatten()
     if len(positions) == 0:
         raise LMForgeError("no [MASK] token in the input; put the mask token where a word should be predicted")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = model(ids, token_type_ids=token_type_ids).logits[0, positions].float()  # (M, V)
-    finally:
-        if was_training:
-            model.train()
     probs = logits.softmax(dim=-1)
     p, i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [list(zip(ii, pp)) for ii, pp in zip(i.tolist(), p.tolist())]
@@ -1080,20 +1064,20 @@ def _token_text(tokenizer, i: int) -> str:
 def _encode_with_masks(model, tokenizer, text: str, mask_token: str) -> list[int]:
     from lmforge.infer.score import encode_for_encoder
 
-    mask_id = _special_id(tokenizer, "mask_id", model)
+    mask_id = special_id(tokenizer, "mask", model)
     if mask_id is None:
         raise LMForgeError("the tokenizer / model has no [MASK] token")
     ids = encode_for_encoder(tokenizer, text, model)
     if mask_id in ids or mask_token not in text:
         return ids
     # the tokenizer did not map the mask string to its id: encode the pieces around it
-    specials = {_special_id(tokenizer, n, model) for n in ("cls_id", "sep_id", "bos_id", "eos_id")} - {None}
+    specials = {special_id(tokenizer, n, model) for n in ("cls", "sep", "bos", "eos")} - {None}
     out: list[int] = []
     for k, piece in enumerate(text.split(mask_token)):
         if k:
             out.append(mask_id)
         out += [t for t in tokenizer.encode(piece.strip()) if t not in specials] if piece.strip() else []
-    cls, sep = _special_id(tokenizer, "cls_id", model), _special_id(tokenizer, "sep_id", model)
+    cls, sep = special_id(tokenizer, "cls", model), special_id(tokenizer, "sep", model)
     return ([cls] if cls is not None else []) + out + ([sep] if sep is not None else [])
 
 
@@ -1103,7 +1087,7 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5, mask_token: str | Non
 
     ``mask_token`` is how the mask is written in ``text``; by default ``[MASK]`` or the tokenizer's own
     spelling (``<mask>`` for a BPE tokenizer) both work."""
-    mask_id = _special_id(tokenizer, "mask_id", model)
+    mask_id = special_id(tokenizer, "mask", model)
     if mask_id is None:
         raise LMForgeError("the tokenizer / model has no [MASK] token")
     own = _token_text(tokenizer, mask_id)

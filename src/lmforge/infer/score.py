@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import torch
 
 from lmforge.errors import LMForgeError
+from lmforge.nn import eval_mode
+from lmforge.tokenizer import special_id
 
 LN2 = math.log(2.0)
 
@@ -233,10 +236,7 @@ def decoder_token_logprobs(
     results = [torch.empty(max(len(s) - 1, 0), dtype=torch.float32) for s in seqs]
     device = _device(model)
     body, head = _decoder_parts(model)
-    was_training = model.training
-    model.eval()
-    bar = _progress(sum(e - f for _, _, e, f in items), progress, "scoring")
-    try:
+    with eval_mode(model), closing(_progress(sum(e - f for _, _, e, f in items), progress, "scoring")) as bar:
         for k in range(0, len(items), batch_size):
             batch = items[k : k + batch_size]
             L = max(e - b for _, b, e, _ in batch)
@@ -259,10 +259,6 @@ def decoder_token_logprobs(
             for (i, _, e, f), part in zip(batch, lp.cpu().split(sizes)):  # row-major: row by row, in order
                 results[i][f - 1 : e - 1] = part
             bar.update(sum(sizes))
-    finally:
-        bar.close()
-        if was_training:
-            model.train()
     return results
 
 
@@ -328,10 +324,7 @@ def pseudo_log_likelihood(
     mlm = getattr(model, "mlm", None)
     lps = [torch.empty(len(ps), dtype=torch.float32) for ps in positions]
     where = {(i, p): j for i, ps in enumerate(positions) for j, p in enumerate(ps)}
-    was_training = model.training
-    model.eval()
-    bar = _progress(len(items), progress, "PLL")
-    try:
+    with eval_mode(model), closing(_progress(len(items), progress, "PLL")) as bar:
         for k in range(0, len(items), batch_size):
             batch = items[k : k + batch_size]
             L = max(len(seqs[i]) for i, _ in batch)
@@ -354,10 +347,6 @@ def pseudo_log_likelihood(
             for (i, p), v in zip(batch, lp.cpu().tolist()):
                 lps[i][where[(i, p)]] = v
             bar.update(len(batch))
-    finally:
-        bar.close()
-        if was_training:
-            model.train()
     return [
         ScoreResult(float(lp.double().sum()), len(lp), [int(seqs[i][p]) for p in positions[i]], lp.tolist(), kind="pll")
         for i, lp in enumerate(lps)
@@ -388,10 +377,7 @@ def conditional_logprobs(
     pad = cfg.pad_id if cfg.pad_id is not None else 0
     order = sorted(range(len(srcs)), key=lambda i: -(len(srcs[i]) + len(tgts[i])))
     out: list[ScoreResult | None] = [None] * len(srcs)
-    was_training = model.training
-    model.eval()
-    bar = _progress(sum(len(t) for t in tgts), progress, "scoring")
-    try:
+    with eval_mode(model), closing(_progress(sum(len(t) for t in tgts), progress, "scoring")) as bar:
         for k in range(0, len(order), batch_size):
             batch = order[k : k + batch_size]
             S = max(max(len(srcs[i]) for i in batch), 1)
@@ -420,10 +406,6 @@ def conditional_logprobs(
                 v = lp[rows == r]
                 out[i] = ScoreResult(float(v.double().sum()), len(v), tgts[i].tolist(), v.tolist(), kind="conditional")
             bar.update(int(len(y)))
-    finally:
-        bar.close()
-        if was_training:
-            model.train()
     return out  # type: ignore[return-value]
 
 
@@ -431,16 +413,11 @@ def conditional_logprobs(
 # Text in, scores out
 
 
-def _tok_special(tokenizer, model, name: str):
-    v = getattr(tokenizer, name, None)
-    return v if v is not None else getattr(model.config, name, None)
-
-
 def text_start_id(tokenizer, model=None) -> int | None:
     """The token a decoder's text follows: the model's ``text_start_id`` (set by lmforge's causal
     pretraining to EOS, its document separator), else the tokenizer's BOS; None when neither."""
     start = getattr(getattr(model, "config", None), "text_start_id", None)
-    return start if start is not None else getattr(tokenizer, "bos_id", None)
+    return start if start is not None else special_id(tokenizer, "bos")
 
 
 def encode_for_decoder(
@@ -468,7 +445,7 @@ def encode_source(tokenizer, text: str, model=None) -> list[int]:
     """An encoder-decoder's source: the text's ids + EOS (when there is one), as lmforge's seq2seq
     objectives and fine-tuning build it."""
     ids = list(tokenizer.encode(text))
-    eos = _tok_special(tokenizer, model, "eos_id") if model is not None else getattr(tokenizer, "eos_id", None)
+    eos = special_id(tokenizer, "eos", model)
     if eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
     return ids
@@ -477,8 +454,8 @@ def encode_source(tokenizer, text: str, model=None) -> list[int]:
 def encode_for_encoder(tokenizer, text: str, model=None) -> list[int]:
     """Ids wrapped in [CLS] ... [SEP] when the tokenizer has them (and did not add them)."""
     ids = list(tokenizer.encode(text))
-    cls = _tok_special(tokenizer, model, "cls_id") if model is not None else getattr(tokenizer, "cls_id", None)
-    sep = _tok_special(tokenizer, model, "sep_id") if model is not None else getattr(tokenizer, "sep_id", None)
+    cls = special_id(tokenizer, "cls", model)
+    sep = special_id(tokenizer, "sep", model)
     if cls is not None and (not ids or ids[0] != cls):
         ids = [cls] + ids
     if sep is not None and ids[-1] != sep:
@@ -531,7 +508,7 @@ def score(
         res = score_ids(model, seqs, window, stride, batch_size, progress)
     elif arch == "encoder":
         seqs = [encode_for_encoder(tokenizer, t, model) for t in texts]
-        mask = _tok_special(tokenizer, model, "mask_id")
+        mask = special_id(tokenizer, "mask", model)
         res = pseudo_log_likelihood(
             model,
             seqs,
@@ -546,7 +523,7 @@ def score(
             if isinstance(t, str) or len(t) != 2:
                 raise LMForgeError("an encoder-decoder scores (source, target) pairs: log P(target | source)")
             pairs.append((str(t[0]), str(t[1])))
-        eos = _tok_special(tokenizer, model, "eos_id")
+        eos = special_id(tokenizer, "eos", model)
         srcs = [encode_source(tokenizer, s, model) for s, _ in pairs]
         tgts = []
         for _, y in pairs:

@@ -40,6 +40,7 @@ from lmforge.serve.protocol import (
     parse_completion,
     usage,
 )
+from lmforge.tokenizer import special_id
 
 INSTALL_HINT = 'lmforge serve needs the serve extra: pip install -e ".[serve]" (FastAPI and uvicorn)'
 
@@ -350,10 +351,8 @@ class Service:
 
     def tokenizer_info(self) -> dict:
         tok = self.tokenizer
-        names = {
-            r: tok.id_to_token(getattr(tok, f"{r}_id")) if getattr(tok, f"{r}_id", None) is not None else None
-            for r in ("bos", "eos", "pad")
-        }
+        ids = {r: special_id(tok, r) for r in ("bos", "eos", "pad")}
+        names = {r: tok.id_to_token(i) if i is not None else None for r, i in ids.items()}
         return {
             "tokenizer_class": "lmforge",
             "bos_token": names["bos"],

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from lmforge.errors import LMForgeError
+from lmforge.tokenizer import special_id
 
 PLAIN_STOPS = ("\nUser:", "\nSystem:")
 
@@ -64,7 +65,7 @@ class ChatFormatter:
                 self._template = env.from_string(template)
             except TemplateError as e:
                 raise LMForgeError(f"chat template: does not compile ({e})") from None
-            ids = {name: getattr(tokenizer, f"{name}_id", None) for name in ("bos", "eos")}
+            ids = {name: special_id(tokenizer, name) for name in ("bos", "eos")}
             self._specials = {f"{k}_token": tokenizer.id_to_token(i) for k, i in ids.items() if i is not None}
 
     @property

@@ -40,6 +40,7 @@ from lmforge.infer.generate import (
     top_k_filter,
     top_p_filter,
 )
+from lmforge.tokenizer import special_id
 
 # From lmforge.infer.generate, not its public surface (named in the serve notes): the incremental
 # detokenizer with stop strings, and the sampling filters and seeded generator of generate's chooser.
@@ -201,7 +202,7 @@ class Engine:
         self.model, self.tokenizer, self.max_batch, self.max_waiting = model.eval(), tokenizer, max_batch, max_waiting
         self.batch_invariant = batch_invariant
         self.arch, self.context = cfg.arch, cfg.max_positions
-        self.eos = tokenizer.eos_id if getattr(tokenizer, "eos_id", None) is not None else cfg.eos_id
+        self.eos = special_id(tokenizer, "eos", cfg)
         param = next(model.parameters())
         self.device = param.device
         self._stack = model.transformer if self.arch == "decoder" else model.decoder

@@ -39,6 +39,7 @@ from torch import nn
 from lmforge import device as dev
 from lmforge.errors import CheckpointError, LMForgeError, TrainingError
 from lmforge.models.io import WEIGHTS_FILE, atomic_write_text, save_model
+from lmforge.nn import eval_mode
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import TrainConfig
@@ -488,10 +489,8 @@ class Trainer:
         plus ``ppl`` = exp(LM loss) and ``bpb`` = loss x tokens/byte / ln 2 when tokens_per_byte is known."""
         if self.eval_batches is None:
             return {}
-        was_training = self.model.training
-        self.model.eval()
         sums: dict[str, list[float]] = {}
-        try:
+        with eval_mode(self.model):
             for batch in self.eval_batches(max_batches):
                 batch = self._to_device(batch)
                 out = self._forward(self.model, batch)
@@ -499,8 +498,6 @@ class Trainer:
                     acc = sums.setdefault(k, [0.0, 0.0])
                     acc[0] += float(num)
                     acc[1] += float(den)
-        finally:
-            self.model.train(was_training)
         keys = sorted(set().union(*map(set, D.all_gather_objects(sorted(sums)))))
         totals = D.all_reduce_sum(
             torch.tensor([sums.get(k, [0.0, 0.0])[i] for k in keys for i in (0, 1)], dtype=torch.float64)

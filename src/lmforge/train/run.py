@@ -30,7 +30,8 @@ from lmforge import device as dev
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models import build_model
-from lmforge.tokenizer import KINDS
+from lmforge.nn import eval_mode
+from lmforge.tokenizer import KINDS, special_id
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import RunConfig, TrainConfig
@@ -87,7 +88,7 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer, objective: str | None 
     """The model config with the tokenizer's vocabulary size and special-token ids; for a decoder
     pretrained on the causal stream, where documents are separated by EOS and BOS never occurs,
     EOS becomes the token that texts start after (``text_start_id``) in scoring and generation."""
-    ids = {name: getattr(tokenizer, f"{name}_id", None) for name in ("pad", "bos", "eos", "mask", "cls", "sep")}
+    ids = {name: special_id(tokenizer, name) for name in ("pad", "bos", "eos", "mask", "cls", "sep")}
     changes = {"vocab_size": tokenizer.vocab_size, **{f"{k}_id": v for k, v in ids.items()}}
     if model.arch == "encoder-decoder":  # as the span / infill samplers do: the decoder starts from pad
         changes["decoder_start_id"] = ids["pad"] if ids["pad"] is not None else ids["bos"]
@@ -351,12 +352,8 @@ def _greedy_span_metrics(
     """Span corruption's final check: how many dropped spans greedy decoding restores exactly (the
     periodic evaluations' batches; teacher forcing, in the engine's metrics, hides error propagation)."""
     model = trainer.model
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         m = fill_spans(model, tokenizer, eval_batches(max_batches or None))
-    finally:
-        model.train(was_training)
     say(f"greedy span filling on {int(m['spans']):,} held-out spans: exact match {m['span_exact_match']:.4f}")
     return {"span_exact_match": m["span_exact_match"]}
 
