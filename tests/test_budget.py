@@ -115,6 +115,8 @@ def test_throughput_is_measured_once_then_cached(corpus, monkeypatch):
     monkeypatch.setattr(jobs, "measure_throughput", no_measuring)
     again = jobs.plan_budget(base(corpus), hours=2 / 3600, log=quiet)
     assert again.config.model.to_dict() == plan.config.model.to_dict()
+    with pytest.raises(AssertionError, match="measured again"):  # unless asked to
+        jobs.plan_budget(base(corpus), hours=2 / 3600, remeasure=True, log=quiet)
 
 
 def test_measure_throughput_uses_the_engine_step(corpus):
@@ -182,6 +184,7 @@ def test_print_config_plans_without_training(corpus, tmp_path, capsys):
         (["--budget", "5s", "--flops", "1e12"], "not both"),
         (["--law", "epoch"], "--budget TIME or --flops"),
         (["--mfu", "0.3"], "--budget TIME or --flops"),
+        (["--remeasure"], "--budget TIME or --flops"),
         (["--budget", "5s", "--model.n_layer", "3"], "model.n_layer"),
         (["--budget", "5s", "--train.max_steps", "3"], "max_steps"),
         (["--flops", "-1"], "positive"),

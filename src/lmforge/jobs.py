@@ -204,10 +204,15 @@ def _label(model) -> str:
 
 
 def machine_throughput(
-    base: RunConfig, shapes, batch_size: int, log: Callable[[str], None] = print, mfu: float | None = None
+    base: RunConfig,
+    shapes,
+    batch_size: int,
+    log: Callable[[str], None] = print,
+    mfu: float | None = None,
+    remeasure: bool = False,
 ):
     """The throughput model of this machine for ``base``'s run: the cached points of the shapes,
-    the missing ones measured (and cached); with ``mfu`` a fixed utilisation instead."""
+    the missing ones (all with ``remeasure``) measured and cached; with ``mfu`` a fixed utilisation instead."""
     import time
 
     import torch
@@ -232,7 +237,7 @@ def machine_throughput(
     setting = _setting(base, batch_size, dev.resolve_dtype(base.train.dtype, device))
     cached = load_cached(machine, name, setting)
     have = {p.label for p in cached.points} if cached else set()
-    todo = [s for s in shapes if _label(s) not in have]
+    todo = [s for s in shapes if remeasure or _label(s) not in have]
     if not todo:
         return cached
     log(f"measuring the throughput of {len(todo)} shape(s) on {name} ({machine}), batch {batch_size}:")
@@ -266,6 +271,7 @@ def plan_budget(
     mfu: float | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
+    remeasure: bool = False,
     log: Callable[[str], None] = print,
 ) -> BudgetPlan:
     """The run that trains the best model ``base``'s recipe and data allow in ``hours`` of training
@@ -276,13 +282,15 @@ def plan_budget(
     replace the plan's suggestions. Unless ``mfu`` fixes the utilisation, the machine's rates
     come from the cache or are measured (:func:`machine_throughput`) for MEASURE_SIZES shapes
     around a first guess of the size, at the power of two nearest the run's batch, and again
-    around the plan when it lands beyond the measured sizes or at another batch.
+    around the plan when it lands beyond the measured sizes or at another batch; ``remeasure``
+    measures the shapes again rather than reading the cache (a machine that was busy then, or is now).
     """
     import math
 
     from lmforge.accounting import count_params
     from lmforge.plan import allocate
     from lmforge.plan.laws import load_law
+    from lmforge.plan.shapes import smallest_shape
     from lmforge.plan.sweep import with_dataset
 
     if base.data.objective != "causal":
@@ -313,12 +321,17 @@ def plan_budget(
     a = plan(machine_throughput(base_t, [], 1, log, mfu=mfu or GUESS_MFU))  # the machine's peak at a guessed MFU
     tp = a.throughput
     if mfu is None:
-        for _ in range(3):  # measure around the guess; again if the plan moves beyond the measured sizes or batch
+        smallest = count_params(smallest_shape(template, template.head_dim)).total
+        measured = set()  # what --remeasure has measured again already
+        for _ in range(3):  # measure around the guess; again while the plan's frontier or batch is not covered
             at = measured_at(batch_of(a))
-            tp = machine_throughput(base_t, _ladder(base_t, a.params, law_obj.counts), at, log)
+            shapes = [s for s in _ladder(base_t, a.params, law_obj.counts) if (at, _label(s)) not in measured]
+            tp = machine_throughput(base_t, shapes, at, log, remeasure=remeasure)
+            measured |= {(at, _label(s)) for s in shapes}
             a = plan(tp)
             total, sizes = count_params(a.shape).total, [p.params for p in tp.points]
-            if min(sizes) <= 2 * total and total <= 2 * max(sizes) and measured_at(batch_of(a)) == at:
+            low = min(sizes) <= 1.5 * max(total / MEASURE_SPREAD, smallest)
+            if low and max(sizes) >= total * MEASURE_SPREAD / 1.5 and measured_at(batch_of(a)) == at:
                 break
     batch = batch_of(a)
     tokens_per_step = batch * seq

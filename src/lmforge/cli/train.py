@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
     b.add_argument("--flops", type=float, help="training compute in FLOPs, e.g. 1e15 (compute-optimal)")
     b.add_argument("--mfu", type=float, help="assume this MFU for every model size instead of measuring the machine")
     b.add_argument(
+        "--remeasure", action="store_true", help="measure the machine's throughput again instead of reading its cache"
+    )
+    b.add_argument(
         "--law",
         help="a law preset or JSON file from `lmforge fit` / `lmforge sweep` (default: chinchilla, the planner's)",
     )
@@ -145,8 +148,8 @@ def _budgeted(args) -> bool:
         if args.resume:
             raise ConfigError("--resume: a budgeted run resumes from its own config; drop --budget / --flops")
         return True
-    for name in ("mfu", "law"):
-        if getattr(args, name) is not None:
+    for name in ("mfu", "law", "remeasure"):
+        if getattr(args, name) not in (None, False):
             raise ConfigError(f"--{name}: plans a budgeted run; give --budget TIME or --flops")
     return False
 
@@ -175,6 +178,7 @@ def run_budget(args) -> int:
         mfu=args.mfu,
         batch_size=cfg.train.batch_size if batch is not None else None,
         lr=cfg.train.lr if "train.lr" in overrides else None,
+        remeasure=args.remeasure,
     )
     print(plan.summary(), flush=True)
     if args.print_config:
