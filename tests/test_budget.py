@@ -84,6 +84,20 @@ def test_budget_to_plan_to_config(corpus, tmp_path):
     assert flops.allocation.objective == "compute-optimal" and flops.allocation.time.seconds > 0
 
 
+def test_a_law_from_a_file(corpus, tmp_path):
+    from lmforge.plan.laws import ParametricLaw
+
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps({"law": ParametricLaw("mine", E=1.0, A=50.0, B=500.0, alpha=0.4, beta=0.4).to_dict()}))
+    plan = jobs.plan_budget(base(corpus), hours=3 / 3600, mfu=0.3, law=str(path), log=quiet)
+    assert plan.allocation.law.name == "mine" and str(path) in plan.law_note
+    assert plan.predicted_loss == pytest.approx(
+        plan.allocation.law.loss(plan.allocation.shape_params.total, plan.allocation.shape_tokens)
+    )
+    preset = jobs.plan_budget(base(corpus), hours=3 / 3600, mfu=0.3, law="epoch", log=quiet)
+    assert "the preset 'epoch'" in preset.law_note
+
+
 def test_plan_budget_refusals(corpus):
     with pytest.raises(ConfigError, match="too small|larger budget"):
         jobs.plan_budget(base(corpus), flops=1e8, mfu=0.3, log=quiet)

@@ -428,11 +428,12 @@ class Allocation:
             ]
         elif self.seconds is not None:
             co = self.compute_optimal
+            why = "FLOPs per parameter change with size" if tp.fixed_mfu else "MFU changes with size on this machine"
             lines += [
                 f"time-optimal: {answer}",
                 f"  compute-optimal for the same {self.train_flops:.3g} FLOPs: N = {human(co['params'])}, "
                 f"D = {human(co['tokens'])}, loss {loss(co['loss'])}; the time-optimal model is "
-                f"{self.params / co['params']:.2f}x its size (MFU changes with size on this machine)",
+                f"{self.params / co['params']:.2f}x its size ({why})",
             ]
         else:
             lines.append(f"compute-optimal: {answer}")
