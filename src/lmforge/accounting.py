@@ -590,6 +590,15 @@ def human(x: float, unit: str = "") -> str:
     return f"{x:.3g}{space}{unit}"
 
 
+def human_duration(seconds: float) -> str:
+    """``42 -> '42 s'``, ``300 -> '5.0 min'``, ``7200 -> '2.0 h'``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def human_bytes(n: float) -> str:
     for scale, suffix in ((GiB, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
         if n >= scale:

@@ -4,6 +4,7 @@
     law = lf.plan.fit("runs.csv")                      # Approach 3; approach=2 (IsoFLOP) or 1 (envelope)
     lf.plan.allocate(flops=1e21, law="chinchilla")     # N*, D*, loss, shape, batch, cost
     lf.plan.allocate(target_loss=1.947, inference_tokens=2e12, law="sardana")
+    lf.plan.allocate(hours=0.1, throughput=tp)         # time-optimal on a measured machine
 
 Parameter, FLOP, memory and time accounting live one level down in :mod:`lmforge.accounting`.
 """
@@ -18,6 +19,7 @@ from lmforge.plan.allocate import (
     inference_optimal,
     isoflop_curve,
     resolve_budget,
+    time_optimal,
 )
 from lmforge.plan.fit import FitResult, Runs, fit, fit_envelope, fit_isoflop, fit_parametric, load_runs
 from lmforge.plan.laws import (
@@ -31,6 +33,7 @@ from lmforge.plan.laws import (
     load_law,
 )
 from lmforge.plan.shapes import shape_for
+from lmforge.plan.throughput import Throughput, ThroughputPoint
 
 __all__ = [
     "Allocation",
@@ -58,4 +61,7 @@ __all__ = [
     "load_runs",
     "resolve_budget",
     "shape_for",
+    "Throughput",
+    "ThroughputPoint",
+    "time_optimal",
 ]

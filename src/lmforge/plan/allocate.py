@@ -11,6 +11,12 @@ Two variants of the question:
 * inference-aware (Sardana et al. 2024): minimise 6 N D_train + 2 N D_inference subject to
   L(N, D_train) = target loss (:func:`inference_optimal`); with a budget and no target loss, the
   target is the loss of the compute-optimal model for that budget.
+
+And a budget in wall time on a measured machine (``hours`` with a ``throughput`` model,
+:mod:`lmforge.plan.throughput`): minimise L(N, D) subject to D / tokens_per_second(N) <= T
+(:func:`time_optimal`). Where MFU does not depend on N this is the compute-optimal answer for the
+FLOPs the time buys; where small models run at lower MFU, the time-optimal model is larger than
+the compute-optimal one of the same FLOPs (see :func:`time_optimal`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import brentq
+from scipy.optimize import brentq, minimize_scalar
 
 from lmforge.accounting import (
     GiB,
@@ -30,10 +36,12 @@ from lmforge.accounting import (
     TimeCost,
     count_flops,
     count_params,
+    device_from_cuda_name,
     estimate_memory,
     flops_for,
     human,
     human_bytes,
+    human_duration,
     lookup_device,
     training_time,
 )
@@ -42,6 +50,7 @@ from lmforge.errors import ConfigError
 from lmforge.plan.fit import E_COLLAPSED
 from lmforge.plan.laws import LAW_NOTES, Law, ParametricLaw, describe, load_law
 from lmforge.plan.shapes import ASPECT, default_template, shape_for, smallest_shape
+from lmforge.plan.throughput import Throughput
 
 FRONTIER_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -207,6 +216,100 @@ def inference_optimal(law: Law | str, target_loss: float, inference_tokens: floa
 
 
 # ---------------------------------------------------------------------------------------------
+# time-optimal allocation: a wall-time budget on a machine of measured throughput
+# ---------------------------------------------------------------------------------------------
+
+
+def time_optimal(
+    law: Law | str,
+    seconds: float,
+    tokens_per_second,
+    n_min: float,
+    n_max: float,
+    points_per_decade: int = 24,
+) -> tuple[float, float]:
+    """(N, D) minimising L(N, D) subject to D / tokens_per_second(N) <= ``seconds``, N in [n_min, n_max].
+
+    The constraint binds, so D(N) = T r(N), r the tokens/s of a model of N parameters, and the
+    problem is one-dimensional: a grid in log N, then Brent's method in the best grid interval.
+
+    Which way the answer moves: with r(N) = P m(N) / f(N) (peak P, MFU m, training FLOPs per
+    token f), d log D / d log N = gamma - 1 - phi, where gamma = d log m / d log N and
+    phi = d log(f / N) / d log N (0 for f = 6N). The optimum of L = E + A/N^alpha + B/D^beta then has
+
+        alpha A N^-alpha = (1 - gamma + phi) beta B D^-beta.
+
+    With a constant MFU and f = 6N this is the compute-optimal condition on the line 6ND = C, C = T P m:
+    the FLOP-optimal answer. When small models run at lower MFU (gamma > 0), alpha A N^-alpha is
+    below beta B D^-beta at the optimum; on the IsoFLOP line through it, alpha A N^-alpha - beta B
+    (C / 6N)^-beta falls as N grows and is zero at the compute-optimal size, so the time-optimal
+    model is *larger* (fewer tokens per parameter) than the compute-optimal model of the FLOPs it
+    trains with. Buying a larger model costs fewer tokens than the FLOPs alone say, because it
+    runs at a higher utilisation.
+    """
+    law = load_law(law)
+    if law.loss(1.0, 1.0) is None:
+        raise ConfigError(
+            f"a time budget needs a law with a loss model L(N, D) to trade size against tokens; {law.name!r} "
+            "only knows the compute-optimal frontier"
+        )
+    _positive("seconds", seconds)
+    if not 0 < n_min < n_max:
+        raise ConfigError(f"time_optimal: need 0 < n_min < n_max, got {n_min:g}, {n_max:g}")
+
+    def objective(log_n: float) -> float:
+        n = math.exp(log_n)
+        return float(law.loss(n, seconds * tokens_per_second(n)))
+
+    lo, hi = math.log(n_min), math.log(n_max)
+    grid = np.linspace(lo, hi, max(3, math.ceil((hi - lo) / math.log(10) * points_per_decade) + 1))
+    values = np.array([objective(x) for x in grid])
+    i = int(np.argmin(values))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    res = minimize_scalar(objective, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
+    log_n = float(res.x) if res.fun <= values[i] else float(grid[i])
+    n = math.exp(log_n)
+    return n, seconds * float(tokens_per_second(n))
+
+
+def _rate_of_size(
+    throughput: Throughput,
+    template: ModelConfig,
+    counts: str,
+    aspect: tuple[float, float],
+    head_dim: int | None,
+    seq_len: int,
+    n_min: float,
+    n_max: float,
+):
+    """N -> tokens/s of the planner's shape of N parameters (the law's count) on the measured machine.
+
+    The shapes' total parameters (what MFU is tabulated against) and FLOPs per token (6N +
+    attention) per counted parameter are taken from concrete shapes along the range and
+    interpolated in log N, so the rate is a smooth function of N for the optimiser.
+    """
+    grid = np.geomspace(n_min, n_max, max(4, math.ceil(math.log10(n_max / n_min) * 8) + 1))
+    rows = {}
+    for target in grid:
+        shape = shape_for(float(target), template, counts, aspect, head_dim)
+        pc = count_params(shape)
+        n = pc.total if counts == "total" else pc.non_embedding
+        rows[n] = (pc.total / n, count_flops(shape, seq_len).rule_6n_attention_per_token / n)
+    xs = np.log(sorted(rows))
+    total_per_n = np.array([rows[k][0] for k in sorted(rows)])
+    flops_per_n = np.array([rows[k][1] for k in sorted(rows)])
+
+    def total(n: float) -> float:
+        return n * float(np.interp(math.log(n), xs, total_per_n))
+
+    def rate(n: float) -> float:
+        return throughput.tokens_per_second(total(n), n * float(np.interp(math.log(n), xs, flops_per_n)))
+
+    rate.total = total  # the total parameters of the size-N shape, for its MFU
+    return rate
+
+
+# ---------------------------------------------------------------------------------------------
 # the allocation
 # ---------------------------------------------------------------------------------------------
 
@@ -239,11 +342,15 @@ class Allocation:
     warnings: list[str] = field(default_factory=list)
     train_flops: float = 0.0  # 6 N D of the chosen model: the budget, or more for the inference-aware one
     compute_optimal: dict[str, float | None] = field(default_factory=dict)  # N*, D*, loss at the budget
+    throughput: Throughput | None = None  # the measured machine: time from tokens/s, not from a fixed MFU
+    seconds: float | None = None  # a wall-time budget (time-optimal allocation)
 
     @property
     def objective(self) -> str:
-        """What params / tokens / shape / batch / time answer: the compute- or inference-optimal model."""
-        return "inference-aware" if self.inference is not None else "compute-optimal"
+        """What params / tokens / shape / batch / time answer: the compute-, time- or inference-optimal model."""
+        if self.inference is not None:
+            return "inference-aware"
+        return "time-optimal" if self.seconds is not None else "compute-optimal"
 
     @property
     def tokens_per_param(self) -> float:
@@ -279,13 +386,23 @@ class Allocation:
             "objective": self.objective,
             "train_flops": self.train_flops,
             "compute_optimal": self.compute_optimal,
+            "seconds": self.seconds,
+            "throughput": self.throughput.to_dict() if self.throughput else None,
         }
 
     def summary(self) -> str:
         b, s, p = self.budget, self.shape, self.shape_params
         loss = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
         head = f"budget: {b.flops:.3g} FLOPs"
-        if b.device:
+        tp = self.throughput
+        if self.seconds is not None:
+            head = (
+                f"budget: {human_duration(self.seconds)} of training on {tp.device} ({tp.machine}): "
+                f"{b.flops:.3g} FLOPs at the planned size's MFU {b.mfu:.1%} of {human(tp.peak_flops, 'FLOP/s')}"
+            )
+        elif tp is not None:
+            head += f" on {tp.device} ({tp.machine})"
+        elif b.device:
             head += (
                 f" = {b.gpus} x {b.device} for {b.hours:,.1f} h at MFU {b.mfu:.0%}"
                 f" ({b.hours * b.gpus:,.0f} device-hours, ${b.dollars:,.0f} at ${b.price:.2f}/h)"
@@ -309,16 +426,30 @@ class Allocation:
                 f"  compute-optimal at the budget, for comparison: N = {human(co['params'])}, "
                 f"D = {human(co['tokens'])}, loss {loss(co['loss'])}",
             ]
+        elif self.seconds is not None:
+            co = self.compute_optimal
+            why = "FLOPs per parameter change with size" if tp.fixed_mfu else "MFU changes with size on this machine"
+            lines += [
+                f"time-optimal: {answer}",
+                f"  compute-optimal for the same {self.train_flops:.3g} FLOPs: N = {human(co['params'])}, "
+                f"D = {human(co['tokens'])}, loss {loss(co['loss'])}; the time-optimal model is "
+                f"{self.params / co['params']:.2f}x its size ({why})",
+            ]
         else:
             lines.append(f"compute-optimal: {answer}")
+        timed = self.seconds is not None
         lines += [
             "",
-            f"frontier at {self.train_flops:.3g} training FLOPs:",
-            f"  {'N / N*':>7} {'params':>9} {'tokens':>9} {'loss':>8}",
+            f"frontier at {human_duration(self.seconds)} of training (each size at its own MFU):"
+            if timed
+            else f"frontier at {self.train_flops:.3g} training FLOPs:",
+            f"  {'N / N*':>7} {'params':>9} {'tokens':>9}" + (f" {'MFU':>6}" if timed else "") + f" {'loss':>8}",
         ]
         for row in self.frontier:
             lines.append(
-                f"  {row['scale']:>7g} {human(row['params']):>9} {human(row['tokens']):>9} {loss(row['loss']):>8}"
+                f"  {row['scale']:>7g} {human(row['params']):>9} {human(row['tokens']):>9}"
+                + (f" {row['mfu']:>6.1%}" if timed else "")
+                + f" {loss(row['loss']):>8}"
             )
         lines += [
             "",
@@ -333,7 +464,14 @@ class Allocation:
             f"batch: {human(self.batch_tokens)} tokens = {self.batch_sequences} sequences of {self.seq_len}; "
             f"peak learning rate {self.learning_rate:.3g} (DeepSeek LLM fits)",
         ]
-        if self.time:
+        if self.time and tp is not None:
+            t = self.time
+            lines.append(
+                f"time: {human_duration(t.seconds)} at {human(self.shape_tokens / t.seconds)} tokens/s, MFU "
+                f"{t.mfu:.1%} ({t.flops:.3g} FLOPs: the shape's 6N + attention per token x "
+                f"{human(self.shape_tokens)} tokens)"
+            )
+        elif self.time:
             t = self.time
             lines.append(
                 f"time: {t.seconds / 3600:,.1f} h ({t.days:,.1f} days) on {t.n_devices} x {t.device} at MFU "
@@ -345,6 +483,8 @@ class Allocation:
                 f"memory per device ({m.strategy} x{m.world_size}, micro-batch {m.micro_batch}, "
                 f"{'checkpointing' if m.checkpointing else 'no checkpointing'}): {human_bytes(m.total)}"
             )
+        if tp is not None:
+            lines.append(tp.summary())
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -382,14 +522,23 @@ def allocate(
     aspect: tuple[float, float] = ASPECT,
     head_dim: int | None = None,
     micro_batch: int = 1,
+    throughput: Throughput | None = None,
 ) -> Allocation:
     """The compute-optimal model and data size for a budget (see the module docstring).
 
     ``template`` supplies the architecture of the suggested config (default: the LLaMA recipe);
     ``vocab_size`` / ``tokenizer`` and ``seq_len`` override its vocabulary and context.
+
+    With a ``throughput`` model of the machine (:mod:`lmforge.plan.throughput`), ``hours`` is a
+    wall-time budget on it and the answer is the time-optimal model (:func:`time_optimal`);
+    ``flops`` keeps the compute-optimal answer and takes its time from the measured rates.
     """
     law = load_law(law)
-    budget = resolve_budget(flops, device, hours, gpus, mfu, dollars, price)
+    if throughput is not None:
+        _check_timed(flops, device, hours, gpus, dollars, target_loss, inference_tokens)
+        budget = Budget(flops=flops or 0.0, device=throughput.device, hours=hours)
+    else:
+        budget = resolve_budget(flops, device, hours, gpus, mfu, dollars, price)
     for name, value in (
         ("target_loss", target_loss),
         ("available_tokens", available_tokens),
@@ -421,9 +570,27 @@ def allocate(
     template = template.replace(**changes) if changes else template
     seq_len = template.max_positions
 
-    n_opt, d_opt = (float(x) for x in law.optimal(c))
     smallest = smallest_shape(template, head_dim)
     n_small = count_params(smallest).total if law.counts == "total" else count_params(smallest).non_embedding
+    seconds = rate = None
+    if throughput is not None:  # sizes up to far beyond the compute-optimal one of the most FLOPs the time could buy
+        most = (hours or 1.0) * 3600 * throughput.peak_flops * throughput.max_mfu
+        n_max = max(64 * float(law.optimal(flops or most)[0]), 4 * n_small)
+        n_max = max([n_max] + [4.0 * p.params for p in throughput.points])
+        rate = _rate_of_size(throughput, template, law.counts, aspect, head_dim, seq_len, n_small, n_max)
+    if throughput is not None and hours is not None:
+        seconds = hours * 3600
+        n_opt, d_opt = time_optimal(law, seconds, rate, n_small, n_max)
+        if n_opt <= n_small * 1.001:
+            raise ConfigError(
+                f"budget: {human_duration(seconds)} is too short: the time-optimal model is the smallest of "
+                f"this vocabulary ({human(n_small)} parameters, vocab {template.vocab_size}), and smaller ones "
+                f"would do better; give a longer budget or a smaller vocabulary"
+            )
+        c = 6 * n_opt * d_opt
+        budget.flops, budget.mfu = c, throughput.mfu(rate.total(n_opt))
+    else:
+        n_opt, d_opt = (float(x) for x in law.optimal(c))
     if n_opt < n_small:
         raise ConfigError(
             f"budget: {c:.3g} FLOPs is too small: the compute-optimal model has {human(n_opt)} "
@@ -453,16 +620,24 @@ def allocate(
     pc = count_params(shape)
     n_shape = pc.total if law.counts == "total" else pc.non_embedding
     fc = count_flops(shape, seq_len)
-    shape_tokens = c_train / (6 * n_shape)
-    frontier = [
-        {
-            "scale": s,
-            "params": n_pick * s,
-            "tokens": c_train / (6 * n_pick * s),
-            "loss": _loss(law, n_pick * s, c_train / (6 * n_pick * s)),
-        }
-        for s in FRONTIER_SCALES
-    ]
+    if seconds is not None:  # every size trains for the same wall time, at its own rate
+        shape_tokens = seconds * throughput.tokens_per_second(pc.total, fc.rule_6n_attention_per_token)
+        frontier = []
+        for s in FRONTIER_SCALES:
+            n, d = n_pick * s, seconds * rate(n_pick * s)
+            mfu_n = throughput.mfu(rate.total(n))
+            frontier.append({"scale": s, "params": n, "tokens": d, "loss": _loss(law, n, d), "mfu": mfu_n})
+    else:
+        shape_tokens = c_train / (6 * n_shape)
+        frontier = [
+            {
+                "scale": s,
+                "params": n_pick * s,
+                "tokens": c_train / (6 * n_pick * s),
+                "loss": _loss(law, n_pick * s, c_train / (6 * n_pick * s)),
+            }
+            for s in FRONTIER_SCALES
+        ]
     batch = deepseek_batch_tokens(c_train)
     batch_sequences = max(1, round(batch / seq_len))
 
@@ -486,12 +661,31 @@ def allocate(
         estimate_memory(shape, micro_batch, seq_len, gpus, "fsdp" if gpus > 1 else "ddp", ckpt)
         for ckpt in (False, True)
     ]
-    device = lookup_device(budget.device) if budget.device else None
-    advice = _memory_advice(shape, seq_len, micro_batch, gpus, batch_sequences, device)
-    if advice:
-        warnings.append(advice)
+    if throughput is not None:  # a measured machine: its device, when it is a GPU of the table
+        device = device_from_cuda_name(throughput.device) if throughput.device != "cpu" else None
+    else:
+        device = lookup_device(budget.device) if budget.device else None
+    if throughput is None or device is not None:
+        advice = _memory_advice(shape, seq_len, micro_batch, gpus, batch_sequences, device)
+        if advice:
+            warnings.append(advice)
     time = None
-    if budget.device:  # the shape's own FLOPs per token, not the law's 6N
+    if throughput is not None:  # the measured rate of the shape
+        f_shape = fc.rule_6n_attention_per_token
+        took = shape_tokens / throughput.tokens_per_second(pc.total, f_shape)
+        time = TimeCost(
+            flops=shape_tokens * f_shape,
+            device=throughput.device,
+            n_devices=1,
+            mfu=throughput.mfu(pc.total),
+            seconds=took,
+            device_hours=took / 3600,
+            dollars=0.0,
+            price=0.0,
+        )
+        if seconds is None:
+            budget.hours, budget.mfu = took / 3600, time.mfu
+    elif budget.device:  # the shape's own FLOPs per token, not the law's 6N
         time = training_time(shape_tokens * fc.rule_6n_attention_per_token, budget.device, gpus, mfu, budget.price)
         over = time.flops / c_train - 1
         if inference is None and over > 0.005:
@@ -528,8 +722,36 @@ def allocate(
         target_loss=target_loss,
         warnings=warnings,
         train_flops=c_train,
-        compute_optimal={"params": n_opt, "tokens": d_opt, "loss": _loss(law, n_opt, d_opt)},
+        compute_optimal=_compute_optimal(law, c_train) if seconds is not None else _point(law, n_opt, d_opt),
+        throughput=throughput,
+        seconds=seconds,
     )
+
+
+def _point(law: Law, n: float, d: float) -> dict[str, float | None]:
+    return {"params": n, "tokens": d, "loss": _loss(law, n, d)}
+
+
+def _compute_optimal(law: Law, flops: float) -> dict[str, float | None]:
+    return _point(law, *(float(x) for x in law.optimal(flops)))
+
+
+def _check_timed(flops, device, hours, gpus, dollars, target_loss, inference_tokens) -> None:
+    """The options that a measured machine's budget takes: hours (wall time) or FLOPs, on it alone."""
+    if (flops is None) == (hours is None):
+        raise ConfigError("budget: with a throughput model give one of hours (wall time) or flops")
+    for name, value in (
+        ("device", device),
+        ("dollars", dollars),
+        ("target_loss", target_loss),
+        ("inference_tokens", inference_tokens),
+    ):
+        if value is not None:
+            raise ConfigError(f"{name}: not available with a throughput model (its machine is the device)")
+    if gpus != 1:
+        raise ConfigError("gpus: a throughput model is measured on one device")
+    _positive("hours", hours)
+    _positive("flops", flops)
 
 
 def _least_flops(law: Law, c: float, n_opt: float, n_small: float) -> float:

@@ -156,7 +156,6 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def _run_config(base, run: SweepRun, directory: Path):
-    warmup = max(1, min(base.train.warmup_steps, run.steps // 10))
     return base.replace(
         name=run.label,
         out_dir=str(directory / "runs" / run.label),
@@ -164,7 +163,7 @@ def _run_config(base, run: SweepRun, directory: Path):
         train={
             **base.train.to_dict(),
             "max_steps": run.steps,
-            "warmup_steps": warmup,
+            "warmup_steps": base.train.warmup_for(run.steps),
             "eval_every": 0,
             "checkpoint_every": max(50, run.steps // 4),
             "keep_checkpoints": 1,

@@ -100,6 +100,10 @@ class TrainConfig(ConfigBase):
 
     section: ClassVar[str] = "train."
 
+    def warmup_for(self, max_steps: int) -> int:
+        """This recipe's warmup for a run of ``max_steps`` steps: at most a tenth of it, at least one step."""
+        return max(1, min(self.warmup_steps, max_steps // 10))
+
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule: unknown {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")

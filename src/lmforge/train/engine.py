@@ -684,7 +684,7 @@ class Trainer:
 
     def _print_plan(self, micro: list[dict[str, torch.Tensor]]) -> None:
         """Parameters, tokens per step, FLOPs per token, planned FLOPs and time, once at the start."""
-        from lmforge.accounting import count_flops, human
+        from lmforge.accounting import count_flops, human, human_duration
 
         cfg, b = self.cfg, micro[0]
         model_cfg = getattr(self.model, "config", None)
@@ -739,18 +739,20 @@ class Trainer:
             assumed = 0.4  # a typical MFU for a well-shaped model; the measured one is shown after 10 steps
             seconds = planned_flops / (peak * self.dist.world_size * assumed)
             lines.append(
-                f"peak {human(peak, 'FLOP/s')} per device; estimated time {_duration(seconds)} at {assumed:.0%} MFU"
+                f"peak {human(peak, 'FLOP/s')} per device; estimated time {human_duration(seconds)} at {assumed:.0%} MFU"
             )
         for line in lines:
             self.log(line)
 
     def _log_eta(self) -> None:
         """Once, after a few steps: the measured rate and the time the remaining steps will take."""
+        from lmforge.accounting import human_duration
+
         tps = self._window["tokens"] / max(self._window["seconds"], 1e-9)
         per_step = (self.train_seconds - self._eta_t0) / max(self.step - self._eta_from, 1)
         self.log(
             f"measured after {self.step} steps: {tps:,.0f} tokens/s, MFU {self._mfu(tps):.1%}; "
-            f"estimated time to step {self.cfg.max_steps}: {_duration(per_step * (self.cfg.max_steps - self.step))}"
+            f"estimated time to step {self.cfg.max_steps}: {human_duration(per_step * (self.cfg.max_steps - self.step))}"
             " (evaluations not included)"
         )
 
@@ -820,11 +822,3 @@ def _forward_keys(model: nn.Module) -> set[str]:
 class _AllKeys(set):
     def __contains__(self, item) -> bool:
         return True
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
