@@ -43,7 +43,7 @@ def run(args) -> int:
 
 
 def _fill_spans(model, tok, args) -> int:
-    from lmforge.infer.spans import fill_spans
+    from lmforge.infer.fill import fill_spans
 
     if args.max_new_tokens <= 0:
         raise ConfigError(f"--max-new-tokens: must be positive, got {args.max_new_tokens}")

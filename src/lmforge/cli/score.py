@@ -98,7 +98,7 @@ def _read_inputs(args, arch: str) -> list[tuple[str, object]]:
 
 def run(args) -> int:
     from lmforge.infer import load_for_inference, score, summarize
-    from lmforge.infer.score import text_start_id
+    from lmforge.infer.prompts import text_start_id
 
     model, tok = load_for_inference(args.model, args.device, args.dtype)
     arch = model.config.arch

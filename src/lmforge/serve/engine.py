@@ -34,16 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.errors import LMForgeError
-from lmforge.infer.generate import (
-    _TextTracker,
-    make_generator,
-    top_k_filter,
-    top_p_filter,
-)
+from lmforge.infer.generate import TextTracker
+from lmforge.infer.sampling import make_generator, top_k_filter, top_p_filter
 from lmforge.tokenizer import special_id
-
-# From lmforge.infer.generate, not its public surface (named in the serve notes): the incremental
-# detokenizer with stop strings, and the sampling filters and seeded generator of generate's chooser.
 
 log = logging.getLogger("lmforge.serve")
 
@@ -133,7 +126,7 @@ class _Row:
 
     __slots__ = ("choice", "job", "last", "length", "n_tokens", "slot", "tracker")
 
-    def __init__(self, job: Job, choice: int, slot: int, tracker: _TextTracker, length: int):
+    def __init__(self, job: Job, choice: int, slot: int, tracker: TextTracker, length: int):
         self.job, self.choice, self.slot, self.tracker = job, choice, slot, tracker
         self.n_tokens = 0  # generated so far
         self.length = length  # positions in its slot's cache
@@ -334,7 +327,7 @@ class Engine:
                 self.counts["completed"] += 1
                 return
             length = len(job.prompt_ids) if self.arch == "decoder" else 1
-            rows = [_Row(job, c, s, _TextTracker(self.tokenizer, p.stop, self.eos), length) for c, s in enumerate(free)]
+            rows = [_Row(job, c, s, TextTracker(self.tokenizer, p.stop, self.eos), length) for c, s in enumerate(free)]
             for r in rows:
                 self._rows[r.slot] = r
             self._advance(rows, logits.expand(len(rows), -1))
