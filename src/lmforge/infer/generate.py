@@ -91,6 +91,7 @@ def generate(
     add_bos: bool | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
+    options: SamplingOptions | None = None,
 ) -> list[Completion]:
     """Complete each prompt (for an encoder-decoder: the source) and return :class:`Completion` s.
 
@@ -100,18 +101,25 @@ def generate(
     ``stream(i, text)`` receives prompt i's new text as it is generated (not with beam search).
     Decoder prompts start with the model's start token (:func:`encode_prompt`; ``add_bos=False``
     leaves it out), are left-padded and run in batches of ``batch_size`` (default: all at once).
+    ``options``: a :class:`~lmforge.infer.options.SamplingOptions` (as ``lmforge generate`` builds
+    from its flags) in place of the numeric keyword arguments.
     """
-    SamplingOptions(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-        batch_size=batch_size,
-    )  # refuse bad options before any work
+    if options is None:  # refuse bad options before any work
+        options = SamplingOptions(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            batch_size=batch_size,
+        )
+    o = options
+    max_new_tokens, temperature, top_k, top_p = o.max_new_tokens, o.temperature, o.top_k, o.top_p
+    repetition_penalty, seed, num_beams, length_penalty = o.repetition_penalty, o.seed, o.num_beams, o.length_penalty
+    batch_size = o.batch_size
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)

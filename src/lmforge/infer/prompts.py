@@ -16,6 +16,7 @@ ids come from :func:`lmforge.tokenizer.special_id` (the tokenizer's, else the mo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -58,6 +59,38 @@ def encode_for_decoder(
     if not ids or ids[0] != start:
         ids = [start] + ids
     return ids
+
+
+START_CHOICES = ("auto", "bos", "eos", "none")
+
+
+@dataclass(frozen=True)
+class StartToken:
+    """How a decoder's texts start, as :func:`~lmforge.infer.score` and :func:`encode_for_decoder`
+    take it: ``add_bos`` and ``start_id``; ``first_scored`` says whether a token stands in front of
+    each text (else its first token has no context and is not scored)."""
+
+    add_bos: bool | None = None
+    start_id: int | None = None
+    first_scored: bool = True
+
+
+def resolve_start(start: str, tokenizer, model) -> StartToken:
+    """The start token that ``start`` names (``lmforge score --start``): ``auto`` (the model's
+    :func:`text_start_id`, else BOS), ``bos`` or ``eos`` (the tokenizer's, else the model
+    config's), ``none``. Only decoders have one; for other models every choice is the default."""
+    if start not in START_CHOICES:
+        raise LMForgeError(f"--start: expected one of {', '.join(START_CHOICES)}, got {start!r}")
+    if model_arch(model, "scoring needs") != "decoder":
+        return StartToken()
+    if start in ("bos", "eos"):
+        start_id = special_id(tokenizer, start, model)
+        if start_id is None:
+            raise LMForgeError(f"--start {start}: the tokenizer has no {start.upper()} token; use --start auto or none")
+        return StartToken(start_id=start_id)
+    if start == "none":
+        return StartToken(add_bos=False, first_scored=False)
+    return StartToken(first_scored=text_start_id(tokenizer, model) is not None)
 
 
 def encode_prompt(tokenizer, text: str, model, add_bos: bool | None = None) -> list[int]:
