@@ -23,3 +23,19 @@ def test_smoke_run_writes_a_report(tmp_path, capsys):
     assert all(c == "identical tokens" for n, c in checks.items() if n.startswith("generate"))
     assert float(checks["score 4x32"].split()[-1]) <= 1e-4
     assert "ratio" in capsys.readouterr().out
+
+
+def test_select_cases_defaults_by_device_and_refuses_unknown_names():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from lmforge.bench.cases import CASES, GPU_ONLY, select_cases
+    from lmforge.errors import ConfigError
+
+    cpu, cuda = SimpleNamespace(type="cpu"), SimpleNamespace(type="cuda")
+    assert select_cases(None, cuda) == list(CASES)
+    assert not set(GPU_ONLY) & set(select_cases(None, cpu))
+    assert select_cases(" score, fit ,", cpu) == ["score", "fit"]
+    with pytest.raises(ConfigError, match="unknown case 'nope'"):
+        select_cases("score,nope", cpu)

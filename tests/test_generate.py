@@ -9,7 +9,8 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.infer import fill_mask, fill_mask_ids, generate, generate_ids
-from lmforge.infer.generate import apply_repetition_penalty, pad_batch, top_k_filter, top_p_filter
+from lmforge.infer.prompts import pad_batch
+from lmforge.infer.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
 from lmforge.models import build_model, save_model
 
 
@@ -57,61 +58,6 @@ def test_greedy_cache_equals_recompute_seq2seq(s2s):
     # the padded source gives what the source alone gives
     alone = generate_ids(s2s, torch.tensor([[11, 12, 2]]), max_new_tokens=12, do_sample=False, eos_id=None)
     assert torch.equal(a.tokens[1], alone.tokens[0])
-
-
-def test_lean_decode_step_equals_model_forward(gpt, llama):
-    """The fast decode step (parameters bound once) computes what model.forward computes, and a
-    model with replaced layers or hooks falls back to model.forward."""
-    from lmforge.infer.generate import _LeanDecodeStep
-
-    for model in (gpt, llama):
-        assert _LeanDecodeStep.supported(model)
-        ids, mask = _left_padded([torch.randint(0, 256, (3,)), torch.randint(0, 256, (6,))])
-        for m in (None, mask):
-            fast = generate_ids(model, ids, m, max_new_tokens=12, do_sample=False, output_logprobs=True)
-            slow = generate_ids(model, ids, m, max_new_tokens=12, do_sample=False, output_logprobs=True, fast=False)
-            assert torch.equal(fast.tokens, slow.tokens)
-            assert (fast.logprobs - slow.logprobs).abs().max() < 1e-5
-    handle = gpt.transformer.blocks[0].mlp.register_forward_hook(lambda mod, inp, out: out)
-    try:
-        assert not _LeanDecodeStep.supported(gpt)
-    finally:
-        handle.remove()
-    torch.manual_seed(5)
-    post = build_model(
-        ModelConfig.from_preset(
-            "gpt-tiny", norm_position="post", positions="sinusoidal", activation="geglu", embedding_norm=True
-        )
-    ).eval()
-    assert _LeanDecodeStep.supported(post)
-    ids = torch.randint(0, 256, (2, 5))
-    assert torch.equal(
-        generate_ids(post, ids, max_new_tokens=10, do_sample=False).tokens,
-        generate_ids(post, ids, max_new_tokens=10, do_sample=False, use_cache=False).tokens,
-    )
-
-
-def test_cpu_decode_matmuls_equal_f_linear(monkeypatch):
-    """The two CPU decode-step matmuls compute F.linear up to float rounding, at every row count
-    they serve, with and without bias, on a strided input; oneDNN steps aside where it cannot."""
-    import sys
-
-    gen = sys.modules["lmforge.infer.generate"]  # lmforge.infer.generate is also a function's name
-    torch.manual_seed(0)
-    weights = [torch.randn(48, 16), torch.randn(16, 48)]
-    bias = torch.randn(48)
-    for rows in (1, 2, 8, gen.FEW_ROWS):
-        onednn = gen._onednn_linear(weights, rows)
-        for w, b in ((weights[0], bias), (weights[1], None)):
-            x = torch.randn(1, rows, w.shape[1]).transpose(0, 1)  # (rows, 1, in), not contiguous
-            expected = torch.nn.functional.linear(x, w, b)
-            for linear in filter(None, (gen._few_rows_linear, onednn)):
-                assert torch.allclose(linear(x, w, b), expected, rtol=1e-5, atol=1e-5)
-    if torch.backends.mkldnn.is_available():
-        assert gen._onednn_linear(weights, 8) is not None
-    assert gen._onednn_linear([w.double() for w in weights], 8) is None
-    monkeypatch.setattr(gen, "PACK_LIMIT", 100)
-    assert gen._onednn_linear(weights, 8) is None
 
 
 def test_greedy_is_the_argmax_chain(gpt):

@@ -12,7 +12,7 @@ from lmforge.config import ModelConfig
 from lmforge.data.corpus import VALIDATION_PLAYS
 from lmforge.finetune.metrics import chrf
 from lmforge.finetune.tasks import restoration_prompt, restoration_rows, restoration_source
-from lmforge.infer.spans import fill_spans, span_filling_metrics, split_spans
+from lmforge.infer.fill import fill_spans, span_filling_metrics, split_spans
 from lmforge.models import build_model
 from lmforge.tokenizer import train_tokenizer
 from lmforge.train.objective_metrics import masked_lm_metrics, most_frequent_token, span_metrics, span_targets
@@ -72,7 +72,7 @@ def test_split_spans():
 
 
 def test_span_filling_metrics_greedy_by_hand(monkeypatch):
-    import lmforge.infer.spans as spans
+    import lmforge.infer.fill as spans
 
     gold = torch.tensor([[S0, 5, 6, S1, 7, EOS], [S0, 8, S1, 9, EOS, -100]])
     produced = [[S0, 5, 6, S1, 3, EOS], [S0, 8, S1, 9, EOS]]  # 3 of the 4 spans exactly right

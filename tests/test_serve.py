@@ -230,7 +230,7 @@ def test_seeded_sampling_equals_lmforge_generate(gpt_dir, client, capsys):
 
 
 def test_chat(srv, client, tok):
-    from lmforge.infer.generate import encode_prompt
+    from lmforge.infer.prompts import encode_prompt
     from lmforge.serve.chat import render_plain
 
     messages = [{"role": "system", "content": "You speak verse."}, {"role": "user", "content": "Who's there?"}]
@@ -295,7 +295,7 @@ def test_greedy_request_is_exact_whatever_else_is_in_the_batch(gpt_dir, tok, inv
     the same tokens and the same log-probabilities, bit for bit (batch_invariant=False: the same
     tokens, log-probabilities up to float rounding)."""
     from lmforge.infer import load_for_inference
-    from lmforge.infer.generate import encode_prompt
+    from lmforge.infer.prompts import encode_prompt
 
     model, _ = load_for_inference(gpt_dir, "cpu")
     engine = Engine(model, tok, max_batch=6, batch_invariant=invariant)

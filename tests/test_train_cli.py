@@ -112,8 +112,7 @@ def test_causal_pretraining_makes_eos_the_text_start(reference):
     completion fine-tuning of the trained model put EOS in front of a text, not the untrained BOS."""
     from lmforge.finetune.tasks import encode_completion
     from lmforge.infer import load_for_inference
-    from lmforge.infer.generate import encode_prompt
-    from lmforge.infer.score import encode_for_decoder, text_start_id
+    from lmforge.infer.prompts import encode_for_decoder, encode_prompt, text_start_id
 
     model, tok = load_for_inference(reference / "best", "cpu")
     assert tok.bos_id is not None and tok.eos_id != tok.bos_id

@@ -30,8 +30,8 @@ def pretrain(
     cfg: RunConfig, resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print
 ) -> FitResult:
     """Prepare data, build the model and train it as ``cfg`` says (``lmforge train``)."""
+    from lmforge.infer.fill import span_filling_metrics
     from lmforge.infer.generate import generate
-    from lmforge.infer.spans import span_filling_metrics
     from lmforge.train.run import pretrain as run
 
     return run(cfg, resume=resume, overwrite=overwrite, log=log, generate=generate, fill_spans=span_filling_metrics)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lmforge.cli.common import add_device_arguments
+
 COMMAND = "attention"
 HELP = "attention probabilities of a layer / head as a PNG heatmap (+ .npy matrix, .json tokens)"
 
@@ -19,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--head", type=int, help="one head (default: all heads of the layer, as a grid)")
     p.add_argument("--out", default="attention.png", help="PNG to write; the matrix goes beside it as .npy")
     p.add_argument("--cmap", default="viridis", help="matplotlib colour map")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_device_arguments(p, dtype=False)
 
 
 def run(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from lmforge.cli.common import add_device_arguments
 from lmforge.errors import ConfigError
 
 COMMAND = "fill-mask"
@@ -22,7 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default 5)")
     p.add_argument("--mask-token", help="the mask spelling in the text (default: [MASK] or the tokenizer's own)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_device_arguments(p, dtype=False)
 
 
 def run(args) -> int:
@@ -43,7 +44,7 @@ def run(args) -> int:
 
 
 def _fill_spans(model, tok, args) -> int:
-    from lmforge.infer.spans import fill_spans
+    from lmforge.infer.fill import fill_spans
 
     if args.max_new_tokens <= 0:
         raise ConfigError(f"--max-new-tokens: must be positive, got {args.max_new_tokens}")

@@ -83,7 +83,7 @@ _FLAGS = {  # option -> dotted config field
 
 
 def build_config(args):
-    from lmforge.cli.train import parse_overrides
+    from lmforge.cli.common import parse_overrides
     from lmforge.finetune import FinetuneConfig
 
     if args.config:

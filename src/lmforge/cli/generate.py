@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from lmforge.cli.common import add_device_arguments, add_sampling_arguments, sampling_options
 from lmforge.errors import DataError
 
 COMMAND = "generate"
@@ -18,17 +19,8 @@ def add_arguments(p) -> None:
         "--prompt", action="append", default=[], help="a prompt (repeatable; the source for an encoder-decoder)"
     )
     p.add_argument("--prompt-file", help="a file with one prompt per line")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most (default 100)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding (same as --temperature 0)")
-    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with probability >= p")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens (HF)")
+    add_sampling_arguments(p)
     p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable; not included)")
-    p.add_argument("--seed", type=int, help="random seed of the sampler (default: nondeterministic)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search width (> 1: beam search)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = sum logprob / length ** this")
-    p.add_argument("--batch-size", type=int, help="prompts per batch (default: all)")
     p.add_argument(
         "--no-bos",
         action="store_true",
@@ -36,25 +28,13 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--no-stream", action="store_true", help="print each completion when done")
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="fp32", help="fp32 (default) | bf16 | fp16")
+    add_device_arguments(p)
 
 
 def run(args) -> int:
     from lmforge.infer import generate, load_for_inference
-    from lmforge.infer.options import SamplingOptions
 
-    options = SamplingOptions(
-        max_new_tokens=args.max_new_tokens,
-        temperature=0.0 if args.greedy else args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
-        batch_size=args.batch_size,
-    )  # checked before anything loads or prints
+    options = sampling_options(args)  # checked before anything loads or prints
     prompts = list(args.prompt)
     if args.prompt_file:
         path = Path(args.prompt_file)
@@ -81,10 +61,10 @@ def run(args) -> int:
         model,
         tok,
         prompts,
-        **options.to_dict(),
         stop=args.stop,
         stream=stream if stream_ok else None,
         add_bos=False if args.no_bos else None,
+        options=options,
     )
     if stream_ok:
         show_prompt()

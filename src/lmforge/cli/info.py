@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from lmforge.accounting import count_flops, count_params
-from lmforge.config import ModelConfig
-from lmforge.modeldir import model_config
+from lmforge.cli.common import resolve_model_config
 
 COMMAND = "info"
 HELP = "summarise a model: parameters (total / non-embedding) and FLOPs per token"
@@ -18,12 +17,6 @@ def add_arguments(p) -> None:
     src.add_argument("--config", help="a model config (.json / .yaml), or a model, run or HF model directory")
     p.add_argument("--seq-len", type=int, help="context length for the FLOP count (default: max_positions)")
     p.add_argument("--json", action="store_true", help="print JSON")
-
-
-def resolve_model_config(preset: str | None, config: str | None) -> ModelConfig:
-    if preset:
-        return ModelConfig.from_preset(preset)
-    return model_config(config)
 
 
 def run(args) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from lmforge.accounting import DEVICES, account
-from lmforge.config import MODEL_PRESETS, ModelConfig
+from lmforge.cli.common import model_config_arg
 from lmforge.errors import ConfigError
 from lmforge.plan import LAWS, allocate, describe
 from lmforge.plan.laws import LAW_NOTES
@@ -53,14 +53,6 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", help="write IsoFLOP curves and the frontier to this PNG")
 
 
-def _model_config(spec: str) -> ModelConfig:
-    if spec in MODEL_PRESETS:
-        return ModelConfig.from_preset(spec)
-    from lmforge.modeldir import model_config
-
-    return model_config(spec)
-
-
 def _aspect(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(x) for x in text.split(","))
@@ -83,7 +75,7 @@ def run(args) -> None:
         _print_lists()
         return
     if args.model:
-        cfg = _model_config(args.model)
+        cfg = model_config_arg(args.model)
         if args.seq_len:
             cfg = cfg.replace(max_positions=max(cfg.max_positions, args.seq_len))
         if args.tokens is not None and not args.device:
@@ -102,7 +94,7 @@ def run(args) -> None:
             target_loss=args.target_loss,
             inference_tokens=args.inference_tokens,
             available_tokens=args.available_tokens,
-            template=_model_config(args.template) if args.template else None,
+            template=model_config_arg(args.template) if args.template else None,
             vocab_size=args.vocab_size,
             tokenizer=args.tokenizer,
             seq_len=args.seq_len,

@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+from lmforge.cli.common import add_device_arguments
 from lmforge.errors import DataError, LMForgeError
+from lmforge.infer.prompts import START_CHOICES
 from lmforge.text import jsonl_records
 
 COMMAND = "score"
@@ -37,7 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="windows (or masked copies) per forward pass")
     p.add_argument(
         "--start",
-        choices=["auto", "bos", "eos", "none"],
+        choices=START_CHOICES,
         default="auto",
         help="decoder: token put in front of each text so its first token is scored: auto (default: the "
         "token the model's texts followed in training, EOS for a model lmforge pretrained, else "
@@ -46,8 +48,7 @@ def add_arguments(p) -> None:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)")
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--per-token", action="store_true", help="jsonl: add token ids, token strings and log-probs")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="fp32", help="fp32 (default) | bf16 | fp16")
+    add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -98,7 +99,7 @@ def _read_inputs(args, arch: str) -> list[tuple[str, object]]:
 
 def run(args) -> int:
     from lmforge.infer import load_for_inference, score, summarize
-    from lmforge.infer.score import text_start_id
+    from lmforge.infer.prompts import resolve_start
 
     model, tok = load_for_inference(args.model, args.device, args.dtype)
     arch = model.config.arch
@@ -107,14 +108,7 @@ def run(args) -> int:
         raise LMForgeError(
             "--window / --stride apply to decoders only (encoders and encoder-decoders score whole texts)"
         )
-    start_id = None
-    if args.start in ("bos", "eos") and arch == "decoder":
-        name = f"{args.start}_id"
-        start_id = getattr(tok, name) if getattr(tok, name) is not None else getattr(model.config, name)
-        if start_id is None:
-            raise LMForgeError(
-                f"--start {args.start}: the tokenizer has no {args.start.upper()} token; use --start auto or none"
-            )
+    start = resolve_start(args.start, tok, model)
     results = score(
         model,
         tok,
@@ -123,8 +117,8 @@ def run(args) -> int:
         stride=args.stride,
         batch_size=args.batch_size,
         progress=False if args.no_progress else None,
-        add_bos=False if args.start == "none" else None,
-        start_id=start_id,
+        add_bos=start.add_bos,
+        start_id=start.start_id,
     )
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
@@ -147,10 +141,7 @@ def run(args) -> int:
     s = summarize(results)
     bpb = f", {s['bits_per_byte']:.4f} bits/byte" if s["bits_per_byte"] is not None else ""
     what = {"decoder": "perplexity", "encoder": "pseudo-perplexity", "encoder-decoder": "perplexity of targets"}[arch]
-    unscored = arch == "decoder" and (
-        args.start == "none" or (args.start == "auto" and text_start_id(tok, model) is None)
-    )
-    first = " (the first token of each text has no context and is not scored)" if unscored else ""
+    first = "" if start.first_scored else " (the first token of each text has no context and is not scored)"
     print(
         f"{s['texts']} texts, {s['n_tokens']} tokens scored{first}: {what} {s['perplexity']:.4f}, "
         f"{s['nll']:.4f} nats/token{bpb}",

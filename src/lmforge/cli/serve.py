@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lmforge.cli.common import add_device_arguments
+
 COMMAND = "serve"
 HELP = "serve a model over OpenAI's HTTP API (completions, chat, streaming) with continuous batching"
 
@@ -39,8 +41,7 @@ def add_arguments(p) -> None:
         default=30.0,
         help="seconds in-flight requests get to finish after SIGTERM / Ctrl-C before they are cancelled (default 30)",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="fp32", help="fp32 (default) | bf16 | fp16")
+    add_device_arguments(p)
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
 
 

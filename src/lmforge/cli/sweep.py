@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lmforge.cli.train import parse_overrides
+from lmforge.cli.common import parse_overrides
 
 COMMAND = "sweep"
 HELP = "IsoFLOP sweep: train small models per compute budget, fit the law, allocate a larger budget"

@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+from lmforge.cli.common import parse_overrides
 from lmforge.errors import ConfigError
 
 COMMAND = "train"
@@ -55,35 +56,6 @@ def add_arguments(p) -> None:
         "--data.seq_len 256 --train.lr 1e-3 --train.max_steps 5000."
     )
     p.set_defaults(_accepts_extra=True)
-
-
-def parse_overrides(extra: list[str]) -> dict[str, str]:
-    """``["--model.n_layer", "6", "--train.lr=1e-3"]`` -> ``{"model.n_layer": "6", "train.lr": "1e-3"}``."""
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --model.n_layer 6")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(extra) or (
-                extra[i + 1].startswith("--") and "." in extra[i + 1][:40] and not _is_number(extra[i + 1])
-            ):
-                raise ConfigError(f"--{key}: missing value")
-            value = extra[i + 1]
-            i += 1
-        out[key.replace("-", "_")] = value
-        i += 1
-    return out
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"

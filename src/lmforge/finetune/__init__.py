@@ -440,7 +440,7 @@ def finetune(
         raise ConfigError("finetune: pass the tokenizer with the model")
     arch = model.config.arch
     max_len = min(cfg.max_len, model.config.max_positions)
-    from lmforge.infer.score import text_start_id
+    from lmforge.infer.prompts import text_start_id
 
     start = text_start_id(tokenizer, model) if arch == "decoder" else None
     train_data, val_data = load_task_data(cfg, tokenizer, arch, max_len, start)

@@ -7,16 +7,17 @@ from pathlib import Path
 
 from lmforge.errors import CheckpointError
 from lmforge.infer.attention import AttentionMap, attention_map, plot_attention, save_attention
-from lmforge.infer.generate import Completion, GenerateOutput, fill_mask, fill_mask_ids, generate, generate_ids
+from lmforge.infer.decoding import generate_ids
+from lmforge.infer.fill import fill_mask, fill_mask_ids
+from lmforge.infer.generate import generate
+from lmforge.infer.results import Completion, GenerateOutput, ScoreResult, summarize
 from lmforge.infer.score import (
-    ScoreResult,
     conditional_logprobs,
     decoder_token_logprobs,
     plan_windows,
     pseudo_log_likelihood,
     score,
     score_ids,
-    summarize,
 )
 
 

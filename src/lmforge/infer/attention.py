@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import LMForgeError
+from lmforge.infer.prompts import encode_for_decoder, encode_for_encoder, encode_source
 from lmforge.nn import eval_mode
 
 
@@ -69,8 +70,6 @@ def attention_map(
     (default without a ``target``), ``"decoder"`` self-attention or ``"cross"`` attention (default
     with a ``target``: decoder tokens over source tokens).
     """
-    from lmforge.infer.score import encode_for_decoder, encode_for_encoder, encode_source
-
     arch = getattr(getattr(model, "config", None), "arch", None)
     if arch is None:
         raise LMForgeError("attention maps need an lmforge model")

@@ -1,9 +1,12 @@
 """The numeric options of generation, checked in one place for Python, the CLI and any server.
 
-:class:`SamplingOptions` is a frozen, validated config: :func:`~lmforge.infer.generate` and
-:func:`~lmforge.infer.generate_ids` build one from their keyword arguments before any work, and
-``lmforge generate`` builds one from its flags before it loads a model or prints a prompt. A bad
-value is a :class:`~lmforge.errors.ConfigError` naming the option.
+:class:`SamplingOptions` is a frozen, validated config: :func:`~lmforge.infer.generate` takes one
+(``options=``) or builds one from its keyword arguments before any work, as
+:func:`~lmforge.infer.generate_ids` does; ``lmforge generate`` builds one from its flags
+(:func:`lmforge.cli.common.sampling_options`) before it loads a model or prints a prompt. A bad
+value is a :class:`~lmforge.errors.ConfigError` naming the option. The server's requests
+(:class:`lmforge.serve.SamplingParams`, in OpenAI's terms) draw through the same chooser
+(:class:`~lmforge.infer.sampling.TokenChooser`).
 """
 
 from __future__ import annotations

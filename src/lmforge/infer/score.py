@@ -17,77 +17,16 @@ Only the positions being scored go through the output layer, in chunks: log-prob
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
 
 import torch
 
 from lmforge.errors import LMForgeError
+from lmforge.infer.prompts import encode_for_decoder, encode_for_encoder, encode_source, model_arch
+from lmforge.infer.results import ScoreResult
 from lmforge.nn import eval_mode
 from lmforge.tokenizer import special_id
-
-LN2 = math.log(2.0)
-
-
-@dataclass
-class ScoreResult:
-    """The score of one text (or token sequence)."""
-
-    logprob: float  # sum of log P of the scored tokens, nats
-    n_tokens: int  # tokens scored
-    token_ids: list[int] = field(default_factory=list)  # the scored tokens
-    token_logprobs: list[float] = field(default_factory=list)  # their log P, nats
-    n_bytes: int | None = None  # UTF-8 bytes of the text (for bits per byte)
-    text: str | None = None
-    kind: str = "causal"  # "causal" log P(x); "pll" pseudo-log-likelihood; "conditional" log P(y | x)
-
-    @property
-    def nll(self) -> float:
-        """Mean negative log-likelihood per scored token (nats)."""
-        return -self.logprob / self.n_tokens if self.n_tokens else float("nan")
-
-    @property
-    def perplexity(self) -> float:
-        """exp(nll); the pseudo-perplexity for a PLL score."""
-        return math.exp(self.nll) if self.n_tokens else float("nan")
-
-    @property
-    def bits_per_byte(self) -> float | None:
-        if not self.n_bytes:
-            return None
-        return -self.logprob / (LN2 * self.n_bytes)
-
-    def to_dict(self, per_token: bool = False) -> dict:
-        d = {}
-        if self.text is not None:
-            d["text"] = self.text
-        d.update(kind=self.kind, logprob=self.logprob, n_tokens=self.n_tokens, nll=self.nll, perplexity=self.perplexity)
-        if self.n_bytes is not None:
-            d["n_bytes"] = self.n_bytes
-            d["bits_per_byte"] = self.bits_per_byte
-        if per_token:
-            d["token_ids"] = list(self.token_ids)
-            d["token_logprobs"] = list(self.token_logprobs)
-        return d
-
-
-def summarize(results: Sequence[ScoreResult]) -> dict:
-    """Corpus totals: summed log P, tokens, bytes; perplexity and bits per byte of the whole."""
-    lp = sum(r.logprob for r in results)
-    n = sum(r.n_tokens for r in results)
-    nb = sum(r.n_bytes or 0 for r in results)
-    return {
-        "texts": len(results),
-        "logprob": lp,
-        "n_tokens": n,
-        "nll": -lp / n if n else float("nan"),
-        "perplexity": math.exp(-lp / n) if n else float("nan"),
-        "n_bytes": nb,
-        "bits_per_byte": -lp / (LN2 * nb) if nb else None,
-    }
-
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
@@ -149,13 +88,6 @@ def _progress(total: int, progress: bool | None, desc: str):
 
     show = progress if progress is not None else total >= 20_000
     return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not show, leave=False)
-
-
-def _arch(model) -> str:
-    arch = getattr(getattr(model, "config", None), "arch", None)
-    if arch is None:
-        raise LMForgeError("scoring needs an lmforge model (with a .config)")
-    return arch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,56 +345,6 @@ def conditional_logprobs(
 # Text in, scores out
 
 
-def text_start_id(tokenizer, model=None) -> int | None:
-    """The token a decoder's text follows: the model's ``text_start_id`` (set by lmforge's causal
-    pretraining to EOS, its document separator), else the tokenizer's BOS; None when neither."""
-    start = getattr(getattr(model, "config", None), "text_start_id", None)
-    return start if start is not None else special_id(tokenizer, "bos")
-
-
-def encode_for_decoder(
-    tokenizer, text: str, add_bos: bool | None = None, start_id: int | None = None, model=None
-) -> list[int]:
-    """Ids of ``text`` with the start token in front: ``start_id`` if given, else
-    :func:`text_start_id` (the model's start token, else BOS). ``add_bos``: False leaves the start
-    token out; None puts it in when there is one; True insists on one."""
-    ids = list(tokenizer.encode(text))
-    if start_id is not None:
-        return [int(start_id)] + ids
-    if add_bos is False:
-        return ids
-    start = text_start_id(tokenizer, model)
-    if start is None:
-        if add_bos:
-            raise LMForgeError("add_bos=True but the tokenizer has no BOS token")
-        return ids
-    if not ids or ids[0] != start:
-        ids = [start] + ids
-    return ids
-
-
-def encode_source(tokenizer, text: str, model=None) -> list[int]:
-    """An encoder-decoder's source: the text's ids + EOS (when there is one), as lmforge's seq2seq
-    objectives and fine-tuning build it."""
-    ids = list(tokenizer.encode(text))
-    eos = special_id(tokenizer, "eos", model)
-    if eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)
-    return ids
-
-
-def encode_for_encoder(tokenizer, text: str, model=None) -> list[int]:
-    """Ids wrapped in [CLS] ... [SEP] when the tokenizer has them (and did not add them)."""
-    ids = list(tokenizer.encode(text))
-    cls = special_id(tokenizer, "cls", model)
-    sep = special_id(tokenizer, "sep", model)
-    if cls is not None and (not ids or ids[0] != cls):
-        ids = [cls] + ids
-    if sep is not None and ids[-1] != sep:
-        ids = ids + [sep]
-    return ids
-
-
 def score(
     model,
     tokenizer,
@@ -489,7 +371,7 @@ def score(
     (``add_bos=False`` leaves it out: then the first token is not scored); ``start_id`` puts
     another token in front instead.
     """
-    arch = _arch(model)
+    arch = model_arch(model, "scoring needs")
     if isinstance(texts, str):
         texts = [texts]
     elif (

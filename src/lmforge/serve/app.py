@@ -104,8 +104,7 @@ class Service:
     # ---- prompts ---------------------------------------------------------------------------
     def encode(self, prompt, field: str = "prompt") -> tuple[list[int], int]:
         """(ids the model reads, how many of them the server put in front: the start token)."""
-        from lmforge.infer.generate import encode_prompt  # (named in the serve notes)
-        from lmforge.infer.score import encode_source
+        from lmforge.infer.prompts import encode_prompt, encode_source
 
         if isinstance(prompt, list):
             return list(prompt), 0

@@ -19,8 +19,9 @@ as at ``max_batch``. (Compared with ``lmforge generate`` on the same prompt the 
 up to float rounding: that loop sums in a different order, so a near-tie of two logits could
 break the other way.)
 
-Each request samples with its own settings (temperature, top-k, top-p, in that order, as
-:func:`lmforge.generate` does) from its own ``torch.Generator`` seeded with its ``seed``.
+Each request samples with its own settings (temperature, top-k, top-p, in that order) through the
+chooser :func:`lmforge.generate` uses (:class:`~lmforge.infer.sampling.TokenChooser`), from its own
+``torch.Generator`` seeded with its ``seed``.
 """
 
 from __future__ import annotations
@@ -34,16 +35,9 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.errors import LMForgeError
-from lmforge.infer.generate import (
-    _TextTracker,
-    make_generator,
-    top_k_filter,
-    top_p_filter,
-)
+from lmforge.infer.generate import TextTracker
+from lmforge.infer.sampling import TokenChooser, make_generator
 from lmforge.tokenizer import special_id
-
-# From lmforge.infer.generate, not its public surface (named in the serve notes): the incremental
-# detokenizer with stop strings, and the sampling filters and seeded generator of generate's chooser.
 
 log = logging.getLogger("lmforge.serve")
 
@@ -118,7 +112,7 @@ class Job:
         self.prompt_ids, self.params, self.sink, self.n = list(prompt_ids), params, sink, n
         self.prompt_logprobs = prompt_logprobs
         self.cancelled = False  # set by the consumer (client gone) or on failure; rows leave at the next step
-        self.generator: torch.Generator | None = None
+        self.chooser: TokenChooser | None = None  # sampling (temperature > 0): the settings and seeded generator
 
     @property
     def slots_needed(self) -> int:
@@ -133,7 +127,7 @@ class _Row:
 
     __slots__ = ("choice", "job", "last", "length", "n_tokens", "slot", "tracker")
 
-    def __init__(self, job: Job, choice: int, slot: int, tracker: _TextTracker, length: int):
+    def __init__(self, job: Job, choice: int, slot: int, tracker: TextTracker, length: int):
         self.job, self.choice, self.slot, self.tracker = job, choice, slot, tracker
         self.n_tokens = 0  # generated so far
         self.length = length  # positions in its slot's cache
@@ -327,14 +321,15 @@ class Engine:
         try:
             p = job.params
             if p.temperature > 0:
-                job.generator = make_generator(p.seed, self.device)
+                generator = make_generator(p.seed, self.device)
+                job.chooser = TokenChooser(True, p.temperature, p.top_k, p.top_p, 1.0, generator)
             logits = self._prefill(job, free)
             if not free:  # max_tokens 0: the prompt's log-probabilities only
                 self._send(job, [Finished(c, "length", 0) for c in range(job.n)])
                 self.counts["completed"] += 1
                 return
             length = len(job.prompt_ids) if self.arch == "decoder" else 1
-            rows = [_Row(job, c, s, _TextTracker(self.tokenizer, p.stop, self.eos), length) for c, s in enumerate(free)]
+            rows = [_Row(job, c, s, TextTracker(self.tokenizer, p.stop, self.eos), length) for c, s in enumerate(free)]
             for r in rows:
                 self._rows[r.slot] = r
             self._advance(rows, logits.expand(len(rows), -1))
@@ -410,9 +405,8 @@ class Engine:
         """Choose each row's next token from its (V,) logits, hand out text, end finished rows."""
         chosen = logits.argmax(dim=-1)
         for i, r in enumerate(rows):
-            p = r.job.params
-            if p.temperature > 0:
-                chosen[i] = _sample(logits[i : i + 1], p, r.job.generator)
+            if r.job.chooser is not None:
+                chosen[i] = r.job.chooser(logits[i : i + 1])[0]
         want = [r.job.params.logprobs for r in rows]
         lps: list[TokenLogprob | None] = [None] * len(rows)
         if any(w is not None for w in want):
@@ -486,18 +480,6 @@ class Engine:
         for r in self._rows:
             if r is not None and r.job is job:
                 self._free(r.slot)
-
-
-def _sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw from (1, V) logits as :func:`lmforge.generate` does: temperature, top-k, top-p, softmax."""
-    logits = logits.float()
-    if p.temperature != 1.0:
-        logits = logits / p.temperature
-    if p.top_k > 0:
-        logits = top_k_filter(logits, p.top_k)
-    if p.top_p < 1.0:
-        logits = top_p_filter(logits, p.top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[0, 0]
 
 
 def _top(lp: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:

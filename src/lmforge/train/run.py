@@ -278,7 +278,7 @@ def pretrain(
 
     What the job borrows from the inference layer comes in as functions (:func:`lmforge.pretrain`
     passes them): ``generate`` (:func:`lmforge.infer.generate`) draws the text samples of a
-    decoder at each evaluation, ``fill_spans`` (:func:`lmforge.infer.spans.span_filling_metrics`)
+    decoder at each evaluation, ``fill_spans`` (:func:`lmforge.infer.fill.span_filling_metrics`)
     is the span objective's final greedy check. None: no samples, no check."""
     device = dev.resolve_device(cfg.train.device)
     info = D.setup(device)
