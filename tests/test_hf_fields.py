@@ -206,3 +206,50 @@ def test_a_tied_copy_that_differs_is_refused():
     state["lm_head.weight"] += 1.0
     with pytest.raises(CheckpointError, match="differs from 'transformer.wte.weight'"):
         from_hf_state(hf.config.to_dict(), state)
+
+
+# ---- lmforge's recipe switches ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "preset, switch",
+    [("gpt-tiny", {"activation": "relu2"}), ("bert-tiny", {"activation": "relu2"})],
+)
+def test_recipe_switches_without_an_hf_equivalent_are_refused_by_name(preset, switch, tmp_path):
+    from lmforge.config import ModelConfig
+    from lmforge.models import build_model
+
+    model = build_model(ModelConfig.from_preset(preset, **switch))
+    name, value = next(iter(switch.items()))
+    with pytest.raises(ConfigError, match=f"{name}={value}"):
+        to_hf(model, tmp_path / "hf")
+
+
+BART_LIKE = dict(norm_position="post", embedding_norm=True, lm_head_bias=True)
+
+
+@pytest.mark.parametrize(
+    "preset, changes",
+    [("gpt-tiny", {}), ("llama-tiny", {}), ("bert-tiny", {}), ("seq2seq-tiny", BART_LIKE)],
+    ids=["gpt2", "llama", "bert", "bart"],
+)
+def test_zero_init_proj_converts_like_any_init(preset, changes, tmp_path):
+    """Only the starting point differs: the model converts, and HF computes its logits."""
+    from lmforge.config import ModelConfig
+    from lmforge.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset(preset, zero_init_proj=True, **changes)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # a trained model's weights: no zero projections
+            if p.ndim == 2:
+                p.normal_(0.0, 0.05)
+    to_hf(model, tmp_path / "hf")
+    back = from_hf(tmp_path / "hf").eval()
+    x = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        if model.config.arch == "encoder-decoder":
+            a, b = model(x, decoder_input_ids=x).logits, back(x, decoder_input_ids=x).logits
+        else:
+            a, b = model(x).logits, back(x).logits
+    assert (a - b).abs().max().item() <= TOL

@@ -9,21 +9,34 @@ from lmforge.config import MODEL_PRESETS, ModelConfig
 from lmforge.errors import CheckpointError
 from lmforge.models import build_model, count_parameters, load_model, save_model
 
+# Every model switch of the training recipe (docs/training.md, "Recipe switches") at once.
+RECIPE = dict(activation="relu2", zero_init_proj=True)
+
 DECODERS = {
     "learned": ModelConfig.from_preset("gpt-tiny"),
     "rope-gqa": ModelConfig.from_preset("llama-tiny"),
     "sinusoidal-post": ModelConfig.from_preset("gpt-tiny", positions="sinusoidal", norm_position="post"),
+    "recipe": ModelConfig.from_preset("gpt-tiny", **RECIPE),
+    "recipe-rope-gqa": ModelConfig.from_preset("llama-tiny", **RECIPE),
 }
 SEQ2SEQ = {
     "learned": ModelConfig.from_preset("seq2seq-tiny"),
     "rope-gqa": ModelConfig.from_preset(
         "seq2seq-tiny", positions="rope", n_kv_head=2, norm="rmsnorm", activation="swiglu", bias=False
     ),
+    "recipe": ModelConfig.from_preset("seq2seq-tiny", positions="rope", **RECIPE),
 }
+BERT_RECIPE = ModelConfig.from_preset("bert-tiny", norm_position="pre", positions="rope", **RECIPE)
 
 
 def _model(cfg):
-    return build_model(cfg).eval()
+    m = build_model(cfg).eval()
+    if cfg.zero_init_proj:  # every block starts as the identity: give the projections weights, so that
+        with torch.no_grad():  # the properties are those of attention that does something
+            for name, mod in m.named_modules():
+                if name.endswith(("attn.proj", "mlp.proj")):
+                    mod.weight.normal_(0.0, 0.05)
+    return m
 
 
 @pytest.mark.parametrize("name", list(MODEL_PRESETS))
@@ -60,7 +73,11 @@ def _padded(lengths, vocab, T=None):
     return x, mask
 
 
-@pytest.mark.parametrize("cfg", list(DECODERS.values()) + [ModelConfig.from_preset("bert-tiny")], ids=lambda c: c.arch)
+@pytest.mark.parametrize(
+    "cfg",
+    list(DECODERS.values()) + [ModelConfig.from_preset("bert-tiny"), BERT_RECIPE],
+    ids=[*DECODERS, "bert", "bert-recipe"],
+)
 def test_padding_invariance_single_stack(cfg):
     m = _model(cfg)
     lengths = [12, 7, 3]
@@ -128,8 +145,16 @@ def test_kv_cache_equals_full_forward_seq2seq(name):
 
 @pytest.mark.parametrize(
     "cfg",
-    [DECODERS["learned"], DECODERS["rope-gqa"], ModelConfig.from_preset("bert-tiny"), SEQ2SEQ["learned"]],
-    ids=lambda c: c.arch + c.positions,
+    [
+        DECODERS["learned"],
+        DECODERS["rope-gqa"],
+        DECODERS["recipe-rope-gqa"],
+        ModelConfig.from_preset("bert-tiny"),
+        BERT_RECIPE,
+        SEQ2SEQ["learned"],
+        SEQ2SEQ["recipe"],
+    ],
+    ids=["decoder", "decoder-rope-gqa", "decoder-recipe", "bert", "bert-recipe", "seq2seq", "seq2seq-recipe"],
 )
 def test_attention_probabilities(cfg):
     m = _model(cfg)
@@ -256,3 +281,33 @@ def test_gpt2_init_scales_residual_projections_by_depth():
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Linear) and name.endswith(("attn.proj", "mlp.proj")):
             assert m.weight.std().item() == pytest.approx(cfg.init_std / (2 * cfg.n_layer) ** 0.5, rel=0.1)
+
+
+def test_relu2_is_relu_squared():
+    from lmforge.nn import activation_fn
+
+    x = torch.linspace(-3, 3, 61)
+    assert torch.equal(activation_fn("relu2")(x), torch.relu(x) ** 2)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "bert-tiny", "seq2seq-tiny"])
+@pytest.mark.parametrize("init", ["gpt2", "fan_in"])
+def test_zero_init_proj_starts_every_block_as_the_identity(preset, init):
+    cfg = ModelConfig.from_preset(preset, zero_init_proj=True, init=init, norm_position="pre")
+    model = build_model(cfg).eval()
+    writers = [(n, m) for n, m in model.named_modules() if n.endswith(("attn.proj", "mlp.proj"))]
+    cross = cfg.decoder_layers if cfg.arch == "encoder-decoder" else 0  # cross_attn.proj
+    assert len(writers) == 2 * (cfg.encoder_layers + cfg.decoder_layers) + cross
+    for n, m in writers:
+        assert torch.count_nonzero(m.weight) == 0, n
+        assert m.bias is None or torch.count_nonzero(m.bias) == 0, n
+    others = [m for n, m in model.named_modules() if n.endswith(("attn.qkv", "mlp.fc"))]
+    assert others and all(m.weight.std() > 0 for m in others)  # the rest keeps its init
+    x = torch.randint(0, cfg.vocab_size, (2, 9))
+    with torch.no_grad():
+        if cfg.arch == "encoder-decoder":
+            hidden = model(x, decoder_input_ids=x, output_hidden_states=True).hidden_states
+        else:
+            hidden = model(x, output_hidden_states=True).hidden_states
+    for h in hidden[1:-1]:  # each block passes its input through (the last is after the final norm)
+        assert torch.equal(h, hidden[0])

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 from lmforge.errors import ConfigError
 
 ARCHITECTURES = ("decoder", "encoder", "encoder-decoder")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "relu2", "silu", "swiglu", "geglu", "geglu_tanh", "reglu")
 GATED = {
     "swiglu": "silu",
     "geglu": "gelu",
@@ -284,6 +284,9 @@ class ModelConfig(ConfigBase):
     # "gpt2": every matrix N(0, init_std), residual projections / sqrt(2 * layers); "fan_in": every
     # linear layer N(0, 1 / fan_in) (T5's scale), which a small encoder-decoder needs to use its source
     init: str = "gpt2"
+    # the output projections of attention and MLP (attn.proj, mlp.proj) start at zero, so every
+    # block starts as the identity (modded-nanoGPT); applied after ``init``
+    zero_init_proj: bool = False
 
     # ---- derived fields -------------------------------------------------------------
     @property

@@ -229,6 +229,7 @@ _ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),  # ReLU squared (So et al. 2021, Primer)
     "silu": F.silu,
 }
 
@@ -448,15 +449,17 @@ def init_weights(model: nn.Module, cfg: ModelConfig, n_residual_layers: int) -> 
     variance does not grow with depth. ``init="fan_in"``: linear layers N(0, 1 / fan_in) instead
     (T5's scale; embeddings keep ``init_std``). At GPT-2's scale the cross-attention of a small
     encoder-decoder starts so near zero that its decoder learns to ignore the source
-    (docs/training.md, "The encoder-decoder's blind decoder")."""
+    (docs/training.md, "The encoder-decoder's blind decoder"). ``zero_init_proj``: then the output
+    projections of attention, cross-attention and MLP (the residual writers) are set to zero."""
     resid_std = cfg.init_std / math.sqrt(2 * n_residual_layers)
+    residual_writers = ("attn.proj", "mlp.proj")  # also cross_attn.proj
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and cfg.init == "fan_in":
             nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
-            std = resid_std if name.endswith(("attn.proj", "mlp.proj")) else cfg.init_std
+            std = resid_std if name.endswith(residual_writers) else cfg.init_std
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
@@ -465,6 +468,8 @@ def init_weights(model: nn.Module, cfg: ModelConfig, n_residual_layers: int) -> 
                 nn.init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
+        if cfg.zero_init_proj and isinstance(module, nn.Linear) and name.endswith(residual_writers):
+            nn.init.zeros_(module.weight)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

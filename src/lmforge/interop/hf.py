@@ -444,6 +444,9 @@ def hf_family(cfg: ModelConfig) -> str:
         if not cond:
             raise ConfigError(f"this {cfg.arch} has no HF equivalent: {what}")
 
+    # the training recipe's switches that change what the model computes (zero_init_proj, like
+    # init, only changes the starting point and converts)
+    need(cfg.activation != "relu2", "activation=relu2 (ReLU squared) is in none of the converted families")
     if cfg.arch == "decoder":
         if cfg.positions == "rope":
             need(
