@@ -52,6 +52,28 @@ def test_fast_decode_step_equals_model_forward(gpt, llama):
     )
 
 
+RECIPE = dict(activation="relu2", zero_init_proj=True, qk_norm=True)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_fast_decode_step_with_the_recipe_switches(preset):
+    """The fast decode step computes the recipe's switches (docs/training.md, "Recipe switches")
+    as model.forward does."""
+    torch.manual_seed(6)
+    model = build_model(ModelConfig.from_preset(preset, **RECIPE)).eval()
+    with torch.no_grad():  # weights in the zero-initialised projections, so that attention matters
+        for name, mod in model.named_modules():
+            if name.endswith(("attn.proj", "mlp.proj")):
+                mod.weight.normal_(0.0, 0.05)
+    assert FastDecodeStep.supported(model)
+    ids, mask = _left_padded([torch.randint(0, 256, (3,)), torch.randint(0, 256, (6,))])
+    for m in (None, mask):
+        fast = generate_ids(model, ids, m, max_new_tokens=12, do_sample=False, output_logprobs=True)
+        slow = generate_ids(model, ids, m, max_new_tokens=12, do_sample=False, output_logprobs=True, fast=False)
+        assert torch.equal(fast.tokens, slow.tokens)
+        assert (fast.logprobs - slow.logprobs).abs().max() < 1e-5
+
+
 def test_cpu_decode_matmuls_equal_f_linear(monkeypatch):
     """The two CPU decode-step matmuls compute F.linear up to float rounding, at every row count
     they serve, with and without bias, on a strided input; oneDNN steps aside where it cannot."""

@@ -213,7 +213,13 @@ def test_a_tied_copy_that_differs_is_refused():
 
 @pytest.mark.parametrize(
     "preset, switch",
-    [("gpt-tiny", {"activation": "relu2"}), ("bert-tiny", {"activation": "relu2"})],
+    [
+        ("gpt-tiny", {"activation": "relu2"}),
+        ("bert-tiny", {"activation": "relu2"}),
+        ("gpt-tiny", {"qk_norm": True}),
+        ("llama-tiny", {"qk_norm": True}),
+        ("seq2seq-tiny", {"qk_norm": True}),
+    ],
 )
 def test_recipe_switches_without_an_hf_equivalent_are_refused_by_name(preset, switch, tmp_path):
     from lmforge.config import ModelConfig

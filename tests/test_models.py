@@ -10,7 +10,7 @@ from lmforge.errors import CheckpointError
 from lmforge.models import build_model, count_parameters, load_model, save_model
 
 # Every model switch of the training recipe (docs/training.md, "Recipe switches") at once.
-RECIPE = dict(activation="relu2", zero_init_proj=True)
+RECIPE = dict(activation="relu2", zero_init_proj=True, qk_norm=True)
 
 DECODERS = {
     "learned": ModelConfig.from_preset("gpt-tiny"),
@@ -311,3 +311,25 @@ def test_zero_init_proj_starts_every_block_as_the_identity(preset, init):
             hidden = model(x, output_hidden_states=True).hidden_states
     for h in hidden[1:-1]:  # each block passes its input through (the last is after the final norm)
         assert torch.equal(h, hidden[0])
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "seq2seq-tiny"])
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(preset):
+    """RMS-normalised heads: scaling the query and key projections (self- and cross-attention)
+    leaves the model's output unchanged; without qk_norm it changes it."""
+    for qk_norm in (True, False):
+        cfg = ModelConfig.from_preset(preset, qk_norm=qk_norm, bias=False)
+        torch.manual_seed(0)
+        m = build_model(cfg).eval()
+        x = torch.randint(0, cfg.vocab_size, (2, 10))
+        kwargs = dict(decoder_input_ids=x) if cfg.arch == "encoder-decoder" else {}
+        with torch.no_grad():
+            before = m(x, **kwargs).logits
+            for name, mod in m.named_modules():
+                if name.endswith("attn.qkv"):
+                    mod.weight[: -cfg.kv_heads * cfg.head_dim] *= 7.0  # the q and k rows
+                elif name.endswith(("cross_attn.q", "cross_attn.kv")):
+                    mod.weight[: cfg.kv_heads * cfg.head_dim if name.endswith("kv") else None] *= 7.0
+            after = m(x, **kwargs).logits
+        diff = (before - after).abs().max().item()
+        assert diff < 1e-4 if qk_norm else diff > 1e-2  # (up to the norms' eps)

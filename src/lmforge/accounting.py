@@ -48,9 +48,17 @@ def _norm(cfg: ModelConfig) -> int:
     return cfg.d_model * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
 
 
+def _qk_norm(cfg: ModelConfig) -> int:
+    return 2 * cfg.head_dim if cfg.qk_norm else 0  # an RMSNorm gain for the query and the key heads
+
+
 def _self_attention(cfg: ModelConfig) -> int:
     inner = cfg.n_head * cfg.head_dim
-    return _linear(cfg, cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim) + _linear(cfg, inner, cfg.d_model)
+    return (
+        _linear(cfg, cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim)
+        + _linear(cfg, inner, cfg.d_model)
+        + _qk_norm(cfg)
+    )
 
 
 def _cross_attention(cfg: ModelConfig) -> int:
@@ -59,6 +67,7 @@ def _cross_attention(cfg: ModelConfig) -> int:
         _linear(cfg, cfg.d_model, inner)  # q from the decoder
         + _linear(cfg, cfg.d_model, 2 * cfg.kv_heads * cfg.head_dim)  # k, v from the encoder output
         + _linear(cfg, inner, cfg.d_model)
+        + _qk_norm(cfg)
     )
 
 

@@ -263,6 +263,9 @@ class ModelConfig(ConfigBase):
     tie_embeddings: bool = True
     share_embeddings: bool = True  # encoder-decoder: one token embedding for both stacks (False: one each)
     scale_attention: bool = True  # scores Q K^T / sqrt(head size); False: unscaled (GPT-2 scale_attn_weights=False)
+    # RMSNorm (learned gain, one per head size, shared by the heads) of each query and key head before
+    # RoPE and the scores, in self- and cross-attention (OLMo 2, Gemma 3)
+    qk_norm: bool = False
     lm_head_bias: bool = False  # BERT's MLM decoder and BART's final_logits_bias have one
     embedding_norm: bool = False  # a norm right after the embeddings (BERT, BART)
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Transformer, Marian)

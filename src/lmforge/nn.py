@@ -147,7 +147,9 @@ class Attention(nn.Module):
     softmax(Q K^T) V, as GPT-2 with ``scale_attn_weights=False``).
 
     Self-attention projects Q, K, V with one fused matmul (``qkv``); cross-attention projects Q from
-    the decoder (``q``) and K, V from the encoder output (``kv``). ``proj`` is W^O.
+    the decoder (``q``) and K, V from the encoder output (``kv``). ``proj`` is W^O. ``qk_norm``:
+    each query and key head is RMS-normalised (``q_norm`` / ``k_norm``, a gain per head dimension)
+    before RoPE, so the scores stay bounded by the gains whatever the activations' scale.
     """
 
     def __init__(self, cfg: ModelConfig, cross: bool = False):
@@ -161,6 +163,11 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
         self.proj = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
         self.dropout = cfg.attention_dropout
         self.scale = None if cfg.scale_attention else 1.0  # None: SDPA's 1 / sqrt(D)
 
@@ -170,7 +177,8 @@ class Attention(nn.Module):
 
     def _project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv(source).split(self.n_kv_head * self.head_dim, dim=-1)
-        return self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+        k = self._heads(k, self.n_kv_head)
+        return (k if self.k_norm is None else self.k_norm(k)), self._heads(v, self.n_kv_head)
 
     def forward(
         self,
@@ -186,6 +194,8 @@ class Attention(nn.Module):
         B, T, C = x.shape
         if self.cross:
             q = self._heads(self.q(x), self.n_head)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
             if cache is not None and cache.cross[layer] is not None:
                 k, v = cache.cross[layer]
             else:
@@ -197,6 +207,8 @@ class Attention(nn.Module):
                 [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
             )
             q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if cache is not None:

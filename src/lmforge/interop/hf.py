@@ -447,6 +447,7 @@ def hf_family(cfg: ModelConfig) -> str:
     # the training recipe's switches that change what the model computes (zero_init_proj, like
     # init, only changes the starting point and converts)
     need(cfg.activation != "relu2", "activation=relu2 (ReLU squared) is in none of the converted families")
+    need(not cfg.qk_norm, "qk_norm=True (RMS-normalised query and key heads) is in none of the converted families")
     if cfg.arch == "decoder":
         if cfg.positions == "rope":
             need(

@@ -136,6 +136,7 @@ class FastDecodeStep:
                 b.mlp.fc.bias,
                 b.mlp.proj.weight,
                 b.mlp.proj.bias,
+                None if b.attn.q_norm is None else (self._norm(b.attn.q_norm), self._norm(b.attn.k_norm)),
             )
             for b in tr.blocks
         ]
@@ -185,12 +186,14 @@ class FastDecodeStep:
                 rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))  # (B, 1, 1, D)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
-        for i, (n1, wqkv, bqkv, wo, bo, n2, w1, b1, w2, b2) in enumerate(self.layers):
+        for i, (n1, wqkv, bqkv, wo, bo, n2, w1, b1, w2, b2, qk_norm) in enumerate(self.layers):
             h = n1(x) if self.pre else x
             q, k, v = linear(h, wqkv, bqkv).split(self.splits, dim=-1)
             q = q.view(B, 1, H, D).transpose(1, 2)
             k = k.view(B, 1, K, D).transpose(1, 2)
             v = v.view(B, 1, K, D).transpose(1, 2)
+            if qk_norm is not None:
+                q, k = qk_norm[0](q), qk_norm[1](k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             k, v = cache.update(i, k, v)
