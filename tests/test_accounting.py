@@ -27,7 +27,8 @@ from lmforge.models import build_model, count_parameters
 
 VARIANTS = [
     {},
-    {"qk_norm": True, "activation": "relu2", "zero_init_proj": True},  # the training recipe's switches
+    # the training recipe's switches
+    {"qk_norm": True, "activation": "relu2", "zero_init_proj": True, "logit_softcap": 30.0},
     {"bias": False},
     {"tie_embeddings": False, "lm_head_bias": True},
     {"norm": "rmsnorm", "activation": "swiglu", "n_kv_head": 2},

@@ -52,7 +52,7 @@ def test_fast_decode_step_equals_model_forward(gpt, llama):
     )
 
 
-RECIPE = dict(activation="relu2", zero_init_proj=True, qk_norm=True)
+RECIPE = dict(activation="relu2", zero_init_proj=True, qk_norm=True, logit_softcap=2.0)
 
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])

@@ -121,6 +121,14 @@ def test_lora_refuses_bad_targets_and_merged_saves(tmp_path):
         lora.save_adapters(m, tmp_path / "a.safetensors")
 
 
+def test_lora_refuses_a_soft_capped_head():
+    """An adapter adds its term after the layer's output: after the cap, a different model."""
+    m = build_model(ModelConfig.from_preset("gpt-tiny", tie_embeddings=False, logit_softcap=30.0))
+    with pytest.raises(ConfigError, match="lm_head soft-caps its logits"):
+        lora.apply_lora(m, rank=2, targets=["lm_head"])
+    assert lora.apply_lora(m, rank=2)  # the blocks' layers adapt as usual
+
+
 # ---- which parameters learn ---------------------------------------------------------------------
 
 

@@ -219,6 +219,8 @@ def test_a_tied_copy_that_differs_is_refused():
         ("gpt-tiny", {"qk_norm": True}),
         ("llama-tiny", {"qk_norm": True}),
         ("seq2seq-tiny", {"qk_norm": True}),
+        ("gpt-tiny", {"logit_softcap": 30.0}),
+        ("bert-tiny", {"logit_softcap": 30.0}),
     ],
 )
 def test_recipe_switches_without_an_hf_equivalent_are_refused_by_name(preset, switch, tmp_path):

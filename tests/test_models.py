@@ -10,7 +10,7 @@ from lmforge.errors import CheckpointError
 from lmforge.models import build_model, count_parameters, load_model, save_model
 
 # Every model switch of the training recipe (docs/training.md, "Recipe switches") at once.
-RECIPE = dict(activation="relu2", zero_init_proj=True, qk_norm=True)
+RECIPE = dict(activation="relu2", zero_init_proj=True, qk_norm=True, logit_softcap=2.0)
 
 DECODERS = {
     "learned": ModelConfig.from_preset("gpt-tiny"),
@@ -333,3 +333,21 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(preset):
             after = m(x, **kwargs).logits
         diff = (before - after).abs().max().item()
         assert diff < 1e-4 if qk_norm else diff > 1e-2  # (up to the norms' eps)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "bert-tiny", "seq2seq-tiny"])
+def test_logit_softcap_bounds_the_logits_smoothly(preset):
+    cfg = ModelConfig.from_preset(preset)
+    torch.manual_seed(0)
+    plain = build_model(cfg).eval()
+    capped = build_model(cfg.replace(logit_softcap=3.0)).eval()
+    capped.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for p in plain.parameters():  # large logits, so that the cap bites
+            p.mul_(4.0)
+        capped.load_state_dict(plain.state_dict())
+        x = torch.randint(0, cfg.vocab_size, (2, 9))
+        kwargs = dict(decoder_input_ids=x) if cfg.arch == "encoder-decoder" else {}
+        z, c = plain(x, **kwargs).logits, capped(x, **kwargs).logits
+    assert z.abs().max() > 3.0 and c.abs().max() < 3.0
+    torch.testing.assert_close(c, 3.0 * torch.tanh(z / 3.0))

@@ -21,10 +21,25 @@ def llama():
     return build_model(ModelConfig.from_preset("llama-tiny")).eval()
 
 
+@pytest.fixture(scope="module")
+def recipe():
+    """The training recipe's model switches (qk_norm, relu2, zero_init_proj, soft-capped logits)."""
+    torch.manual_seed(2)
+    cfg = ModelConfig.from_preset(
+        "llama-tiny", qk_norm=True, activation="relu2", zero_init_proj=True, logit_softcap=2.0
+    )
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # weights in the zero-initialised projections, as a trained model has
+        for name, mod in model.named_modules():
+            if name.endswith(("attn.proj", "mlp.proj")):
+                mod.weight.normal_(0.0, 0.05)
+    return model
+
+
 # ---- the chain rule -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt", "llama"])
+@pytest.mark.parametrize("name", ["gpt", "llama", "recipe"])
 def test_chain_rule_with_kv_cache(name, request):
     """log P(x) from one scoring pass == the sum of one-step-at-a-time log-probs with the KV cache."""
     model = request.getfixturevalue(name)

@@ -31,6 +31,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 INITS = ("gpt2", "fan_in")
+MAX_SOFTCAP = 1e4  # far beyond any logit a softcap is meant for, and z / cap stays a normal fp16 / fp32 number
 
 
 @functools.cache
@@ -267,6 +268,9 @@ class ModelConfig(ConfigBase):
     # RoPE and the scores, in self- and cross-attention (OLMo 2, Gemma 3)
     qk_norm: bool = False
     lm_head_bias: bool = False  # BERT's MLM decoder and BART's final_logits_bias have one
+    # the vocabulary head's logits z become cap * tanh(z / cap), smooth and inside (-cap, cap) (Gemma 2
+    # uses 30), in training and inference alike; None: plain logits
+    logit_softcap: float | None = None
     embedding_norm: bool = False  # a norm right after the embeddings (BERT, BART)
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Transformer, Marian)
     type_vocab_size: int = 0  # segment (token type) embeddings; BERT uses 2
@@ -360,6 +364,10 @@ class ModelConfig(ConfigBase):
             "rope_base",
             "init_std",
         )
+        if self.logit_softcap is not None and not 0 < self.logit_softcap <= MAX_SOFTCAP:
+            raise ConfigError(
+                f"logit_softcap: must be in (0, {MAX_SOFTCAP:g}] or none, got {self.logit_softcap} (Gemma 2 uses 30)"
+            )
         if self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size: must be >= 0, got {self.type_vocab_size}")
         if self.d_model % self.n_head:

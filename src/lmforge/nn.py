@@ -272,6 +272,30 @@ class MLP(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# The output layer
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(logits / cap)``: the identity near 0, smooth, and inside (-cap, cap) (Gemma 2)."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+class LMHead(nn.Linear):
+    """The linear layer over the vocabulary, with the config's ``logit_softcap`` applied to its
+    output, so that every caller (forward, scoring, generation, serving) gets the same logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.softcap = cfg.logit_softcap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return softcap(super().forward(x), self.softcap)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", softcap={self.softcap}" if self.softcap is not None else "")
+
+
+# ----------------------------------------------------------------------------------------------
 # The residual block
 
 

@@ -128,6 +128,11 @@ def apply_lora(
     ]
     # A tied output head (lm_head sharing the embedding) is not a linear layer to adapt.
     chosen = [n for n in chosen if not _is_tied(model, n)]
+    capped = [n for n in chosen if getattr(model.get_submodule(n), "softcap", None) is not None]
+    if capped:  # the adapter's term would be added after the cap: a different model
+        raise ConfigError(
+            f"lora.targets: {capped[0]} soft-caps its logits (logit_softcap); train it in full or leave it out"
+        )
     if not chosen:
         linear = sorted(
             {

@@ -448,6 +448,10 @@ def hf_family(cfg: ModelConfig) -> str:
     # init, only changes the starting point and converts)
     need(cfg.activation != "relu2", "activation=relu2 (ReLU squared) is in none of the converted families")
     need(not cfg.qk_norm, "qk_norm=True (RMS-normalised query and key heads) is in none of the converted families")
+    need(
+        cfg.logit_softcap is None,
+        f"logit_softcap={cfg.logit_softcap} (soft-capped logits) is in none of the converted families",
+    )
     if cfg.arch == "decoder":
         if cfg.positions == "rope":
             need(

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lmforge.config import ModelConfig
-from lmforge.nn import KVCache, TransformerStack, cross_entropy, init_weights
+from lmforge.nn import KVCache, LMHead, TransformerStack, cross_entropy, init_weights
 
 
 @dataclass
@@ -35,7 +35,7 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = TransformerStack(cfg, cfg.decoder_layers, causal=True)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.lm_head = LMHead(cfg)  # (with logit_softcap, the capped logits)
         init_weights(self, cfg, cfg.decoder_layers)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.tok_emb.weight

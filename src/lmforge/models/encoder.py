@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lmforge.config import ModelConfig
-from lmforge.nn import TransformerStack, activation_fn, cross_entropy, init_weights, make_norm
+from lmforge.nn import LMHead, TransformerStack, activation_fn, cross_entropy, init_weights, make_norm
 
 
 @dataclass
@@ -39,7 +39,7 @@ class MLMHead(nn.Module):
         self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.act = activation_fn("gelu" if cfg.gated else cfg.activation)
         self.norm = make_norm(cfg)
-        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.decoder = LMHead(cfg)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(self.act(self.dense(h))))

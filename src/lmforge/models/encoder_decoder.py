@@ -13,7 +13,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.models.decoder import LMOutput
-from lmforge.nn import KVCache, TransformerStack, cross_entropy, init_weights
+from lmforge.nn import KVCache, LMHead, TransformerStack, cross_entropy, init_weights
 
 
 class EncoderDecoderLM(nn.Module):
@@ -25,7 +25,7 @@ class EncoderDecoderLM(nn.Module):
         self.decoder = TransformerStack(
             cfg, cfg.decoder_layers, causal=True, cross=True, tok_emb=self.shared if cfg.share_embeddings else None
         )
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.lm_head = LMHead(cfg)
         init_weights(self, cfg, cfg.encoder_layers + cfg.decoder_layers)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.decoder.tok_emb.weight

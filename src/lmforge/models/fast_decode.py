@@ -17,7 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.models.decoder import DecoderLM
-from lmforge.nn import MLP, Attention, Block, RotaryEmbedding, TransformerStack, activation_fn, apply_rope
+from lmforge.nn import (
+    MLP,
+    Attention,
+    Block,
+    LMHead,
+    RotaryEmbedding,
+    TransformerStack,
+    activation_fn,
+    apply_rope,
+    softcap,
+)
 
 FEW_ROWS = 32  # up to this many rows per step, a CPU decode step uses few_rows_linear
 
@@ -95,6 +105,7 @@ class FastDecodeStep:
             Attention,
             MLP,
             nn.Linear,
+            LMHead,
             nn.Embedding,
             nn.Dropout,
             nn.ModuleList,
@@ -123,7 +134,7 @@ class FastDecodeStep:
         self.emb_scale = tr.emb_scale
         self.emb_norm = self._norm(tr.emb_norm) if tr.emb_norm is not None else None
         self.norm_f = self._norm(tr.norm_f) if tr.norm_f is not None else None
-        self.head_w, self.head_b = model.lm_head.weight, model.lm_head.bias
+        self.head_w, self.head_b, self.softcap = model.lm_head.weight, model.lm_head.bias, model.lm_head.softcap
         self.layers = [
             (
                 self._norm(b.norm1),
@@ -214,4 +225,4 @@ class FastDecodeStep:
         cache.length += 1
         if self.norm_f is not None:
             x = self.norm_f(x)
-        return linear(x[:, 0], self.head_w, self.head_b)
+        return softcap(linear(x[:, 0], self.head_w, self.head_b), self.softcap)
