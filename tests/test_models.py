@@ -351,3 +351,102 @@ def test_logit_softcap_bounds_the_logits_smoothly(preset):
         z, c = plain(x, **kwargs).logits, capped(x, **kwargs).logits
     assert z.abs().max() > 3.0 and c.abs().max() < 3.0
     torch.testing.assert_close(c, 3.0 * torch.tanh(z / 3.0))
+
+
+# ---- document masks: packed documents do not see each other ----------------------------------------
+
+EOS = 3
+
+
+def _packed(seed: int, T: int = 24, n_docs: int = 3, vocab: int = 256):
+    """(2, T) rows of EOS-separated documents (random boundaries), no EOS inside a document."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(EOS + 1, vocab, (2, T), generator=g)
+    for row in range(2):
+        cuts = torch.randperm(T - 2, generator=g)[: n_docs - 1] + 1
+        x[row, cuts] = EOS
+    return x
+
+
+def _doc_ids(x):
+    from lmforge.nn import document_ids_from_separators
+
+    return document_ids_from_separators(x, EOS)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_document_mask_hides_earlier_documents_and_stays_causal(seed):
+    """Perturbing the tokens of one document changes no logit outside it: not the later documents'
+    (no attention across EOS) nor the earlier ones' (causality). The EOS tokens, and so the
+    boundaries, stay where they are."""
+    for cfg in DECODERS.values():
+        m = _model(cfg)
+        x = _packed(seed)
+        docs = _doc_ids(x)
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            base = m(x, document_ids=docs).logits
+            for d in range(int(docs.max()) + 1):
+                y = x.clone()
+                inside = (docs == d) & (x != EOS)
+                y[inside] = torch.randint(EOS + 1, cfg.vocab_size, (int(inside.sum()),), generator=g)
+                assert torch.equal(_doc_ids(y), docs)
+                out = m(y, document_ids=docs).logits
+                assert (out - base)[docs != d].abs().max() <= 1e-5, (cfg, d)
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_document_mask_equals_each_document_alone(name):
+    """A packed document's logits are those of the document run on its own at the same positions
+    (absolute positions are kept): the mask, not the positions, separates documents."""
+    cfg = DECODERS[name]
+    m = _model(cfg)
+    x = _packed(7)
+    docs = _doc_ids(x)
+    with torch.no_grad():
+        packed = m(x, document_ids=docs).logits
+        unmasked = m(x).logits
+        for row in range(2):
+            for d in range(int(docs[row].max()) + 1):
+                cols = (docs[row] == d).nonzero().flatten()
+                s, e = int(cols[0]), int(cols[-1]) + 1
+                alone = m(x[row : row + 1, s:e], position_ids=torch.arange(s, e)[None]).logits
+                assert (packed[row, s:e] - alone[0]).abs().max() <= 1e-5
+    assert (packed - unmasked).abs().max() > 1e-3  # the mask does change what a later document sees
+
+
+@pytest.mark.parametrize("name", ["learned", "recipe-rope-gqa"])
+def test_document_mask_with_kv_cache_equals_full_forward(name):
+    cfg = DECODERS[name]
+    m = _model(cfg)
+    x = _packed(11, T=20)
+    docs = _doc_ids(x)
+    with torch.no_grad():
+        full = m(x, document_ids=docs).logits
+        cache = m.new_cache(2, 32)
+        steps = [m(x[:, :5], cache=cache, document_ids=docs[:, :5]).logits]
+        steps += [m(x[:, i : i + 1], cache=cache, document_ids=docs[:, : i + 1]).logits for i in range(5, 20)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
+
+
+def test_document_mask_attention_probabilities_are_block_diagonal():
+    m = _model(DECODERS["recipe"])
+    x = _packed(3)
+    docs = _doc_ids(x)
+    with torch.no_grad():
+        out = m(x, document_ids=docs, output_attentions=True)
+        fast = m(x, document_ids=docs).logits
+    assert (out.logits - fast).abs().max() <= 1e-5
+    other = docs[:, None, :, None] != docs[:, None, None, :]  # (B, 1, T, S) query and key in different documents
+    for w in out.attentions:
+        assert w.masked_select(other).abs().max() == 0
+        assert torch.triu(w, diagonal=1).abs().max() == 0
+
+
+def test_document_ids_open_a_document_at_each_separator():
+    x = torch.tensor([[5, 6, EOS, 7, EOS, EOS, 8]])
+    assert _doc_ids(x).tolist() == [[0, 0, 1, 1, 2, 3, 3]]
+    m = _model(DECODERS["learned"])
+    with pytest.raises(Exception, match="document_ids has shape"):
+        m(x, document_ids=_doc_ids(x)[:, :-1])

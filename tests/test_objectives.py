@@ -56,6 +56,22 @@ def test_causal_labels_are_the_next_tokens(ds):
     assert torch.equal(seq["input_ids"].flatten(), stream[:-1]) and torch.equal(seq["labels"].flatten(), stream[1:])
 
 
+def test_causal_doc_mask_numbers_the_documents_of_each_window(ds):
+    from lmforge.nn import document_ids_from_separators
+
+    eos = ds.tokenizer.eos_id
+    sampler = make_batches("causal", ds, 16, 64, order="sequential", doc_mask=True)
+    plain = make_batches("causal", ds, 16, 64, order="sequential")
+    crossed = 0
+    for _ in range(sampler.batches_per_epoch):
+        b, p = sampler.next_batch(), plain.next_batch()
+        assert set(b) == {"input_ids", "labels", "document_ids"} and b["document_ids"].dtype == torch.int64
+        assert torch.equal(b["input_ids"], p["input_ids"]) and torch.equal(b["labels"], p["labels"])
+        assert torch.equal(b["document_ids"], document_ids_from_separators(b["input_ids"], eos))
+        crossed += int((b["document_ids"][:, -1] > 0).sum())
+    assert crossed > 0  # some windows do hold a boundary
+
+
 def test_sequential_order_walks_epochs(ds):
     s = make_batches("causal", ds, 4, 64, split="val", order="sequential")
     assert s.windows_per_epoch == (len(ds.val) - 1) // 64 and s.batches_per_epoch == s.windows_per_epoch // 4

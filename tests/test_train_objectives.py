@@ -105,3 +105,26 @@ def test_held_out_corruption_is_the_reference_recipe_whatever_the_training_setti
     assert eval_objective_options(t5) == {"noise_density": 0.15, "mean_span_length": 3.0}
     gpt = RunConfig.from_preset("tiny-gpt")
     assert eval_objective_options(gpt) == objective_options(gpt) == {}
+    masked = RunConfig.from_dict({**gpt.to_dict(), "data": {**gpt.data.to_dict(), "doc_mask": True}})
+    assert eval_objective_options(masked) == objective_options(masked) == {"doc_mask": True}  # evaluation too
+
+
+def test_doc_mask_reaches_the_model_through_the_engine(dataset):
+    """The sampler's document_ids are a forward argument: the trainer's loss is the masked one."""
+    from lmforge.errors import ConfigError
+    from lmforge.train.config import DataConfig
+
+    model_cfg = fit_model_to_tokenizer(ModelConfig.from_preset("gpt-tiny", max_positions=64), dataset.tokenizer)
+    batch = make_batches("causal", dataset, 16, 64, order="sequential", doc_mask=True).next_batch()
+    assert (batch["document_ids"][:, -1] > 0).any()  # the batch crosses a boundary
+    torch.manual_seed(0)
+    model = build_model(model_cfg).eval()
+    cfg = TrainConfig(max_steps=1, batch_size=16, threads=1, peak_flops=1e11, progress=False, sample_tokens=0)
+    trainer = Trainer(model, cfg, Fixed(batch), eval_batches=lambda n: [batch], log=lambda m: None)
+    with torch.no_grad():
+        masked = model(batch["input_ids"], labels=batch["labels"], document_ids=batch["document_ids"]).loss
+        unmasked = model(batch["input_ids"], labels=batch["labels"]).loss
+    assert abs(masked.item() - unmasked.item()) > 1e-6
+    assert trainer.evaluate()["loss"] == pytest.approx(masked.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="data.doc_mask"):
+        DataConfig(objective="mlm", doc_mask=True)

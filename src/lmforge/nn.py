@@ -122,24 +122,40 @@ def attention_mask_4d(
     causal: bool,
     past: int = 0,
     device: torch.device | None = None,
+    document_ids: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Boolean (B or 1, 1, T, S) mask, True where a query may attend, on ``key_mask``'s device (else
     ``device``).
 
     ``key_mask`` (B, S) marks real (1) and padding (0) keys. A query always sees itself, so a
     padding query never has an all-masked row (which would give NaN); its output is ignored.
+    ``document_ids`` (B, S): the document of each position; a query sees only the keys of its own
+    (block-diagonal, and causal within each block when ``causal``).
     """
-    device = key_mask.device if key_mask is not None else device
+    if key_mask is not None:
+        device = key_mask.device
+    elif document_ids is not None:
+        device = document_ids.device
     q_pos = torch.arange(past, past + q_len, device=device)
     k_pos = torch.arange(k_len, device=device)
     if causal:
         allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, T, S)
     else:
         allowed = torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
+    if document_ids is not None:
+        q_doc = document_ids[:, past : past + q_len]
+        allowed = allowed & (q_doc[:, None, :, None] == document_ids[:, None, None, :])  # (B, 1, T, S)
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :].bool()
         allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None, None]
     return allowed
+
+
+def document_ids_from_separators(input_ids: torch.Tensor, separator: int) -> torch.Tensor:
+    """(B, T) document index of each position of packed rows whose documents are separated by
+    ``separator`` (EOS): a separator opens the next document, as a text to score or generate
+    from starts after one (``text_start_id``), so the tokens after it see it and nothing before."""
+    return (input_ids == separator).cumsum(dim=-1)
 
 
 class Attention(nn.Module):
@@ -432,6 +448,7 @@ class TransformerStack(nn.Module):
         context_mask: torch.Tensor | None = None,  # (B, S_enc)
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        document_ids: torch.Tensor | None = None,  # (B, S) document of each position: attend within it
     ) -> StackOutput:
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -448,8 +465,15 @@ class TransformerStack(nn.Module):
             raise LMForgeError(f"attention_mask has {attention_mask.shape[1]} positions, expected {k_len}")
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
+        if document_ids is not None:
+            if document_ids.shape != (B, k_len):
+                raise LMForgeError(f"document_ids has shape {tuple(document_ids.shape)}, expected {(B, k_len)}")
+            if bool((document_ids == document_ids[:, :1]).all()):  # one document per row: nothing to hide
+                document_ids = None
         mask, is_causal = None, False
-        if attention_mask is None and self.causal and T > 1:
+        if document_ids is not None:  # packed documents: block-diagonal (and causal) attention
+            mask = attention_mask_4d(attention_mask, T, k_len, self.causal, past, input_ids.device, document_ids)
+        elif attention_mask is None and self.causal and T > 1:
             if past == 0:
                 is_causal = True
             else:  # a chunk appended to a cache

@@ -4,6 +4,7 @@
 objective  one example                                                         batch keys
 =========  ==================================================================  ==========================
 causal     a window of T+1 packed tokens; labels[t] = input_ids[t+1]           input_ids, labels
+           (doc_mask: the document of each position, to attend within it)    (+ document_ids)
 mlm        [CLS] window [SEP]; 15% of tokens chosen: 80% [MASK], 10% random,   input_ids, attention_mask,
            10% kept (BERT); labels -100 where not chosen                       labels
 mlm+nsp    [CLS] A [SEP] B [SEP]: B follows A (label 0) or comes from another  input_ids, token_type_ids,
@@ -181,18 +182,30 @@ def _require(tokenizer: Tokenizer, objective: str, *roles: str) -> None:
 
 # ---- causal LM ------------------------------------------------------------------------------------
 class CausalSampler(Sampler):
-    """Packed windows for next-token prediction: ``labels[t] == input_ids[t + 1]`` of the stream."""
+    """Packed windows for next-token prediction: ``labels[t] == input_ids[t + 1]`` of the stream.
+
+    ``doc_mask=True`` adds ``document_ids``: the document of each input position, counting the EOS
+    separators before it and at it (an EOS opens the next document, as a scored or generated text
+    starts after one), so that the model's attention does not cross a document boundary
+    (:func:`lmforge.nn.document_ids_from_separators` computes the same from ``input_ids``).
+    """
 
     objective = "causal"
 
-    def __init__(self, tokens, offsets, tokenizer, batch_size, seq_len, **kw):
+    def __init__(self, tokens, offsets, tokenizer, batch_size, seq_len, doc_mask: bool = False, **kw):
         super().__init__(tokens, offsets, tokenizer, batch_size, seq_len, **kw)
         self.window, self.stride = seq_len + 1, seq_len  # sequential windows overlap by the one label token
         self._check_length()
+        self.doc_mask = bool(doc_mask)
+        if self.doc_mask:
+            _require(tokenizer, "causal with doc_mask", "eos")
 
     def _example(self, index, rng):
         w = self._window(index, rng)
-        return {"input_ids": w[:-1], "labels": w[1:]}
+        example = {"input_ids": w[:-1], "labels": w[1:]}
+        if self.doc_mask:
+            example["document_ids"] = np.cumsum(w[:-1] == self.tokenizer.eos_id)
+        return example
 
 
 # ---- masked LM ------------------------------------------------------------------------------------------
@@ -570,7 +583,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 OBJECTIVES = tuple(SAMPLERS)
 _OPTIONS = {
-    "causal": (),
+    "causal": ("doc_mask",),
     "mlm": ("mlm_probability", "whole_word"),
     "mlm+nsp": ("mlm_probability", "whole_word"),
     "span": ("noise_density", "mean_span_length", "decoder_start_id"),
@@ -594,9 +607,10 @@ def make_batches(
 ) -> Sampler:
     """A sampler of ``objective`` batches over ``split`` of a dataset (object or directory).
 
-    Options: mlm / mlm+nsp: ``mlm_probability`` (0.15), ``whole_word`` (False); span:
-    ``noise_density`` (0.15), ``mean_span_length`` (3), ``decoder_start_id`` (pad); infill:
-    ``noise_density`` (0.3), ``poisson_lambda`` (3), ``decoder_start_id`` (pad).
+    Options: causal: ``doc_mask`` (False; True adds ``document_ids``); mlm / mlm+nsp:
+    ``mlm_probability`` (0.15), ``whole_word`` (False); span: ``noise_density`` (0.15),
+    ``mean_span_length`` (3), ``decoder_start_id`` (pad); infill: ``noise_density`` (0.3),
+    ``poisson_lambda`` (3), ``decoder_start_id`` (pad).
     """
     if objective not in SAMPLERS:
         raise ConfigError(f"objective: unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -53,6 +53,9 @@ class DecoderLM(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         last_only: bool = False,  # logits of the last position only (generation)
+        # (B, past + T) the document of each position in packed rows (``data.doc_mask``): attention
+        # stays inside it; positions stay absolute. None: every position sees all earlier ones
+        document_ids: torch.Tensor | None = None,
     ) -> LMOutput:
         out = self.transformer(
             input_ids,
@@ -61,6 +64,7 @@ class DecoderLM(nn.Module):
             cache=cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            document_ids=document_ids,
         )
         h = out.last_hidden_state
         logits = self.lm_head(h[:, -1:] if last_only else h)  # (B, T, V)

@@ -45,6 +45,9 @@ class DataConfig(ConfigBase):
     mean_span_length: float = 3.0  # span, infill
     sentinels: int | None = None  # <extra_id_N> tokens to add; default 100 for span corruption, else the kind's
     val_fraction: float = 0.1  # files (not the bundled corpus): held-out share of the documents
+    # causal: attention does not cross the EOS between packed documents (training and evaluation
+    # windows); positions stay those of the window
+    doc_mask: bool = False
 
     section: ClassVar[str] = "data."
 
@@ -57,6 +60,11 @@ class DataConfig(ConfigBase):
         for name in ("mlm_probability", "noise_density", "val_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}: must be in (0, 1), got {getattr(self, name)}")
+        if self.doc_mask and self.objective != "causal":
+            raise ConfigError(
+                f"data.doc_mask: masks packed documents of the causal objective, not {self.objective!r}; "
+                "set data.doc_mask=false"
+            )
         if self.sentinels is not None and self.sentinels < 0:
             raise ConfigError(f"data.sentinels: must be >= 0, got {self.sentinels}")
 

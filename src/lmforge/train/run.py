@@ -100,7 +100,7 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer, objective: str | None 
 def objective_options(cfg: RunConfig) -> dict[str, float]:
     d = cfg.data
     return {
-        "causal": {},
+        "causal": {"doc_mask": True} if d.doc_mask else {},
         "mlm": {"mlm_probability": d.mlm_probability},
         "mlm+nsp": {"mlm_probability": d.mlm_probability},
         "span": {"noise_density": d.noise_density, "mean_span_length": d.mean_span_length},
