@@ -118,6 +118,57 @@ def test_param_groups_no_decay_on_biases_norms_embeddings():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
 
 
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    m = _gpt()
+    t = Trainer(m, _cfg(optimizer="muon"), Windows(TOKENS, 4, 16))
+    names = {id(p): n for n, p in m.named_parameters()}
+    muon = {names[id(p)] for g in t.muon.param_groups for p in g["params"]}
+    adamw = {names[id(p)] for g in t.optimizer.param_groups for p in g["params"]}
+    assert muon == {
+        f"transformer.blocks.{i}.{w}.weight" for i in range(2) for w in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    }
+    assert not muon & adamw and muon | adamw == set(names.values())
+    assert any("tok_emb" in n for n in adamw) and any("pos_emb" in n for n in adamw)  # (the tied head too)
+    assert type(t.muon).__name__ == "Float32Muon"  # the CPU's Newton-Schulz iteration runs in fp32
+    r = t.train_step()
+    assert t.muon.param_groups[0]["lr"] == pytest.approx(0.02 * r.lr / 3e-3)  # Muon's lr, on the same schedule
+    untied = build_model(ModelConfig.from_preset("llama-tiny", max_positions=32))
+    head = Trainer(untied, _cfg(optimizer="muon"), Windows(TOKENS, 4, 16)).optimizer.param_groups[0]["params"]
+    assert any(p is untied.lm_head.weight for p in head)  # an untied head is AdamW's decayed matrix
+
+
+def test_muon_fp32_step_is_torch_muon_up_to_its_bf16_rounding():
+    from lmforge.train.optim import Float32Muon, orthogonalize
+
+    torch.manual_seed(0)
+    start, grads = torch.randn(96, 32), [torch.randn(96, 32) for _ in range(3)]
+    params = []
+    for cls in (Float32Muon, torch.optim.Muon):
+        p = torch.nn.Parameter(start.clone())
+        opt = cls([p], lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        params.append(p.detach())
+    ours, torchs = params
+    moved = (ours - start).abs().max()
+    assert moved > 0.01 and (ours - torchs).abs().max() < 0.05 * moved
+    s = torch.linalg.svdvals(orthogonalize(torch.randn(64, 192), (3.4445, -4.7750, 2.0315), 5, 1e-7))
+    assert 0.5 < s.min() and s.max() < 1.3  # near-orthogonal: the singular values pushed towards 1
+    o = orthogonalize(grads[0], (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    torch.testing.assert_close(orthogonalize(grads[0].T, (3.4445, -4.7750, 2.0315), 5, 1e-7), o.T)
+
+
+def test_muon_checkpoints_resume_only_as_muon(tmp_path):
+    from lmforge.errors import ConfigError
+
+    _run(tmp_path, 3, optimizer="muon")
+    with pytest.raises(CheckpointError, match="train.optimizer=muon"):
+        _run(tmp_path, 6, resume_from=tmp_path / "checkpoints" / "step-3")
+    with pytest.raises(ConfigError, match="train.optimizer: muon.*strategy=ddp"):
+        _cfg(optimizer="muon", strategy="fsdp")
+
+
 # ---- the step ----------------------------------------------------------------------------------
 
 
@@ -226,14 +277,21 @@ def _run(tmp, steps, resume_from=None, stop_at=None, **kw):
     return t, losses
 
 
-def test_resume_is_bit_exact(tmp_path):
-    full, losses_full = _run(tmp_path / "a", 8)
-    _run(tmp_path / "b", 8, stop_at=5)  # checkpoints at 3 and 5 (the end of the first leg)
-    resumed, losses_resumed = _run(tmp_path / "b", 8, resume_from=ckpt.latest_valid(tmp_path / "b"))
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bit_exact(tmp_path, optimizer):
+    full, losses_full = _run(tmp_path / "a", 8, optimizer=optimizer)
+    _run(tmp_path / "b", 8, stop_at=5, optimizer=optimizer)  # checkpoints at 3 and 5 (the end of the first leg)
+    resumed, losses_resumed = _run(
+        tmp_path / "b", 8, resume_from=ckpt.latest_valid(tmp_path / "b"), optimizer=optimizer
+    )
     assert resumed.step == 8
     assert losses_full == losses_resumed  # dropout on: RNG state is restored too
     for p, q in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(p, q)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "step-8" / "state.pt", weights_only=True)
+    assert ("muon" in state) == (optimizer == "muon")  # both optimizers' states are in the checkpoint
+    if optimizer == "muon":
+        assert state["muon"]["state"] and state["optimizer"]["state"]
 
 
 def test_state_loads_with_weights_only_and_corruption_falls_back(tmp_path):

@@ -20,6 +20,8 @@ from lmforge.errors import ConfigError
 
 OBJECTIVES = ("causal", "mlm", "mlm+nsp", "span", "infill")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
+OPTIMIZERS = ("adamw", "muon")
+NS_DTYPES = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 MAX_THREADS = 1024  # torch's thread pools crash far above the core count
 
@@ -71,7 +73,8 @@ class DataConfig(ConfigBase):
 
 @dataclass
 class TrainConfig(ConfigBase):
-    """How to optimise: AdamW, a learning-rate schedule, batch, evaluation, checkpoints, devices."""
+    """How to optimise: AdamW (or Muon + AdamW), a learning-rate schedule, batch, evaluation,
+    checkpoints, devices."""
 
     max_steps: int = 1000
     batch_size: int = 32  # sequences per optimizer step, over all ranks and micro-steps
@@ -85,6 +88,12 @@ class TrainConfig(ConfigBase):
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    # muon: Muon for the 2-D matrices inside the blocks, AdamW (the settings above) for embeddings,
+    # heads, norms and biases; lmforge.train.optim
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it as it scales lr
+    muon_momentum: float = 0.95
+    muon_ns_dtype: str = "auto"  # the Newton-Schulz iteration: auto (bf16 on CUDA, else fp32) | fp32 | bf16
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 1337
     log_every: int = 10
@@ -117,11 +126,24 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"train.schedule: unknown {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy: unknown {self.strategy!r}; choose ddp or fsdp")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer: unknown {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.muon_ns_dtype not in NS_DTYPES:
+            raise ConfigError(
+                f"train.muon_ns_dtype: unknown {self.muon_ns_dtype!r}; choose one of {', '.join(NS_DTYPES)}"
+            )
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise ConfigError(
+                "train.optimizer: muon orthogonalises whole matrices, which FSDP shards; use train.strategy=ddp"
+            )
+        if not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"train.muon_momentum: must be in [0, 1), got {self.muon_momentum}")
         for name in (
             "max_steps",
             "batch_size",
             "grad_accum",
             "lr",
+            "muon_lr",
             "eps",
             "log_every",
             "keep_checkpoints",

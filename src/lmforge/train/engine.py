@@ -12,6 +12,7 @@ One optimizer step::
         backward(loss_i * w_i / W)                         # w_i targets in it, W in the whole global batch
     clip the global gradient norm; skip the update if the loss or the norm is not finite
     AdamW step at lr(step): linear warmup, then cosine / linear / warmup-stable-decay
+    (train.optimizer=muon: Muon steps the blocks' matrices at the same schedule, AdamW the rest)
 
 Weighting each micro-batch by its share of the targets makes the update the gradient of the mean
 loss over the whole global batch, however it is cut into micro-batches and ranks.
@@ -42,6 +43,7 @@ from lmforge.models.io import WEIGHTS_FILE, atomic_write_text, save_model
 from lmforge.nn import eval_mode
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
+from lmforge.train import optim
 from lmforge.train.config import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -90,13 +92,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))  # cosine
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, exclude: Iterable[nn.Parameter] = ()) -> list[dict[str, Any]]:
     """Two AdamW groups: weight decay on matrices; none on biases, norm gains and embeddings
-    (decaying those pulls them towards zero for no regularising benefit)."""
+    (decaying those pulls them towards zero for no regularising benefit). Parameters in
+    ``exclude`` (another optimizer's) are left out."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    excluded = {id(p) for p in exclude}
     decay, no_decay = [], []
     for _, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in excluded:
             continue
         (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -240,13 +244,27 @@ class Trainer:
         )
         self.sharded = D.is_sharded(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.weight_decay),
-            lr=cfg.lr,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.eps,
-            fused=dev.fused_adamw_ok(self.device) and not self.sharded,
-        )
+        # train.optimizer=muon: Muon for the blocks' matrices, AdamW for the rest; both step together
+        self.muon = None
+        hidden = optim.hidden_matrices(self.model) if cfg.optimizer == "muon" else []
+        if hidden:
+            if self.sharded:
+                raise TrainingError("train.optimizer: muon needs whole matrices; FSDP shards them (use ddp)")
+            ns_dtype = cfg.muon_ns_dtype
+            if ns_dtype == "auto":
+                ns_dtype = "bf16" if self.device.type == "cuda" else "fp32"
+            self.muon = optim.make_muon(hidden, cfg.muon_lr, cfg.weight_decay, cfg.muon_momentum, ns_dtype)
+        groups = param_groups(self.model, cfg.weight_decay, exclude=hidden)
+        self.optimizer = None  # AdamW: everything, or what Muon does not take (None if nothing is left)
+        if groups:
+            self.optimizer = torch.optim.AdamW(
+                groups,
+                lr=cfg.lr,
+                betas=(cfg.beta1, cfg.beta2),
+                eps=cfg.eps,
+                fused=dev.fused_adamw_ok(self.device) and not self.sharded,
+            )
+        self.optimizers = [o for o in (self.optimizer, self.muon) if o is not None]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self._forward_keys = _forward_keys(self.model)
         self.encoder_decoder = getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
@@ -308,8 +326,12 @@ class Trainer:
         )
         total_weight, tokens = counts[0].item(), int(counts[1].item())
         lr = lr_at(self.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        if self.muon is not None:
+            for group in self.muon.param_groups:
+                group["lr"] = cfg.muon_lr * lr / cfg.lr
 
         self.train_model.train()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
@@ -323,16 +345,19 @@ class Trainer:
             loss_sum += loss.detach().float() * w
         loss_mean = (D.all_reduce_sum(loss_sum) / max(total_weight, 1.0)).item()
 
-        self.scaler.unscale_(self.optimizer)
+        for opt in self.optimizers:
+            self.scaler.unscale_(opt)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         # fp16's grad scaler skips inf gradients itself (and lowers the scale); count only real failures
         finite = math.isfinite(loss_mean) and (math.isfinite(norm) or self.scaler.is_enabled())
         if finite:
-            self.scaler.step(self.optimizer)
+            for opt in self.optimizers:
+                self.scaler.step(opt)
             self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         return StepResult(loss_mean, norm, lr, tokens, skipped=not finite)
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -572,7 +597,8 @@ class Trainer:
         return {
             "format": 1,
             "step": self.step,
-            "optimizer": D.full_optimizer_state(self.model, self.optimizer),
+            "optimizer": None if self.optimizer is None else D.full_optimizer_state(self.model, self.optimizer),
+            **({"muon": self.muon.state_dict()} if self.muon is not None else {}),
             "scaler": self.scaler.state_dict(),
             "rng": D.all_gather_objects(ckpt.rng_state()),  # one per rank
             "sampler": ckpt.to_safe(self.train_batches.state_dict()),
@@ -615,7 +641,15 @@ class Trainer:
             weights = load_file(str(path / WEIGHTS_FILE))
         except Exception as e:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: unreadable weights ({e})") from None
+        saved = "muon" if "muon" in state else "adamw"
+        if saved != ("muon" if self.muon is not None else "adamw"):
+            raise CheckpointError(
+                f"{path}: trained with train.optimizer={saved}, this run has train.optimizer={self.cfg.optimizer}; "
+                f"resume with train.optimizer={saved}"
+            )
         D.load_full_state(self.model, self.optimizer, weights, state["optimizer"])
+        if self.muon is not None:
+            self.muon.load_state_dict(state["muon"])
         self.scaler.load_state_dict(state["scaler"])
         self.train_batches.load_state_dict(ckpt.from_safe(state["sampler"]))
         t = state["trainer"]
