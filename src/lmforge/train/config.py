@@ -287,14 +287,15 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
             seq_len=64,
             mlm_probability=0.3,
         ),
+        # 4,000 steps of 32 x 64 tokens (8.2M): 29.2% at [MASK] held out in 8 min 15 s on 2 cores (docs/training.md)
         train=dict(
-            max_steps=1500,
-            batch_size=64,
+            max_steps=4000,
+            batch_size=32,
             lr=3e-3,
-            warmup_steps=100,
-            eval_every=250,
+            warmup_steps=200,
+            eval_every=500,
             eval_batches=8,
-            checkpoint_every=500,
+            checkpoint_every=1000,
         ),
     ),
     # T5-style span corruption for an encoder-decoder, on the encoder's recipe: rotary positions, windows of
