@@ -5,7 +5,8 @@ uses for a handful of rows (:func:`few_rows_linear`, :func:`onednn_linear`).
 Generation (:func:`lmforge.infer.generate_ids`, ``fast=True``) takes it for each step after the
 prompt. Its contract is ``tests/test_fast_decode.py``: the same tokens as ``model.forward`` and
 log-probabilities within float rounding, for learned, sinusoidal and rotary positions, pre- and
-post-norm, plain and gated MLPs, with and without padding.
+post-norm, plain and gated MLPs, with and without padding; for int8 models
+(:mod:`lmforge.models.quant`) ``tests/test_int8.py`` holds it to their own forward.
 """
 
 from __future__ import annotations
