@@ -25,6 +25,36 @@ def test_smoke_run_writes_a_report(tmp_path, capsys):
     assert "ratio" in capsys.readouterr().out
 
 
+def test_smoke_int8_cases_report_against_fp32(tmp_path, capsys):
+    """--int8 adds int8-vs-fp32 rows to generate and score (no timing assertions); refused off the CPU / fp32."""
+    import pytest
+
+    from lmforge.bench.cases import check_int8
+    from lmforge.errors import ConfigError
+
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--smoke", "--device", "cpu", "--cases", "generate,score", "--int8", "--json", str(out)])
+    assert rc in (0, None)
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    names = [n for n in results if "int8" in n]
+    assert names == [
+        "generate greedy int8 vs fp32, batch 1",
+        "generate greedy int8 (fp32 head) vs fp32, batch 1",
+        "generate greedy int8 vs fp32, batch 8",
+        "score int8 vs fp32 4x32",
+    ]
+    assert all(results[n]["notes"]["reference"] == "lmforge fp32" and results[n]["ratio"] for n in names)
+    assert results[names[0]]["check"].endswith("of tokens equal fp32")
+    assert float(results[names[-1]]["check"].split()[2].rstrip(",")) < 0.05
+    capsys.readouterr()
+    import torch
+
+    with pytest.raises(ConfigError, match="--int8"):
+        check_int8(torch.device("cpu"), torch.bfloat16)
+    assert main(["bench", "--smoke", "--dtype", "int8", "--cases", "generate"]) == 2
+    assert "--int8" in capsys.readouterr().err
+
+
 def test_select_cases_defaults_by_device_and_refuses_unknown_names():
     from types import SimpleNamespace
 

@@ -70,6 +70,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
+    if name == "int8":
+        raise ConfigError(
+            "dtype: int8 is weight-only inference on the CPU (generate, score, serve --dtype int8), "
+            "not training; choose auto, fp32, bf16 or fp16"
+        )
     if name not in DTYPES:
         raise ConfigError(f"dtype: unknown dtype {name!r}; choose auto, fp32, bf16 or fp16")
     dtype = DTYPES[name]

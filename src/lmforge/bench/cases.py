@@ -25,6 +25,8 @@ def bench_device(device: str = "auto", dtype: str = "auto"):
     from lmforge import device as dev
 
     d = dev.resolve_device(device)
+    if dtype == "int8":
+        raise ConfigError("--dtype: int8 is timed by --int8 (against fp32 in the generate and score cases)")
     t = dev.resolve_dtype(dtype, d)
     if t == torch.float16:  # what auto gives on a GPU without bf16
         raise ConfigError(
@@ -46,11 +48,20 @@ def select_cases(spec: str | None, device) -> list[str]:
     return cases
 
 
+def check_int8(device, dtype) -> None:
+    """``--int8`` times int8 against lmforge fp32 on the CPU: refused in one line elsewhere."""
+    import torch
+
+    if device.type != "cpu" or dtype != torch.float32:
+        raise ConfigError("--int8: weight-only int8 is timed on the CPU against fp32; use --device cpu --dtype fp32")
+
+
 def run_case_named(
-    case: str, rounds: int, peak: float | None, smoke: bool, device, dtype, compile: bool = False
+    case: str, rounds: int, peak: float | None, smoke: bool, device, dtype, compile: bool = False, int8: bool = False
 ) -> list:
     """Run one case (``smoke``: the tiniest shapes); ``compile`` adds a torch.compile run of each
-    training case."""
+    training case; ``int8`` adds to ``generate`` and ``score`` an int8 copy of lmforge's model
+    timed against lmforge fp32 (CPU only: :func:`check_int8`)."""
     from lmforge.bench import inference, pipeline, training
 
     if case.startswith("train-"):
@@ -60,11 +71,23 @@ def run_case_named(
             for compiled in ((False, True) if compile else (False,))
         ]
     if case in ("generate", "score"):
+        if int8:
+            check_int8(device, dtype)
         ours, hf = inference.models(smoke, device, dtype)
         if case == "score":
-            return [inference.scoring_case(ours, hf, *((4, 32) if smoke else (32, 256)), rounds=rounds, peak=peak)]
+            shape = (4, 32) if smoke else (32, 256)
+            out = [inference.scoring_case(ours, hf, *shape, rounds=rounds, peak=peak)]
+            if int8:
+                out.append(inference.int8_scoring_case(ours, *shape, rounds=rounds, peak=peak))
+            return out
         new_tokens = 8 if smoke else 200
-        return [inference.generation_case(ours, hf, b, new_tokens=new_tokens, rounds=rounds, peak=peak) for b in (1, 8)]
+        out = [inference.generation_case(ours, hf, b, new_tokens=new_tokens, rounds=rounds, peak=peak) for b in (1, 8)]
+        if int8:  # batch 1 with the head in int8 and in fp32, batch 8 with it in int8
+            out += [
+                inference.int8_generation_case(ours, b, head, new_tokens=new_tokens, rounds=rounds, peak=peak)
+                for b, head in ((1, True), (1, False), (8, True))
+            ]
+        return out
     if case == "tokenizer":
         return [pipeline.tokenizer_case("bpe", 512 if smoke else 8192)]
     if case == "prepare":

@@ -113,3 +113,80 @@ def scoring_case(
         peak=peak,
         check=f"max |dlogp| {diff:.1e}",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# int8 (``lmforge bench --int8``): weight-only int8 against lmforge fp32, on the CPU
+
+
+def int8_generation_case(
+    ours,
+    batch: int,
+    include_head: bool = True,
+    prompt_len: int = 16,
+    new_tokens: int = 200,
+    rounds: int = 5,
+    peak: float | None = None,
+) -> CaseResult:
+    """Greedy decoding of an int8 copy of ``ours`` (fp32, CPU) timed against ``ours`` itself: the
+    ratio is int8 speed / fp32 speed; the check is the share of tokens equal to fp32's (random
+    weights have small top-1 margins, so greedy paths may part)."""
+    import copy
+
+    from lmforge.accounting import count_flops
+    from lmforge.infer import generate_ids
+    from lmforge.models.quant import quantize_int8
+
+    q = quantize_int8(copy.deepcopy(ours), include_head=include_head)
+    ids = torch.randint(0, ours.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(batch))
+
+    def decode(model):
+        return lambda: generate_ids(model, ids, max_new_tokens=new_tokens, do_sample=False, eos_id=None).tokens
+
+    agree = float((decode(q)() == decode(ours)()).float().mean())
+    head = "" if include_head else " (fp32 head)"
+    return run_case(
+        f"generate greedy int8{head} vs fp32, batch {batch}",
+        "tokens",
+        batch * new_tokens,
+        decode(q),
+        decode(ours),
+        rounds=rounds,
+        flops_per_unit=count_flops(ours.config, prompt_len + new_tokens).forward_per_token,
+        peak=peak,
+        check=f"{agree:.0%} of tokens equal fp32",
+        reference="lmforge fp32",
+    )
+
+
+def int8_scoring_case(
+    ours, n_seq: int = 32, seq_len: int = 256, rounds: int = 5, peak: float | None = None
+) -> CaseResult:
+    """Scoring with an int8 copy of ``ours`` (fp32, CPU, head included) timed against ``ours``;
+    the check is the largest and the mean log-probability difference (the mean, over ln 2, is the
+    change in bits per token)."""
+    import copy
+
+    from lmforge.accounting import count_flops
+    from lmforge.infer import decoder_token_logprobs
+    from lmforge.models.quant import quantize_int8
+
+    q = quantize_int8(copy.deepcopy(ours))
+    ids = torch.randint(0, ours.config.vocab_size, (n_seq, seq_len), generator=torch.Generator().manual_seed(99))
+
+    def scored(model):
+        return lambda: torch.stack(decoder_token_logprobs(model, ids, batch_size=n_seq))
+
+    diff = scored(q)() - scored(ours)()
+    return run_case(
+        f"score int8 vs fp32 {n_seq}x{seq_len}",
+        "tokens",
+        n_seq * seq_len,
+        scored(q),
+        scored(ours),
+        rounds=rounds,
+        flops_per_unit=count_flops(ours.config, seq_len).forward_per_token,
+        peak=peak,
+        check=f"max |dlogp| {float(diff.abs().max()):.1e}, mean dlogp {float(diff.mean()):+.1e}",
+        reference="lmforge fp32",
+    )

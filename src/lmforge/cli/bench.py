@@ -20,6 +20,11 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--compile", action="store_true", help="also time the training cases with lmforge's model under torch.compile"
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="CPU: also time an int8 copy of lmforge's model in generate and score, against lmforge fp32",
+    )
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case, after warm-up")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
@@ -36,11 +41,13 @@ def run(args) -> None:
     from lmforge import device as dev
     from lmforge.accounting import device_peak
     from lmforge.bench import format_table, system_info, write_report
-    from lmforge.bench.cases import bench_device, run_case_named, select_cases
+    from lmforge.bench.cases import bench_device, check_int8, run_case_named, select_cases
     from lmforge.bench.harness import LoadMonitor
 
     device, dtype = bench_device(args.device, args.dtype)
     cases = select_cases(args.cases, device)
+    if args.int8:
+        check_int8(device, dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 1 if args.smoke else args.rounds
@@ -57,7 +64,7 @@ def run(args) -> None:
     results = []
     with LoadMonitor() as load:
         for case in cases:
-            for result in run_case_named(case, rounds, peak, args.smoke, device, dtype, args.compile):
+            for result in run_case_named(case, rounds, peak, args.smoke, device, dtype, args.compile, args.int8):
                 results.append(result)
                 print(format_table([result]).splitlines()[-1], flush=True)
     info["other_processes_load_cores"] = load.other_cores

@@ -56,7 +56,11 @@ def add_device_arguments(p, dtype: bool = True) -> None:
     """``--device`` (and ``--dtype``) of the verbs that load a model for inference."""
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     if dtype:
-        p.add_argument("--dtype", default="fp32", help="fp32 (default) | bf16 | fp16")
+        p.add_argument(
+            "--dtype",
+            default="fp32",
+            help="fp32 (default) | bf16 | fp16 | int8 (weight-only int8 on the CPU, per-channel scales)",
+        )
 
 
 def add_sampling_arguments(p, max_new_tokens: int = 100) -> None:

@@ -27,7 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--limit", type=float, help="documents per task, the first ones (a fraction of them when < 1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="fp32", help="fp32 (default) | bf16 | fp16 (the lmforge model)")
+    p.add_argument(
+        "--dtype", default="fp32", help="fp32 (default) | bf16 | fp16 | int8 (the lmforge model; int8: on the CPU)"
+    )
     p.add_argument(
         "--harness-model",
         choices=HARNESS_MODELS,

@@ -13,6 +13,7 @@ from lmforge.models.decoder import DecoderLM, LMOutput
 from lmforge.models.encoder import EncoderLM, EncoderOutput
 from lmforge.models.encoder_decoder import EncoderDecoderLM
 from lmforge.models.io import load_model, save_model
+from lmforge.models.quant import Int8Linear, quantize_int8
 
 FAMILIES = {"decoder": DecoderLM, "encoder": EncoderLM, "encoder-decoder": EncoderDecoderLM}
 
@@ -43,8 +44,10 @@ __all__ = [
     "LMOutput",
     "EncoderOutput",
     "FAMILIES",
+    "Int8Linear",
     "build_model",
     "count_parameters",
     "load_model",
+    "quantize_int8",
     "save_model",
 ]

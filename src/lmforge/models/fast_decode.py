@@ -5,18 +5,21 @@ uses for a handful of rows (:func:`few_rows_linear`, :func:`onednn_linear`).
 Generation (:func:`lmforge.infer.generate_ids`, ``fast=True``) takes it for each step after the
 prompt. Its contract is ``tests/test_fast_decode.py``: the same tokens as ``model.forward`` and
 log-probabilities within float rounding, for learned, sinusoidal and rotary positions, pre- and
-post-norm, plain and gated MLPs, with and without padding.
+post-norm, plain and gated MLPs, with and without padding; for int8 models
+(:mod:`lmforge.models.quant`) ``tests/test_int8.py`` holds it to their own forward.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmforge.models.decoder import DecoderLM
+from lmforge.models.quant import Int8Linear, Int8LMHead, int8_linear
 from lmforge.nn import (
     MLP,
     Attention,
@@ -79,13 +82,40 @@ def onednn_linear(weights: list[torch.Tensor], rows: int):
     return linear
 
 
+class Int8Weight(NamedTuple):
+    """The weight of an :class:`~lmforge.models.quant.Int8Linear` as a decode step binds it."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+
+
+def _bind(linear: nn.Module) -> tuple[torch.Tensor | Int8Weight, torch.Tensor | None]:
+    """(weight, bias) of a linear layer: an int8 layer's weight as an :class:`Int8Weight`."""
+    if isinstance(linear, Int8Linear):
+        return Int8Weight(linear.qweight, linear.scale), linear.bias
+    return linear.weight, linear.bias
+
+
+def with_int8(linear):
+    """The step's matmul ``linear`` with int8 weights (:class:`Int8Weight`) sent to torch's int8 kernel."""
+
+    def mixed(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
+        if type(w) is Int8Weight:
+            return int8_linear(x, w.q, w.scale, b)
+        return linear(x, w, b)
+
+    return mixed
+
+
 class FastDecodeStep:
     """The decode step of a :class:`~lmforge.models.DecoderLM` (one new token per row, KV cache)
     with its parameters bound once and no module dispatch: the same operations, in the same order,
     as ``model(tokens[:, None], cache=cache, ...)``, at a fraction of the Python overhead per step;
     on a CPU with few rows the matmuls take :func:`onednn_linear`, else :func:`few_rows_linear`
-    (the same numbers up to float rounding). Used only when the model is made of the stock modules
-    (no LoRA or other wrapped layers, no hooks); anything else takes the ordinary forward.
+    (the same numbers up to float rounding); int8 layers (:func:`~lmforge.models.quant.quantize_int8`)
+    take torch's int8 kernel, as their own forward does. Used only when the model is made of the
+    stock modules (no LoRA or other wrapped layers, no hooks); anything else takes the ordinary
+    forward.
 
     A hand-written copy of the decoder forward of :mod:`lmforge.nn` (``TransformerStack``,
     ``Block``, ``Attention``, ``MLP``): an edit there must keep ``tests/test_fast_decode.py`` (this
@@ -106,6 +136,8 @@ class FastDecodeStep:
             MLP,
             nn.Linear,
             LMHead,
+            Int8Linear,
+            Int8LMHead,
             nn.Embedding,
             nn.Dropout,
             nn.ModuleList,
@@ -134,36 +166,34 @@ class FastDecodeStep:
         self.emb_scale = tr.emb_scale
         self.emb_norm = self._norm(tr.emb_norm) if tr.emb_norm is not None else None
         self.norm_f = self._norm(tr.norm_f) if tr.norm_f is not None else None
-        self.head_w, self.head_b, self.softcap = model.lm_head.weight, model.lm_head.bias, model.lm_head.softcap
+        (self.head_w, self.head_b), self.softcap = _bind(model.lm_head), model.lm_head.softcap
         self.layers = [
             (
                 self._norm(b.norm1),
-                b.attn.qkv.weight,
-                b.attn.qkv.bias,
-                b.attn.proj.weight,
-                b.attn.proj.bias,
+                *_bind(b.attn.qkv),
+                *_bind(b.attn.proj),
                 self._norm(b.norm2),
-                b.mlp.fc.weight,
-                b.mlp.fc.bias,
-                b.mlp.proj.weight,
-                b.mlp.proj.bias,
+                *_bind(b.mlp.fc),
+                *_bind(b.mlp.proj),
                 None if b.attn.q_norm is None else (self._norm(b.attn.q_norm), self._norm(b.attn.k_norm)),
             )
             for b in tr.blocks
         ]
-        self.weights = [
-            w for b in tr.blocks for w in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp.fc.weight, b.mlp.proj.weight)
-        ] + [self.head_w]
+        bound = [w for layer in self.layers for w in (layer[1], layer[3], layer[6], layer[8])] + [self.head_w]
+        self.weights = [w for w in bound if isinstance(w, torch.Tensor)]  # the float ones
+        self.int8 = len(self.weights) < len(bound)
         self._linears: dict[int, object] = {}  # rows -> the CPU matmul for that many rows
 
     def _linear(self, tokens: torch.Tensor):
         """The matmul of a step: on a CPU with few rows, oneDNN on weights laid out for that many
-        rows (else W @ x^T); ``F.linear`` elsewhere."""
+        rows (else W @ x^T); ``F.linear`` elsewhere; int8 weights through torch's int8 kernel."""
         B = tokens.shape[0]
-        if tokens.device.type != "cpu" or B > FEW_ROWS:
-            return F.linear
         if B not in self._linears:
-            self._linears[B] = onednn_linear(self.weights, B) or few_rows_linear
+            if tokens.device.type != "cpu" or B > FEW_ROWS or not self.weights:
+                linear = F.linear
+            else:
+                linear = onednn_linear(self.weights, B) or few_rows_linear
+            self._linears[B] = with_int8(linear) if self.int8 else linear
         return self._linears[B]
 
     @staticmethod

@@ -128,6 +128,11 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"train.strategy: unknown {self.strategy!r}; choose ddp or fsdp")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer: unknown {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.dtype == "int8":
+            raise ConfigError(
+                "train.dtype: int8 is weight-only inference on the CPU (generate, score, serve --dtype int8), "
+                "not training; choose auto, fp32, bf16 or fp16"
+            )
         if self.muon_ns_dtype not in NS_DTYPES:
             raise ConfigError(
                 f"train.muon_ns_dtype: unknown {self.muon_ns_dtype!r}; choose one of {', '.join(NS_DTYPES)}"
