@@ -17,6 +17,7 @@ model is for inference.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
@@ -41,6 +42,10 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.to(w.dtype)
 
 
+# rows (tokens in the batch) up to which the int8 kernel is used; more go through a dequantised matmul
+KERNEL_MAX_ROWS = 32
+
+
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, scale[:, None] * q, bias)`` through torch's int8 weight-only kernel, for any
     leading shape of ``x``."""
@@ -48,7 +53,11 @@ def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: tor
     x2 = x.reshape(-1, shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    if x2.dtype == torch.bfloat16 and shape[-1] % BF16_BLOCK:
+    if x2.shape[0] > KERNEL_MAX_ROWS:
+        # a prefill or a scoring pass: the kernel is built for the few rows of a decode step and runs
+        # ~20x slower than a float matmul here, so dequantise (the same product) for many rows
+        y = F.linear(x2, q.to(x2.dtype) * scale.to(x2.dtype)[:, None])
+    elif x2.dtype == torch.bfloat16 and shape[-1] % BF16_BLOCK:
         # the kernel's bf16 path crashes (a segmentation fault in torch 2.13) when the input
         # features are not a multiple of 16: that case runs in fp32
         y = torch.ops.aten._weight_int8pack_mm(x2.float(), q, scale.float()).to(x2.dtype)
