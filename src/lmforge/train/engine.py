@@ -26,7 +26,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,14 +38,14 @@ from torch import nn
 
 from lmforge import device as dev
 from lmforge.errors import CheckpointError, LMForgeError, TrainingError
-from lmforge.models.io import WEIGHTS_FILE, atomic_write_text, save_model
+from lmforge.models.io import WEIGHTS_FILE, save_model
 from lmforge.nn import eval_mode
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train import optim
 from lmforge.train.config import TrainConfig
+from lmforge.train.reporting import Reporter, count_tokens
 
-METRICS_FILE = "metrics.jsonl"
 # Test hook: the process sends itself SIGTERM after this many optimizer steps.
 STOP_AFTER_STEPS_ENV = "LMFORGE_STOP_AFTER_STEPS"
 
@@ -114,14 +113,6 @@ def batch_weight(batch: dict[str, torch.Tensor]) -> int:
     if labels is None:
         return next(iter(batch.values())).shape[0]
     return int((labels != -100).sum()) if labels.ndim > 1 else labels.shape[0]
-
-
-def count_tokens(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
-    """Positions the model processes: the input, plus the target side of an encoder-decoder."""
-    n = batch["input_ids"].numel()
-    if encoder_decoder:
-        n += (batch.get("decoder_input_ids") if "decoder_input_ids" in batch else batch["labels"]).numel()
-    return n
 
 
 @torch.no_grad()
@@ -225,7 +216,6 @@ class Trainer:
         self.dtype = dev.resolve_dtype(cfg.dtype, self.device)
         dev.configure_backends(self.device)
         self.dist = D.setup(self.device)
-        self._log = log or print
         if trainable is not None:
             for name, p in model.named_parameters():
                 p.requires_grad_(bool(trainable(name, p)))
@@ -268,6 +258,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self._forward_keys = _forward_keys(self.model)
         self.encoder_decoder = getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
+        self.report = Reporter(
+            cfg, self.dist, self.device, self.dtype, self.run_dir, log or print, self.encoder_decoder
+        )
 
         # counters that a checkpoint carries over
         self.step = 0
@@ -276,18 +269,10 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.train_seconds = 0.0
-        self._window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
-        self._last_lr = lr_at(0, cfg)
         self.last_checkpoint: Path | None = None
 
-        self._flops_per_token: float | None = None
-        self._peak: float | None = cfg.peak_flops or None
         self._signal: str | None = None
         self._stop_after = int(os.environ.get(STOP_AFTER_STEPS_ENV, "0") or 0)
-        self._history: list[dict[str, float]] = []  # for the plot
-        self._tb = None
-        self._pbar = None
-        self._last_plot = time.perf_counter()
         seed_everything(cfg.seed + self.dist.rank)
 
     # ---- logging helpers ---------------------------------------------------------------------
@@ -296,12 +281,7 @@ class Trainer:
         return self.dist.is_main
 
     def log(self, msg: str) -> None:
-        if not self.is_main:
-            return
-        if self._pbar is not None:
-            self._pbar.write(msg)
-        else:
-            self._log(msg)
+        self.report.log(msg)
 
     # ---- one optimizer step ------------------------------------------------------------------
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -364,28 +344,21 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from the current step to ``max_steps`` (or until SIGINT / SIGTERM); evaluate,
         checkpoint and log on the way. Raises :class:`TrainingError` when training cannot go on."""
-        cfg = self.cfg
-        if self.run_dir is not None and self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._open_tensorboard()
+        cfg, report = self.cfg, self.report
         metrics: dict[str, float] = {}
         if self.step >= cfg.max_steps:
             self.log(
                 f"nothing to do: the run is at step {self.step} of max_steps={cfg.max_steps}; "
                 "raise train.max_steps to train further"
             )
-            # a finished run resumed: its final evaluation, as logged when it finished
-            last = [r for r in self._history if r.get("step") == self.step and "val_loss" in r]
-            metrics = {k[4:]: v for k, v in last[-1].items() if k.startswith("val_")} if last else {}
-        self._eta_from, self._eta_t0 = self.step, self.train_seconds
-        self._eta_step = min(self.step + 10, cfg.max_steps - 1)
+            metrics = report.last_eval(self.step)  # a finished run resumed: its final evaluation, as logged
         restore = self._install_signal_handlers()
-        self._pbar = self._progress_bar()
+        report.start(self.step, self.train_seconds)
         try:
             while self.step < cfg.max_steps:
                 micro = [self.train_batches.next_batch() for _ in range(cfg.grad_accum)]
-                if self._flops_per_token is None:
-                    self._print_plan(micro)
+                if not report.planned:
+                    report.print_plan(self.model, self.params, micro, self.step)
                 t0 = time.perf_counter()
                 try:
                     result = self.train_step(micro)
@@ -395,18 +368,19 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 self.step += 1
                 self._account(result, elapsed)
-                if self.step == self._eta_step:
-                    self._log_eta()
+                report.on_step(self.step, result, elapsed, self.train_seconds)
                 if self._stop_after and self.step == self._stop_after:
                     os.kill(os.getpid(), signal.SIGTERM)  # test hook: as if the job were preempted here
 
-                record = self._log_record() if self.step % cfg.log_every == 0 or self.step == cfg.max_steps else None
+                record = None
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    record = report.step_record(self.step, self.tokens_seen, self.nonfinite_total, self.train_seconds)
                 last = self.step == cfg.max_steps
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                     metrics = self._evaluate_and_report(full=last)
                     record = {**(record or {"step": self.step}), **{f"val_{k}": v for k, v in metrics.items()}}
                 if record is not None:
-                    self._write_record(record)
+                    report.write(record)
                 stop = self._agree_to_stop()
                 periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                 if stop or last or (periodic and not self.nonfinite_in_row):  # no checkpoint mid-failure
@@ -419,13 +393,8 @@ class Trainer:
                     break
         finally:
             restore()
-            if self._pbar is not None:
-                self._pbar.close()
-                self._pbar = None
-            if self._tb is not None:
-                self._tb.flush()
-        if self.is_main and self.run_dir is not None:
-            self._plot()
+            report.close()
+        report.plot()
         return FitResult(
             self.step,
             self._signal,
@@ -441,9 +410,6 @@ class Trainer:
         """Count the step; stop the run after too many non-finite steps in a row."""
         self.tokens_seen += result.tokens
         self.train_seconds += elapsed
-        w = self._window
-        w["tokens"] += result.tokens
-        w["seconds"] += elapsed
         if result.skipped:
             self.nonfinite_in_row += 1
             self.nonfinite_total += 1
@@ -459,53 +425,6 @@ class Trainer:
                 )
         else:
             self.nonfinite_in_row = 0
-            w["loss_sum"] += result.loss
-            w["steps"] += 1
-            w["grad_norm"] = result.grad_norm
-        self._last_lr = result.lr
-        if self._pbar is not None:
-            self._pbar.update(1)
-            if self.step % self.cfg.log_every == 0 or self.step == 1:
-                tps = w["tokens"] / max(w["seconds"], 1e-9)
-                self._pbar.set_postfix_str(
-                    f"loss {result.loss:.4f} lr {result.lr:.2e} {tps:,.0f} tok/s MFU {self._mfu(tps):.1%}",
-                    refresh=False,
-                )
-
-    def _log_record(self) -> dict[str, Any]:
-        w = self._window
-        tps = w["tokens"] / max(w["seconds"], 1e-9)
-        record = {
-            "step": self.step,
-            "loss": w["loss_sum"] / w["steps"] if w["steps"] else float("nan"),
-            "lr": self._last_lr,
-            "tokens": self.tokens_seen,
-            "tokens_per_s": tps,
-            "mfu": self._mfu(tps),
-            "grad_norm": w["grad_norm"],
-            "nonfinite_steps": self.nonfinite_total,
-            "elapsed_s": self.train_seconds,
-        }
-        self._window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
-        if self._pbar is None or not self._pbar_enabled:
-            self.log(
-                f"step {self.step}/{self.cfg.max_steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                f"{tps:,.0f} tok/s  MFU {record['mfu']:.1%}"
-            )
-        return record
-
-    def _write_record(self, record: dict[str, Any]) -> None:
-        self._history.append(record)
-        if not self.is_main or self.run_dir is None:
-            return
-        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(
-                        k.replace("val_", "val/") if k.startswith("val_") else f"train/{k}", v, record["step"]
-                    )
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -540,11 +459,7 @@ class Trainer:
         metrics = self.evaluate(None if full else (self.cfg.eval_batches or None))
         if not metrics:
             return metrics
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        self.log(
-            f"eval at step {self.step}{' (whole validation split)' if full else ''}: {shown}  "
-            f"[{time.perf_counter() - t0:.1f}s]"
-        )
+        self.report.on_eval(self.step, metrics, full, time.perf_counter() - t0)
         loss = metrics.get("loss")
         if loss is not None and math.isfinite(loss) and (self.best_val_loss is None or loss < self.best_val_loss):
             self.best_val_loss = loss
@@ -555,12 +470,7 @@ class Trainer:
             except LMForgeError as e:  # a sample is for the eye: never let it end a training run
                 self.log(f"warning: no sample at step {self.step}: {e}")
             else:
-                self.log(f"sample at step {self.step}:\n{text}\n")
-                if self.is_main and self.run_dir is not None:
-                    with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
-                        f.write(f"--- step {self.step}\n{text}\n")
-        if self.is_main and self.run_dir is not None and time.perf_counter() - self._last_plot > 60:
-            self._plot()  # refreshed at most once a minute (and always at the end)
+                self.report.on_sample(self.step, text)
         return metrics
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -608,7 +518,7 @@ class Trainer:
                 "nonfinite_in_row": self.nonfinite_in_row,
                 "nonfinite_total": self.nonfinite_total,
                 "train_seconds": self.train_seconds,
-                "window": dict(self._window),
+                "window": dict(self.report.window),
                 "world_size": self.dist.world_size,
             },
         }
@@ -661,26 +571,16 @@ class Trainer:
         self.step = int(state["step"])
         self.tokens_seen, self.best_val_loss = t["tokens_seen"], t["best_val_loss"]
         self.nonfinite_in_row, self.nonfinite_total = t["nonfinite_in_row"], t["nonfinite_total"]
-        self.train_seconds, self._window = t["train_seconds"], dict(t["window"])
+        self.train_seconds, self.report.window = t["train_seconds"], dict(t["window"])
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             ckpt.set_rng_state(rngs[self.dist.rank])
         else:
             seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
         self.last_checkpoint = path
-        self._history = self._truncate_metrics(self.step)
+        self.report.resume(self.step)
         self.log(f"resumed from {path} at step {self.step}")
         return self.step
-
-    def _truncate_metrics(self, step: int) -> list[dict[str, Any]]:
-        if self.run_dir is None or not (self.run_dir / METRICS_FILE).is_file():
-            return []
-        records, torn = ckpt.read_metrics(self.run_dir / METRICS_FILE, self.log if self.is_main else lambda m: None)
-        kept = [r for r in records if r.get("step", 0) <= step]
-        if self.is_main and (torn or len(kept) != len(records)):
-            atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-        D.barrier()
-        return kept
 
     # ---- signals -----------------------------------------------------------------------------
     def _install_signal_handlers(self) -> Callable[[], None]:
@@ -706,90 +606,7 @@ class Trainer:
         flag = torch.tensor([1.0 if self._signal else 0.0], device=self.device)
         return bool(D.all_reduce_sum(flag).item() > 0) if self.dist.enabled else self._signal is not None
 
-    # ---- accounting and reporting --------------------------------------------------------------
-    def _mfu(self, tokens_per_s: float) -> float:
-        if not self._flops_per_token:
-            return float("nan")
-        if self._peak is None:
-            from lmforge.accounting import device_peak
-
-            self._peak = device_peak(self.device) or float("nan")
-        return tokens_per_s / self.dist.world_size * self._flops_per_token / self._peak
-
-    def _print_plan(self, micro: list[dict[str, torch.Tensor]]) -> None:
-        """Parameters, tokens per step, FLOPs per token, planned FLOPs and time, once at the start."""
-        from lmforge.accounting import count_flops, human, human_duration
-
-        cfg, b = self.cfg, micro[0]
-        model_cfg = getattr(self.model, "config", None)
-        total = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
-        trainable = sum(p.numel() for p in {id(p): p for p in self.params}.values())
-        seq, tgt = b["input_ids"].shape[1], None
-        if self.encoder_decoder:
-            tgt = (b.get("decoder_input_ids") if "decoder_input_ids" in b else b["labels"]).shape[1]
-        tokens_step = sum(count_tokens(x, self.encoder_decoder) for x in micro) * self.dist.world_size
-        lines = [
-            f"device {dev.describe(self.device, self.dtype)}, {self.dist.world_size} process(es)"
-            + (f", {cfg.strategy}" if self.dist.enabled else "")
-        ]
-        if model_cfg is not None and hasattr(model_cfg, "vocab_size"):
-            from lmforge.accounting import count_params
-
-            pc = count_params(model_cfg)
-            # an MLM head runs at the labelled positions only (lmforge's encoder): count those
-            mlm = (
-                float((b["labels"] != -100).float().mean())
-                if "labels" in b and not self.encoder_decoder and getattr(model_cfg, "arch", None) == "encoder"
-                else 1.0
-            )
-            fc = count_flops(model_cfg, seq, tgt, mlm_fraction=mlm)
-            self._flops_per_token = fc.rule_6n_attention_per_token
-            total = pc.total
-            lines.append(
-                f"parameters {human(pc.total)} total, {human(pc.non_embedding)} non-embedding"
-                + (f", {human(trainable)} trainable" if trainable != pc.total else "")
-            )
-            lines.append(
-                f"FLOPs per token {fc.training_per_token:.3g} (detailed), "
-                f"{fc.rule_6n_attention_per_token:.3g} (6N + attention, used for MFU)"
-            )
-        else:
-            self._flops_per_token = 6.0 * trainable + 0.0  # the 6N rule when the shape is unknown
-            lines.append(f"parameters {human(total)} total, {human(trainable)} trainable")
-        planned_tokens = tokens_step * (cfg.max_steps - self.step)
-        planned_flops = planned_tokens * self._flops_per_token
-        lines.append(
-            f"tokens per step {tokens_step:,} ({cfg.batch_size} x {seq}"
-            f"{f' + {tgt}' if tgt else ''}, grad_accum {cfg.grad_accum}); "
-            f"{cfg.max_steps - self.step:,} steps = {human(planned_tokens)} tokens, "
-            f"{planned_flops:.3g} FLOPs"
-        )
-        peak = self._peak
-        if peak is None:
-            from lmforge.accounting import device_peak
-
-            peak = self._peak = device_peak(self.device) or None
-        if peak:
-            assumed = 0.4  # a typical MFU for a well-shaped model; the measured one is shown after 10 steps
-            seconds = planned_flops / (peak * self.dist.world_size * assumed)
-            lines.append(
-                f"peak {human(peak, 'FLOP/s')} per device; estimated time {human_duration(seconds)} at {assumed:.0%} MFU"
-            )
-        for line in lines:
-            self.log(line)
-
-    def _log_eta(self) -> None:
-        """Once, after a few steps: the measured rate and the time the remaining steps will take."""
-        from lmforge.accounting import human_duration
-
-        tps = self._window["tokens"] / max(self._window["seconds"], 1e-9)
-        per_step = (self.train_seconds - self._eta_t0) / max(self.step - self._eta_from, 1)
-        self.log(
-            f"measured after {self.step} steps: {tps:,.0f} tokens/s, MFU {self._mfu(tps):.1%}; "
-            f"estimated time to step {self.cfg.max_steps}: {human_duration(per_step * (self.cfg.max_steps - self.step))}"
-            " (evaluations not included)"
-        )
-
+    # ---- errors ---------------------------------------------------------------------------------
     def _oom_message(self, micro: list[dict[str, torch.Tensor]]) -> str:
         b = micro[0]["input_ids"]
         return (
@@ -797,52 +614,6 @@ class Trainer:
             f"tokens per rank; raise train.grad_accum (same global batch, smaller micro-batches), lower "
             f"train.batch_size, set train.activation_checkpointing=true, or lower data.seq_len"
         )
-
-    def _progress_bar(self):
-        self._pbar_enabled = self.is_main and self.cfg.progress
-        if not self._pbar_enabled:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(
-            total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
-        )
-
-    def _open_tensorboard(self) -> None:
-        if not self.cfg.tensorboard or self._tb is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # TensorBoard is optional
-            return
-        self._tb = SummaryWriter(str(self.run_dir / "tb"))
-
-    def _plot(self) -> None:
-        """plots/loss.png: training loss per log step and validation loss at each evaluation."""
-        train = [(r["step"], r["loss"]) for r in self._history if "loss" in r and math.isfinite(r["loss"])]
-        val = [(r["step"], r["val_loss"]) for r in self._history if "val_loss" in r]
-        if not train and not val:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if train:
-            ax.plot(*zip(*train), label="train", lw=1)
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation", ms=4)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats per target token)")
-        ax.set_title(self.run_dir.name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        (self.run_dir / "plots").mkdir(exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "plots" / "loss.png", dpi=100)
-        plt.close(fig)
-        self._last_plot = time.perf_counter()
 
 
 def _forward_keys(model: nn.Module) -> set[str]:
