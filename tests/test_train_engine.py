@@ -325,3 +325,118 @@ def test_more_ranks_than_gpus_is_refused_before_nccl(monkeypatch):
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match="torchrun started 2 processes on this node but it has 1 GPU"):
         D.setup(torch.device("cuda", 0))
+
+
+# ---- best-checkpoint policy and stop condition ---------------------------------------------------
+
+# A made-up evaluation metric by step: highest at 4 (then two evaluations without a new high), lowest at 2.
+SCORES = {2: 1.0, 4: 3.0, 6: 2.0, 8: 2.5, 10: 1.5}
+
+
+class Counted(Windows):
+    """Windows that count the batches drawn (the step, at grad_accum 1), the count resumable."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.n = 0
+
+    def next_batch(self):
+        self.n += 1
+        return super().next_batch()
+
+    def state_dict(self):
+        return {**super().state_dict(), "n": self.n}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.n = state["n"]
+
+
+def _hooked(tmp, best, stop=None, stop_at=None, resume_from=None, snapshots=None, **kw):
+    from lmforge.train.hooks import Patience
+
+    batches = Counted(TOKENS, 4, 16, seed=5)
+
+    def finish(model, metrics):
+        if snapshots is not None:
+            snapshots[batches.n] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {**metrics, "score": SCORES[batches.n]}
+
+    os.environ[STOP_AFTER_STEPS_ENV] = str(stop_at or 0)
+    try:
+        t = Trainer(
+            _gpt(dropout=0.1),
+            _cfg(max_steps=10, eval_every=2, checkpoint_every=3, **kw),
+            batches,
+            eval_batches=lambda n: [Windows(TOKENS, 4, 16, seed=9).next_batch()],
+            finish_metrics=finish,
+            best_checkpoint=best,
+            stop_condition=Patience("score", 2, "max") if stop else None,
+            run_dir=tmp,
+        )
+    finally:
+        del os.environ[STOP_AFTER_STEPS_ENV]
+    if resume_from is not None:
+        t.resume(resume_from)
+    return t, t.fit()
+
+
+@pytest.mark.parametrize("mode, step", [("max", 4), ("min", 2)])
+def test_best_checkpoint_follows_its_metric_and_mode(tmp_path, mode, step):
+    from lmforge.models.io import load_model
+    from lmforge.train.hooks import BestCheckpoint
+
+    snapshots = {}
+    t, result = _hooked(tmp_path, BestCheckpoint("score", mode, keep_weights=True), snapshots=snapshots)
+    assert result.step == 10 and result.early_stop is None  # no stop condition: max_steps
+    assert result.best_step == t.best_step == step and result.best["score"] == SCORES[step]
+    saved = json.loads((tmp_path / "best" / "eval.json").read_text())
+    assert saved["step"] == step and saved["score"] == SCORES[step]
+    for k, v in load_model(tmp_path / "best").state_dict().items():
+        assert torch.equal(v, snapshots[step][k]), k  # best/ holds the weights of that evaluation
+    t.restore_best()
+    assert all(torch.equal(v, snapshots[step][k]) for k, v in t.model.state_dict().items())
+
+
+def test_best_checkpoint_save_writes_best(tmp_path):
+    from lmforge.train.hooks import BestCheckpoint
+
+    written = []
+
+    def save(model, directory):
+        written.append(directory.name)
+        directory.mkdir(exist_ok=True)
+
+    _hooked(tmp_path, BestCheckpoint("score", "max", save=save))
+    assert written == ["best", "best"]  # steps 2 and 4
+    assert json.loads((tmp_path / "best" / "eval.json").read_text())["step"] == 4
+
+
+def test_patience_stops_at_the_right_step_and_a_resumed_run_stops_there_too(tmp_path):
+    from lmforge.train.hooks import BestCheckpoint
+
+    best = BestCheckpoint("score", "max")
+    full, a = _hooked(tmp_path / "a", best, stop=True)
+    assert a.step == 8 and a.stopped_by is None  # 6 and 8 did not beat step 4's score
+    assert a.early_stop == "early stop at step 8: score has not improved for 2 evaluations (best 3.0000 at step 4)"
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 8 and records[-1]["val_score"] == 2.5
+
+    _hooked(tmp_path / "b", best, stop=True, stop_at=7)  # SIGTERM after step 7: one bad evaluation so far
+    resumed, b = _hooked(tmp_path / "b", best, stop=True, resume_from=tmp_path / "b" / "checkpoints" / "step-7")
+    assert b.step == 8 and b.early_stop == a.early_stop and b.best_step == 4  # the patience count went with it
+    resumed_records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in resumed_records] == [r["loss"] for r in records]
+    for p, q in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q)
+    assert json.loads((tmp_path / "b" / "best" / "eval.json").read_text())["step"] == 4
+
+
+def test_hooks_refuse_an_unknown_mode():
+    from lmforge.errors import ConfigError
+    from lmforge.train.hooks import BestCheckpoint, Patience
+
+    with pytest.raises(ConfigError, match="mode: unknown 'up'"):
+        BestCheckpoint("score", "up")
+    with pytest.raises(ConfigError, match="patience: must be at least one"):
+        Patience("score", 0)

@@ -14,7 +14,6 @@ batches, task metrics, ``best/`` kept by a chosen metric and early stopping.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import shutil
 import time
@@ -67,6 +66,7 @@ from lmforge.nn import eval_mode
 from lmforge.tokenizer import special_id
 from lmforge.train.config import TrainConfig
 from lmforge.train.engine import Trainer, lm_metrics, seed_everything
+from lmforge.train.hooks import BestCheckpoint, Patience
 from lmforge.train.run import _clear_run, fit_model_to_tokenizer
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -321,78 +321,61 @@ def generation_metrics(model: nn.Module, tokenizer, data: TaskDataset, limit: in
 
 
 # ----------------------------------------------------------------------------------------------
-# The engine, evaluated on a task
+# The engine, configured for a task
 
 
-class TaskTrainer(Trainer):
-    """:class:`lmforge.train.Trainer` (its loop, unchanged) plus what fine-tuning needs at each
-    evaluation: task metrics (macro-F1, generation metrics), the best model by ``metric`` (kept in
-    memory and written to ``best/``), and early stopping after ``patience`` evaluations without
-    improvement."""
+def task_trainer(
+    cfg: FinetuneConfig,
+    model: nn.Module,
+    tokenizer,
+    train_data: TaskDataset,
+    val_data: TaskDataset,
+    max_len: int,
+    run_dir: Path | None,
+    log: Callable[[str], None] = print,
+) -> Trainer:
+    """:class:`lmforge.train.Trainer` (its loop, unchanged) configured for a task: task batches,
+    task metrics (macro-F1, generation metrics), the best model by ``cfg.best_metric`` kept in
+    memory and (with ``run_dir``) written to ``best/`` as a task model directory, and early stopping
+    after ``cfg.patience`` evaluations without improvement."""
+    pad = special_id(tokenizer, "pad") or 0
+    extra = {"task": {"type": cfg.task, "max_len": max_len, "params": cfg.params, "metric": cfg.best_metric}}
 
-    def __init__(
-        self,
-        model: nn.Module,
-        cfg: TrainConfig,
-        train_batches,
-        *,
-        metric: str,
-        patience: int = 0,
-        finish: Callable[[dict[str, float]], dict[str, float]] = lambda m: m,
-        save_best: Callable[[nn.Module, dict[str, float]], None] | None = None,
-        **kwargs,
-    ):
-        # a copy (early stopping shortens it); no text samples: they say nothing about a task
-        super().__init__(model, dataclasses.replace(cfg, sample_tokens=0), train_batches, **kwargs)
-        # The engine keeps best/ by validation loss; here best/ follows `metric`, so switch its own off.
-        self.best_val_loss = float("-inf")
-        self.metric, self.patience, self.finish, self.save_best = metric, patience, finish, save_best
-        self.higher = HIGHER_IS_BETTER[metric]
-        self.best: dict[str, float] | None = None
-        self.best_step = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad_evals = 0
-        self.early_stopped = False
-        self._tracking = False
+    def save_best(m: nn.Module, directory: Path) -> None:
+        save_task_model(m, directory, tokenizer, extra)
+        if cfg.params == "lora":
+            save_adapters(m, directory / ADAPTER_FILE)
 
-    def fit(self):
-        self._tracking = True
-        try:
-            return super().fit()
-        finally:
-            self._tracking = False
+    mode = "max" if HIGHER_IS_BETTER[cfg.best_metric] else "min"
+    n_classes = len(train_data.label_names or [])
+    if cfg.task == "classify":
+        metric_fn = classification_batch_metrics(n_classes)
 
-    def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
-        metrics = self.finish(super().evaluate(max_batches))
-        if self._tracking and self.metric in metrics:
-            self._track(metrics)
-        return metrics
+        def finish(m: nn.Module, metrics: dict[str, float]) -> dict[str, float]:
+            metrics = finish_classification_metrics(metrics, n_classes)
+            metrics.pop("ppl", None)  # exp(classification loss) means nothing
+            return metrics
+    else:
+        metric_fn = lm_metrics
 
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        best = self.best[self.metric]
-        return value > best if self.higher else value < best
+        def finish(m: nn.Module, metrics: dict[str, float]) -> dict[str, float]:
+            if cfg.best_metric in GENERATION_METRICS and metrics:
+                metrics.update(generation_metrics(m, tokenizer, val_data))
+            return metrics
 
-    def _track(self, metrics: dict[str, float]) -> None:
-        if self._improved(metrics[self.metric]):
-            self.best, self.best_step, self.bad_evals = dict(metrics), self.step, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            if self.save_best is not None and self.is_main:
-                self.save_best(self.model, {"step": self.step, **metrics})
-            return
-        self.bad_evals += 1
-        if self.patience and self.bad_evals >= self.patience and self.step < self.cfg.max_steps:
-            self.log(
-                f"early stop at step {self.step}: {self.metric} has not improved for {self.bad_evals} "
-                f"evaluations (best {self.best[self.metric]:.4f} at step {self.best_step})"
-            )
-            self.early_stopped = True
-            self.cfg.max_steps = self.step  # the engine's loop ends after this step
-
-    def restore_best(self) -> None:
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+    return Trainer(
+        model,
+        cfg.train,
+        ShuffledBatches(train_data, cfg.train.batch_size, pad, cfg.train.seed),
+        eval_batches=eval_batches(val_data, max(cfg.train.batch_size, 32), pad),
+        metric_fn=metric_fn,
+        finish_metrics=finish,
+        best_checkpoint=BestCheckpoint(cfg.best_metric, mode, save=save_best, keep_weights=True),
+        stop_condition=Patience(cfg.best_metric, cfg.patience, mode) if cfg.patience else None,
+        run_dir=run_dir,
+        tokenizer=tokenizer,
+        log=log,
+    )
 
 
 @dataclass
@@ -456,48 +439,11 @@ def finetune(
     trainable = select_parameters(task_model, cfg.params)
     log(str(trainable))
 
-    pad = special_id(tokenizer, "pad") or 0
     if run_dir is not None and overwrite:  # checked data and model first: a failed start clears nothing
         _clear_run(run_dir)
         (run_dir / "result.json").unlink(missing_ok=True)
-    extra = {"task": {"type": cfg.task, "max_len": max_len, "params": cfg.params, "metric": cfg.best_metric}}
 
-    def save_best(m: nn.Module, metrics: dict[str, float]) -> None:
-        best = save_task_model(m, run_dir / "best", tokenizer, extra)
-        (best / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        if cfg.params == "lora":
-            save_adapters(m, best / ADAPTER_FILE)
-
-    n_classes = len(train_data.label_names or [])
-    if cfg.task == "classify":
-        metric_fn = classification_batch_metrics(n_classes)
-
-        def finish(m: dict[str, float]) -> dict[str, float]:
-            m = finish_classification_metrics(m, n_classes)
-            m.pop("ppl", None)  # exp(classification loss) means nothing
-            return m
-    else:
-        metric_fn = lm_metrics
-
-        def finish(m: dict[str, float]) -> dict[str, float]:
-            if cfg.best_metric in GENERATION_METRICS and m:
-                m.update(generation_metrics(trainer.model, tokenizer, val_data))
-            return m
-
-    trainer = TaskTrainer(
-        task_model,
-        cfg.train,
-        ShuffledBatches(train_data, cfg.train.batch_size, pad, seed),
-        metric=cfg.best_metric,
-        patience=cfg.patience,
-        finish=finish,
-        save_best=save_best if save else None,
-        eval_batches=eval_batches(val_data, max(cfg.train.batch_size, 32), pad),
-        metric_fn=metric_fn,
-        run_dir=run_dir,
-        tokenizer=tokenizer,
-        log=log,
-    )
+    trainer = task_trainer(cfg, task_model, tokenizer, train_data, val_data, max_len, run_dir, log)
     fit = trainer.fit()
     if run_dir is not None and not fit.stopped_by:  # fine-tuning keeps best/; the engine's resume state is dead weight
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -539,7 +485,7 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "FINETUNE_PRESETS",
-    "TaskTrainer",
+    "task_trainer",
     "finetune",
     "load_backbone",
     "load_task_data",

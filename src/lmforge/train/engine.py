@@ -44,6 +44,7 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train import optim
 from lmforge.train.config import TrainConfig
+from lmforge.train.hooks import LOWEST_LOSS, BestCheckpoint, StopCondition
 from lmforge.train.reporting import Reporter, count_tokens
 
 # Test hook: the process sends itself SIGTERM after this many optimizer steps.
@@ -65,6 +66,9 @@ class BatchSource(Protocol):
 EvalBatches = Callable[[int | None], Iterable[dict[str, torch.Tensor]]]
 # metric_fn(batch, output) -> {name: (numerator, denominator)}, summed over batches and ranks.
 MetricFn = Callable[[dict[str, torch.Tensor], Any], dict[str, tuple[float, float]]]
+# finish_metrics(model, metrics) -> the metrics reported: derived from the summed ones (macro-F1 from
+# confusion counts), or measured on the model (generated text against references).
+FinishMetrics = Callable[[nn.Module, dict[str, float]], dict[str, float]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,10 +165,17 @@ class FitResult:
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when a signal ended the run early
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
     checkpoint: Path | None = None
-    best_val_loss: float | None = None
+    best: dict[str, float] | None = None  # the metrics of the best evaluation (see BestCheckpoint)
+    best_step: int = 0
+    early_stop: str | None = None  # the stop condition's reason when it ended the run
     nonfinite_steps: int = 0
     train_seconds: float = 0.0
     tokens: int = 0
+
+    @property
+    def best_val_loss(self) -> float | None:
+        """The validation loss of the best evaluation."""
+        return None if self.best is None else self.best.get("loss")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +188,12 @@ class Trainer:
     Plug-ins (all optional):
       ``eval_batches(max_batches)``  this rank's validation batches (None: the whole split)
       ``metric_fn(batch, output)``   {name: (sum, count)} accumulated over evaluation; default
-                                     :func:`lm_metrics`. ``val_loss`` picks ``best/``.
+                                     :func:`lm_metrics`
+      ``finish_metrics(model, m)``   the evaluation's metrics from the summed ones (default: as they are)
+      ``best_checkpoint``            which evaluation's model ``best/`` holds, and how it is written
+                                     (:class:`~lmforge.train.hooks.BestCheckpoint`; default: lowest loss)
+      ``stop_condition``             ends the run before ``max_steps`` after an evaluation
+                                     (e.g. :class:`~lmforge.train.hooks.Patience`; default: none)
       ``trainable(name, param)``     which parameters train (the rest are frozen); default all
       ``save_fn(model, directory)``  writes a model directory (default :func:`save_model` with the
                                      tokenizer); its ``model.safetensors`` must hold the full state
@@ -195,6 +211,9 @@ class Trainer:
         *,
         eval_batches: EvalBatches | None = None,
         metric_fn: MetricFn = lm_metrics,
+        finish_metrics: FinishMetrics | None = None,
+        best_checkpoint: BestCheckpoint = LOWEST_LOSS,
+        stop_condition: StopCondition | None = None,
         trainable: Callable[[str, nn.Parameter], bool] | None = None,
         run_dir: str | Path | None = None,
         tokenizer: Any = None,
@@ -208,7 +227,8 @@ class Trainer:
         self.train_batches, self.eval_batches, self.metric_fn = train_batches, eval_batches, metric_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tokenizer, self.save_fn, self.tokens_per_byte = tokenizer, save_fn, tokens_per_byte
-        self.sample_fn = sample_fn
+        self.sample_fn, self.finish_metrics = sample_fn, finish_metrics
+        self.best_policy, self.stop_condition = best_checkpoint, stop_condition
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -265,7 +285,10 @@ class Trainer:
         # counters that a checkpoint carries over
         self.step = 0
         self.tokens_seen = 0
-        self.best_val_loss: float | None = None
+        self.best: dict[str, float] | None = None  # the metrics of the best evaluation so far
+        self.best_step = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None  # best_checkpoint.keep_weights
+        self.early_stop: str | None = None  # why stop_condition ended the run
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.train_seconds = 0.0
@@ -346,16 +369,18 @@ class Trainer:
         checkpoint and log on the way. Raises :class:`TrainingError` when training cannot go on."""
         cfg, report = self.cfg, self.report
         metrics: dict[str, float] = {}
-        if self.step >= cfg.max_steps:
+        if self.early_stop is not None or self.step >= cfg.max_steps:
             self.log(
-                f"nothing to do: the run is at step {self.step} of max_steps={cfg.max_steps}; "
+                f"nothing to do: the run stopped early at step {self.step} ({self.early_stop})"
+                if self.early_stop is not None
+                else f"nothing to do: the run is at step {self.step} of max_steps={cfg.max_steps}; "
                 "raise train.max_steps to train further"
             )
             metrics = report.last_eval(self.step)  # a finished run resumed: its final evaluation, as logged
         restore = self._install_signal_handlers()
         report.start(self.step, self.train_seconds)
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and self.early_stop is None:
                 micro = [self.train_batches.next_batch() for _ in range(cfg.grad_accum)]
                 if not report.planned:
                     report.print_plan(self.model, self.params, micro, self.step)
@@ -391,6 +416,7 @@ class Trainer:
                         f"checkpoint {self.last_checkpoint}; continue with: lmforge train --resume {self.run_dir}"
                     )
                     break
+                # an early stop (set by the evaluation above) ends the loop here
         finally:
             restore()
             report.close()
@@ -400,10 +426,12 @@ class Trainer:
             self._signal,
             metrics,
             self.last_checkpoint,
-            self.best_val_loss,
-            self.nonfinite_total,
-            self.train_seconds,
-            self.tokens_seen,
+            best=self.best,
+            best_step=self.best_step,
+            early_stop=self.early_stop,
+            nonfinite_steps=self.nonfinite_total,
+            train_seconds=self.train_seconds,
+            tokens=self.tokens_seen,
         )
 
     def _account(self, result: StepResult, elapsed: float) -> None:
@@ -452,18 +480,23 @@ class Trainer:
             metrics["ppl"] = math.exp(min(lm_loss, 700.0))
             if self.tokens_per_byte:
                 metrics["bpb"] = lm_loss * self.tokens_per_byte / math.log(2)
-        return metrics
+        return metrics if self.finish_metrics is None else self.finish_metrics(self.model, metrics)
 
     def _evaluate_and_report(self, full: bool) -> dict[str, float]:
         t0 = time.perf_counter()
         metrics = self.evaluate(None if full else (self.cfg.eval_batches or None))
         if not metrics:
             return metrics
-        self.report.on_eval(self.step, metrics, full, time.perf_counter() - t0)
-        loss = metrics.get("loss")
-        if loss is not None and math.isfinite(loss) and (self.best_val_loss is None or loss < self.best_val_loss):
-            self.best_val_loss = loss
+        seconds = time.perf_counter() - t0
+        if self.best_policy.improves(metrics, self.best):
+            self.best, self.best_step = dict(metrics), self.step
             self._save_best(metrics)
+        if self.stop_condition is not None:
+            reason = self.stop_condition.update(self.step, metrics)
+            if reason is not None and self.step < self.cfg.max_steps:  # (the last step ends the run anyway)
+                self.early_stop = reason
+                self.log(reason)
+        self.report.on_eval(self.step, metrics, full, seconds)
         if self.sample_fn is not None and (self.is_main or self.sharded):
             try:
                 text = self.sample_fn(self.model)
@@ -495,12 +528,21 @@ class Trainer:
             save_model(model, directory, tokenizer=self.tokenizer)
 
     def _save_best(self, metrics: dict[str, float]) -> None:
+        if self.best_policy.keep_weights:
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.run_dir is None:
+            return
         model = self._saveable_model()  # every rank takes part (FSDP gathers); rank 0 writes
-        if not self.is_main or self.run_dir is None:
+        if not self.is_main:
             return
         best = self.run_dir / "best"
-        self._write_model(model, best)
+        (self.best_policy.save or self._write_model)(model, best)
         (best / "eval.json").write_text(json.dumps({"step": self.step, **metrics}, indent=2) + "\n")
+
+    def restore_best(self) -> None:
+        """Load the best evaluation's weights back into the model (kept with ``best_checkpoint.keep_weights``)."""
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights that a resumed run needs (collective under FSDP)."""
@@ -514,7 +556,10 @@ class Trainer:
             "sampler": ckpt.to_safe(self.train_batches.state_dict()),
             "trainer": {
                 "tokens_seen": self.tokens_seen,
-                "best_val_loss": self.best_val_loss,
+                "best": self.best,
+                "best_step": self.best_step,
+                "stop_condition": None if self.stop_condition is None else self.stop_condition.state_dict(),
+                "early_stop": self.early_stop,
                 "nonfinite_in_row": self.nonfinite_in_row,
                 "nonfinite_total": self.nonfinite_total,
                 "train_seconds": self.train_seconds,
@@ -569,7 +614,13 @@ class Trainer:
                 "the data order continues, RNG streams are re-derived"
             )
         self.step = int(state["step"])
-        self.tokens_seen, self.best_val_loss = t["tokens_seen"], t["best_val_loss"]
+        self.tokens_seen = t["tokens_seen"]
+        if "best" in t:
+            self.best, self.best_step, self.early_stop = t["best"], t["best_step"], t["early_stop"]
+        elif t.get("best_val_loss") is not None:  # a checkpoint of an earlier version: best by loss
+            self.best = {"loss": t["best_val_loss"]}
+        if self.stop_condition is not None and t.get("stop_condition") is not None:
+            self.stop_condition.load_state_dict(t["stop_condition"])
         self.nonfinite_in_row, self.nonfinite_total = t["nonfinite_in_row"], t["nonfinite_total"]
         self.train_seconds, self.report.window = t["train_seconds"], dict(t["window"])
         rngs = state["rng"]
