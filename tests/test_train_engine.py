@@ -316,6 +316,19 @@ def test_keep_last_checkpoints_and_best(tmp_path):
     assert (tmp_path / "plots" / "loss.png").stat().st_size > 1000
 
 
+def test_a_job_sets_its_runtime_up_once(monkeypatch):
+    from lmforge.train import distributed as D
+
+    joined, setup = [], D.setup
+    monkeypatch.setattr(D, "setup", lambda device: joined.append(device) or setup(device))
+    runtime = D.setup_runtime(_cfg(threads=1))
+    assert torch.get_num_threads() == 1 and runtime.device.type == "cpu" and runtime.dtype == torch.float32
+    t = Trainer(_gpt(), _cfg(), Windows(TOKENS, 4, 16), runtime=runtime)
+    assert joined == [runtime.device] and (t.device, t.dtype, t.dist) == (runtime.device, runtime.dtype, runtime.dist)
+    Trainer(_gpt(), _cfg(), Windows(TOKENS, 4, 16))  # none given: the Trainer sets one up itself
+    assert len(joined) == 2
+
+
 def test_more_ranks_than_gpus_is_refused_before_nccl(monkeypatch):
     from lmforge.errors import ConfigError
     from lmforge.train import distributed as D

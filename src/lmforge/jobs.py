@@ -155,10 +155,8 @@ def measure_throughput(
     from lmforge.train.engine import Trainer
     from lmforge.train.run import make_batch_sources, prepare_dataset
 
-    device = dev.resolve_device(base.train.device)
-    if base.train.threads:
-        torch.set_num_threads(base.train.threads)
-    info = D.setup(device)
+    runtime = D.setup_runtime(base.train)  # once: the shapes below change the model and the batch only
+    device, info = runtime.device, runtime.dist
     dataset = prepare_dataset(base, info, log)
     peak = peak_flops or base.train.peak_flops or device_peak(device)
     if not peak:
@@ -175,7 +173,8 @@ def measure_throughput(
     for shape in shapes:
         cfg = base.replace(model=shape.to_dict(), train=train)
         torch.manual_seed(cfg.train.seed)
-        trainer = Trainer(build_model(cfg.model), cfg.train, make_batch_sources(cfg, dataset, info)[0], log=log)
+        batches = make_batch_sources(cfg, dataset, info)[0]
+        trainer = Trainer(build_model(cfg.model), cfg.train, batches, log=log, runtime=runtime)
         trainer.train_step()  # warm-up: allocations and first-call overheads
         dev.synchronize(device)
         steps, tokens, t0 = 0, 0, time.perf_counter()
@@ -194,7 +193,7 @@ def measure_throughput(
         machine=machine_id(torch.get_num_threads()),
         peak_flops=peak,
         points=points,
-        setting=_setting(base, batch_size, dev.resolve_dtype(base.train.dtype, device)),
+        setting=_setting(base, batch_size, runtime.dtype),
         source=f"measured {time.strftime('%Y-%m-%d')}",
     )
 

@@ -1,5 +1,6 @@
-"""Everything wrapped around a plain model from outside: process groups, DDP / FSDP2,
-activation checkpointing and ``torch.compile``; plus the few collectives the engine needs.
+"""Everything wrapped around a plain model from outside: the job's runtime (threads, device,
+process group), DDP / FSDP2, activation checkpointing and ``torch.compile``; plus the few
+collectives the engine needs.
 
 The model files never import this module: a model stays a plain ``nn.Module`` and is wrapped
 here, so the same model trains on one CPU core or under ``torchrun`` on many GPUs.
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lmforge import device as dev
 from lmforge.errors import ConfigError
 
 
@@ -55,6 +57,26 @@ def setup(device: torch.device) -> DistInfo:
             torch.cuda.set_device(device)
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     return info
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a training job runs: its device, the compute dtype, its place in the process group."""
+
+    device: torch.device
+    dtype: torch.dtype
+    dist: DistInfo
+
+
+def setup_runtime(cfg) -> Runtime:
+    """Set a job up once, from its :class:`~lmforge.train.config.TrainConfig`: CPU threads
+    (``cfg.threads``), the device and dtype, the device's fast kernels and the process group."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = dev.resolve_device(cfg.device)
+    dtype = dev.resolve_dtype(cfg.dtype, device)
+    dev.configure_backends(device)
+    return Runtime(device, dtype, setup(device))
 
 
 def teardown() -> None:

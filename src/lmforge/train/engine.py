@@ -201,6 +201,8 @@ class Trainer:
                                      :func:`lmforge.train.run.sample_fn` builds the pretraining one)
       ``tokens_per_byte``            of the validation text, to report bits per byte (causal LM)
     ``run_dir`` (None: nothing is written) receives metrics.jsonl, checkpoints/, best/, plots/.
+    ``runtime``: the job's device, dtype and process group, when the job has set them up already
+    (:func:`~lmforge.train.distributed.setup_runtime`; None: the Trainer sets them up from ``cfg``).
     """
 
     def __init__(
@@ -222,6 +224,7 @@ class Trainer:
         tokens_per_byte: float | None = None,
         find_unused_parameters: bool = False,
         log: Callable[[str], None] | None = None,
+        runtime: D.Runtime | None = None,
     ):
         self.cfg = cfg
         self.train_batches, self.eval_batches, self.metric_fn = train_batches, eval_batches, metric_fn
@@ -229,13 +232,8 @@ class Trainer:
         self.tokenizer, self.save_fn, self.tokens_per_byte = tokenizer, save_fn, tokens_per_byte
         self.sample_fn, self.finish_metrics = sample_fn, finish_metrics
         self.best_policy, self.stop_condition = best_checkpoint, stop_condition
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-
-        self.device = dev.resolve_device(cfg.device)
-        self.dtype = dev.resolve_dtype(cfg.dtype, self.device)
-        dev.configure_backends(self.device)
-        self.dist = D.setup(self.device)
+        runtime = runtime or D.setup_runtime(cfg)  # a job that set itself up passes its own
+        self.device, self.dtype, self.dist = runtime.device, runtime.dtype, runtime.dist
         if trainable is not None:
             for name, p in model.named_parameters():
                 p.requires_grad_(bool(trainable(name, p)))

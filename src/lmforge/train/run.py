@@ -280,11 +280,9 @@ def pretrain(
     passes them): ``generate`` (:func:`lmforge.infer.generate`) draws the text samples of a
     decoder at each evaluation, ``fill_spans`` (:func:`lmforge.infer.fill.span_filling_metrics`)
     is the span objective's final greedy check. None: no samples, no check."""
-    device = dev.resolve_device(cfg.train.device)
-    info = D.setup(device)
+    runtime = D.setup_runtime(cfg.train)
+    device, info = runtime.device, runtime.dist
     say = log if info.is_main else (lambda msg: None)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
 
     run_dir = Path(cfg.run_dir)
     if not resume and not overwrite and ckpt.list_checkpoints(run_dir):
@@ -324,6 +322,7 @@ def pretrain(
         sample_fn=sample_fn(generate, tokenizer, cfg.train) if samples else None,
         tokens_per_byte=tokens_per_byte(dataset) if cfg.data.objective == "causal" else None,
         log=log,
+        runtime=runtime,
     )
     if start is not None:
         trainer.resume(start)
