@@ -1,5 +1,6 @@
 """The training engine with in-test batch sources: schedules, optimizer groups, accumulation,
-non-finite steps, checkpoints, exact resume, activation checkpointing."""
+non-finite steps, checkpoints, exact resume, activation checkpointing, the run-directory layout,
+the best-checkpoint policy and the stop condition."""
 
 import json
 import math
@@ -338,6 +339,44 @@ def test_more_ranks_than_gpus_is_refused_before_nccl(monkeypatch):
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match="torchrun started 2 processes on this node but it has 1 GPU"):
         D.setup(torch.device("cuda", 0))
+
+
+# ---- the run directory ---------------------------------------------------------------------------
+
+
+def test_the_engine_writes_where_the_layout_says(tmp_path):
+    from lmforge.train.rundir import RunDir
+
+    Trainer(
+        _gpt(),
+        _cfg(max_steps=4, eval_every=2),
+        Windows(TOKENS, 4, 16),
+        eval_batches=lambda n: [Windows(TOKENS, 4, 16, seed=9).next_batch()],
+        sample_fn=lambda m: "a sample",
+        run_dir=tmp_path,
+        log=lambda s: None,
+    ).fit()
+    run = RunDir(tmp_path)
+    assert [json.loads(x)["step"] for x in run.metrics.read_text().splitlines()] == [1, 2, 3, 4]
+    assert run.samples.read_text().startswith("--- step 2\na sample")
+    assert json.loads(run.best_eval.read_text())["step"] in (2, 4) and (run.best / "model.safetensors").is_file()
+    assert (run.checkpoint(4) / "state.pt").is_file() and run.checkpoint(4).parent == run.checkpoints
+    assert run.loss_plot.is_file()
+
+
+def test_clear_removes_an_earlier_runs_files_only(tmp_path):
+    from lmforge.train.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    for d in (run.checkpoint(3), run.best, run.plots, run.tensorboard):
+        d.mkdir(parents=True)
+        (d / "x").write_text("x")
+    for f in (run.metrics, run.samples, run.config, tmp_path / "result.json", tmp_path / "notes.txt"):
+        f.write_text("x")
+    run.clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "notes.txt", "result.json"]
+    run.clear()  # nothing left to remove: no error
+    assert repr(run) == f"RunDir({str(tmp_path)!r})"
 
 
 # ---- best-checkpoint policy and stop condition ---------------------------------------------------

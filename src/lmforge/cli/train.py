@@ -88,7 +88,7 @@ PLANNED = ("model.n_layer", "model.d_model", "model.n_head", "model.n_kv_head", 
 def resolve_config(args):
     """The RunConfig of the command line, and the run directory to resume (or None)."""
     from lmforge.train import RunConfig
-    from lmforge.train.run import CONFIG_FILE
+    from lmforge.train.rundir import CONFIG_FILE
 
     overrides = parse_overrides(getattr(args, "_extra", []) or [])
     resume = None

@@ -37,9 +37,11 @@ from lmforge.finetune.tasks import (
 from lmforge.tokenizer import special_id
 from lmforge.train.engine import Trainer, lm_metrics, seed_everything
 from lmforge.train.hooks import BestCheckpoint, Patience
-from lmforge.train.run import _clear_run, fit_model_to_tokenizer
+from lmforge.train.run import fit_model_to_tokenizer
+from lmforge.train.rundir import RunDir
 
 ADAPTER_FILE = "adapters.safetensors"
+RESULT_FILE = "result.json"  # beside the engine's files in the run directory: the run's summary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,7 +205,8 @@ def finetune(
     t0 = time.perf_counter()
     seed = cfg.train.seed
     run_dir = Path(cfg.run_dir) if save else None
-    if run_dir is not None and ((run_dir / "result.json").exists() or (run_dir / "metrics.jsonl").exists()):
+    layout = RunDir(run_dir) if run_dir is not None else None
+    if layout is not None and ((run_dir / RESULT_FILE).exists() or layout.metrics.exists()):
         if not overwrite:
             raise ConfigError(
                 f"{run_dir} already holds a run; start afresh with --overwrite, or pick another --name / --out"
@@ -230,14 +233,14 @@ def finetune(
     trainable = select_parameters(task_model, cfg.params)
     log(str(trainable))
 
-    if run_dir is not None and overwrite:  # checked data and model first: a failed start clears nothing
-        _clear_run(run_dir)
-        (run_dir / "result.json").unlink(missing_ok=True)
+    if layout is not None and overwrite:  # checked data and model first: a failed start clears nothing
+        layout.clear()
+        (run_dir / RESULT_FILE).unlink(missing_ok=True)
 
     trainer = task_trainer(cfg, task_model, tokenizer, train_data, val_data, max_len, run_dir, log)
     fit = trainer.fit()
-    if run_dir is not None and not fit.stopped_by:  # fine-tuning keeps best/; the engine's resume state is dead weight
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if layout is not None and not fit.stopped_by:  # fine-tuning keeps best/; the engine's resume state is dead weight
+        shutil.rmtree(layout.checkpoints, ignore_errors=True)
     trainer.restore_best()
     metrics = dict(trainer.best or trainer.evaluate(None))
     metrics.pop("step", None)
@@ -268,5 +271,5 @@ def finetune(
             "baseline": result.baseline,
             "seconds": result.seconds,
         }
-        (run_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (run_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return result

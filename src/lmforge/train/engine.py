@@ -46,6 +46,7 @@ from lmforge.train import optim
 from lmforge.train.config import TrainConfig
 from lmforge.train.hooks import LOWEST_LOSS, BestCheckpoint, StopCondition
 from lmforge.train.reporting import Reporter, count_tokens
+from lmforge.train.rundir import RunDir
 
 # Test hook: the process sends itself SIGTERM after this many optimizer steps.
 STOP_AFTER_STEPS_ENV = "LMFORGE_STOP_AFTER_STEPS"
@@ -200,7 +201,8 @@ class Trainer:
       ``sample_fn(model)``           a text sample shown at each evaluation (default: none;
                                      :func:`lmforge.train.run.sample_fn` builds the pretraining one)
       ``tokens_per_byte``            of the validation text, to report bits per byte (causal LM)
-    ``run_dir`` (None: nothing is written) receives metrics.jsonl, checkpoints/, best/, plots/.
+    ``run_dir`` (None: nothing is written) receives metrics.jsonl, checkpoints/, best/, plots/
+    (:mod:`lmforge.train.rundir`).
     ``runtime``: the job's device, dtype and process group, when the job has set them up already
     (:func:`~lmforge.train.distributed.setup_runtime`; None: the Trainer sets them up from ``cfg``).
     """
@@ -229,6 +231,7 @@ class Trainer:
         self.cfg = cfg
         self.train_batches, self.eval_batches, self.metric_fn = train_batches, eval_batches, metric_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.layout = RunDir(run_dir) if run_dir is not None else None
         self.tokenizer, self.save_fn, self.tokens_per_byte = tokenizer, save_fn, tokens_per_byte
         self.sample_fn, self.finish_metrics = sample_fn, finish_metrics
         self.best_policy, self.stop_condition = best_checkpoint, stop_condition
@@ -276,9 +279,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self._forward_keys = _forward_keys(self.model)
         self.encoder_decoder = getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
-        self.report = Reporter(
-            cfg, self.dist, self.device, self.dtype, self.run_dir, log or print, self.encoder_decoder
-        )
+        self.report = Reporter(cfg, self.dist, self.device, self.dtype, self.layout, log or print, self.encoder_decoder)
 
         # counters that a checkpoint carries over
         self.step = 0
@@ -533,9 +534,8 @@ class Trainer:
         model = self._saveable_model()  # every rank takes part (FSDP gathers); rank 0 writes
         if not self.is_main:
             return
-        best = self.run_dir / "best"
-        (self.best_policy.save or self._write_model)(model, best)
-        (best / "eval.json").write_text(json.dumps({"step": self.step, **metrics}, indent=2) + "\n")
+        (self.best_policy.save or self._write_model)(model, self.layout.best)
+        self.layout.best_eval.write_text(json.dumps({"step": self.step, **metrics}, indent=2) + "\n")
 
     def restore_best(self) -> None:
         """Load the best evaluation's weights back into the model (kept with ``best_checkpoint.keep_weights``)."""
@@ -574,9 +574,7 @@ class Trainer:
         state = self.state_dict()
         path = None
         if self.is_main:
-            path = ckpt.save_checkpoint(
-                ckpt.checkpoint_dir(self.run_dir, self.step), lambda d: self._write_model(model, d), state
-            )
+            path = ckpt.save_checkpoint(self.layout.checkpoint(self.step), lambda d: self._write_model(model, d), state)
             ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
         self.last_checkpoint = D.broadcast_object(path)
         D.barrier()

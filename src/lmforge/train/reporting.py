@@ -17,7 +17,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,12 +27,11 @@ from lmforge.models.io import atomic_write_text
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import TrainConfig
+from lmforge.train.rundir import RunDir
 
 if TYPE_CHECKING:
     from lmforge.train.engine import StepResult
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.txt"
 PLOT_EVERY_S = 60.0  # the loss plot is refreshed at most this often during a run (and always at its end)
 ASSUMED_MFU = 0.4  # a typical MFU for a well-shaped model, for the time estimate printed before step 1
 ETA_AFTER_STEPS = 10  # the measured rate and ETA are printed once, this many steps into the run
@@ -54,7 +52,7 @@ class Reporter:
         dist: D.DistInfo,
         device: torch.device,
         dtype: torch.dtype,
-        run_dir: Path | None,
+        run_dir: RunDir | None,
         log: Callable[[str], None],
         encoder_decoder: bool = False,
     ):
@@ -161,7 +159,7 @@ class Reporter:
     def start(self, step: int, train_seconds: float) -> None:
         """The loop starts at ``step``: TensorBoard, the progress bar, and the step of the ETA line."""
         if self.run_dir is not None and self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.root.mkdir(parents=True, exist_ok=True)
             self._open_tensorboard()
         self._eta_from, self._eta_t0 = step, train_seconds
         self._eta_step = min(step + ETA_AFTER_STEPS, self.cfg.max_steps - 1)
@@ -239,7 +237,7 @@ class Reporter:
     def on_sample(self, step: int, text: str) -> None:
         self.log(f"sample at step {step}:\n{text}\n")
         if self.dist.is_main and self.run_dir is not None:
-            with open(self.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
+            with open(self.run_dir.samples, "a", encoding="utf-8") as f:
                 f.write(f"--- step {step}\n{text}\n")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -247,7 +245,7 @@ class Reporter:
         self.history.append(record)
         if not self.dist.is_main or self.run_dir is None:
             return
-        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+        with open(self.run_dir.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in record.items():
@@ -273,7 +271,7 @@ class Reporter:
     def resume(self, step: int) -> None:
         """A run resumed at ``step``: metrics.jsonl is cut back to that step, so the log reads as one run."""
         self.history = []
-        path = None if self.run_dir is None else self.run_dir / METRICS_FILE
+        path = None if self.run_dir is None else self.run_dir.metrics
         if path is None or not path.is_file():
             return
         records, torn = ckpt.read_metrics(path, self.log if self.dist.is_main else lambda m: None)
@@ -290,7 +288,7 @@ class Reporter:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # TensorBoard is optional
             return
-        self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        self._tb = SummaryWriter(str(self.run_dir.tensorboard))
 
     def plot(self) -> None:
         """plots/loss.png: training loss per log step and validation loss at each evaluation."""
@@ -312,12 +310,12 @@ class Reporter:
             ax.plot(*zip(*val), "o-", label="validation", ms=4)
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats per target token)")
-        ax.set_title(self.run_dir.name)
+        ax.set_title(self.run_dir.root.name)
         ax.grid(alpha=0.3)
         ax.legend()
-        (self.run_dir / "plots").mkdir(exist_ok=True)
+        self.run_dir.plots.mkdir(exist_ok=True)
         fig.tight_layout()
-        fig.savefig(self.run_dir / "plots" / "loss.png", dpi=100)
+        fig.savefig(self.run_dir.loss_plot, dpi=100)
         plt.close(fig)
         self._last_plot = time.perf_counter()
 

@@ -3,18 +3,8 @@
 ``pretrain(cfg)`` prepares the dataset if it is missing (tokenizer trained on the train split,
 tokens written to memmap shards), sizes the model's vocabulary and special tokens from the
 tokenizer, saves the resolved config in the run directory, and runs the :class:`Trainer` with
-the objective's batches; ``resume=True`` continues from the newest good checkpoint.
-
-Run directory::
-
-    runs/<name>/
-        config.yaml           the resolved config (lmforge train --config runs/<name>/config.yaml)
-        metrics.jsonl         one JSON object per log step (and per evaluation)
-        samples.txt           text samples at each evaluation (decoders)
-        checkpoints/step-N/   model directory + state.pt + manifest.json (the last K)
-        best/                 model directory with the lowest validation loss + eval.json
-        plots/loss.png        training and validation loss
-        tb/                   TensorBoard events (when TensorBoard is installed)
+the objective's batches; ``resume=True`` continues from the newest good checkpoint. What it
+writes where: :mod:`lmforge.train.rundir` (``best/`` holds the model of the lowest validation loss).
 """
 
 from __future__ import annotations
@@ -37,8 +27,7 @@ from lmforge.train import distributed as D
 from lmforge.train.config import RunConfig, TrainConfig
 from lmforge.train.engine import FitResult, Trainer
 from lmforge.train.objective_metrics import objective_metrics
-
-CONFIG_FILE = "config.yaml"
+from lmforge.train.rundir import RunDir
 
 
 def dataset_dir(cfg: RunConfig) -> Path:
@@ -285,6 +274,7 @@ def pretrain(
     say = log if info.is_main else (lambda msg: None)
 
     run_dir = Path(cfg.run_dir)
+    layout = RunDir(run_dir)
     if not resume and not overwrite and ckpt.list_checkpoints(run_dir):
         raise ConfigError(
             f"{run_dir} already holds checkpoints; continue it with --resume {run_dir}, start afresh "
@@ -300,9 +290,9 @@ def pretrain(
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh start: no log lines or plots of an earlier attempt
-            _clear_run(run_dir)
+            layout.clear()
         ckpt.remove_partial(run_dir)  # what a killed earlier attempt left half written
-        _write_config(cfg, run_dir / CONFIG_FILE)
+        _write_config(cfg, layout.config)
     say(f"run {run_dir}: {cfg.model.arch} model, objective {cfg.data.objective}, dataset {dataset_dir(cfg)}")
 
     check_memory(cfg, device, info.world_size)
@@ -341,7 +331,7 @@ def pretrain(
             f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "
             f"({result.tokens / max(result.train_seconds, 1e-9):,.0f} tokens/s); validation: {shown}"
         )
-        say(f"best model: {run_dir / 'best'}; last checkpoint: {result.checkpoint}")
+        say(f"best model: {layout.best}; last checkpoint: {result.checkpoint}")
     return result
 
 
@@ -361,12 +351,3 @@ def _write_config(cfg: RunConfig, path: Path) -> None:
     import yaml
 
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-
-def _clear_run(run_dir: Path) -> None:
-    import shutil
-
-    for name in ("checkpoints", "best", "plots", "tb"):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "samples.txt"):
-        (run_dir / name).unlink(missing_ok=True)
