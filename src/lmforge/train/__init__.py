@@ -3,11 +3,17 @@ and the pretraining job (:func:`pretrain`) behind ``lmforge train``."""
 
 from lmforge.train.config import RUN_PRESETS, DataConfig, RunConfig, TrainConfig
 from lmforge.train.engine import FitResult, Trainer, lm_metrics, lr_at, param_groups
+from lmforge.train.hooks import BestCheckpoint, Patience, StopCondition
 from lmforge.train.run import pretrain
+from lmforge.train.rundir import RunDir
 
 __all__ = [
     "Trainer",
     "FitResult",
+    "BestCheckpoint",
+    "Patience",
+    "StopCondition",
+    "RunDir",
     "TrainConfig",
     "DataConfig",
     "RunConfig",

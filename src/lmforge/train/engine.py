@@ -2,8 +2,10 @@
 
 A :class:`Trainer` takes a plain model, a source of training batches and a :class:`TrainConfig`.
 Everything else is pluggable with a default: the evaluation batches and the metric function,
-which parameters train, how the model is saved, how a text sample is drawn. A fine-tuning task
-passes its own and reuses this loop as is.
+which parameters train, how the model is saved, how a text sample is drawn, which evaluation's
+model is the best one and when a run stops early (:mod:`lmforge.train.hooks`). A fine-tuning task
+passes its own and reuses this loop as is. What a run prints and records is
+:mod:`lmforge.train.reporting`; where it writes, :mod:`lmforge.train.rundir`.
 
 One optimizer step::
 
