@@ -22,7 +22,7 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.models import build_model
-from lmforge.train.engine import param_groups
+from lmforge.train.optim import param_groups
 
 
 def rows(generator: torch.Generator, batch: int, length: int, vocab: int, bos: int) -> dict[str, torch.Tensor]:

@@ -30,8 +30,8 @@ from lmforge.config import ModelConfig
 from lmforge.data import make_batches, open_dataset, prepare
 from lmforge.models import build_model
 from lmforge.train.config import TrainConfig
-from lmforge.train.engine import lr_at, param_groups
 from lmforge.train.objective_metrics import masked_lm_metrics, most_frequent_token
+from lmforge.train.optim import lr_at, param_groups
 from lmforge.train.run import fit_model_to_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mlm_diagnosis"

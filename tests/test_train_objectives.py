@@ -133,7 +133,7 @@ def test_doc_mask_reaches_the_model_through_the_engine(dataset):
 def test_nsp_head_learns_a_separable_pair_task():
     """The NSP path (pooler, head, loss) can learn when the signal is there: B from the same or a
     disjoint vocabulary as A. Shakespeare's NSP stays at chance for want of signal, not of code."""
-    from lmforge.train.engine import param_groups
+    from lmforge.train.optim import param_groups
 
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(

@@ -90,7 +90,7 @@ def train_case(
     """Both sides keep fp32 weights and run under the same autocast ``dtype`` (bf16 on CUDA)."""
     from lmforge import device as dev
     from lmforge.interop import from_hf
-    from lmforge.train.engine import param_groups  # the engine's own optimizer groups
+    from lmforge.train.optim import param_groups  # the engine's own optimizer groups
 
     s = SHAPES[key]
     device = torch.device(device)

@@ -2,8 +2,9 @@
 and the pretraining job (:func:`pretrain`) behind ``lmforge train``."""
 
 from lmforge.train.config import RUN_PRESETS, DataConfig, RunConfig, TrainConfig
-from lmforge.train.engine import FitResult, Trainer, lm_metrics, lr_at, param_groups
+from lmforge.train.engine import FitResult, Trainer, lm_metrics
 from lmforge.train.hooks import BestCheckpoint, Patience, StopCondition
+from lmforge.train.optim import lr_at, param_groups
 from lmforge.train.run import pretrain
 from lmforge.train.rundir import RunDir
 

@@ -47,6 +47,7 @@ from lmforge.train import distributed as D
 from lmforge.train import optim
 from lmforge.train.config import TrainConfig
 from lmforge.train.hooks import LOWEST_LOSS, BestCheckpoint, StopCondition
+from lmforge.train.optim import lr_at
 from lmforge.train.reporting import Reporter, count_tokens
 from lmforge.train.rundir import RunDir
 
@@ -75,42 +76,7 @@ FinishMetrics = Callable[[nn.Module, dict[str, float]], dict[str, float]]
 
 
 # ----------------------------------------------------------------------------------------------
-# The pieces of a step
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup to ``cfg.lr``, then the schedule
-    down to ``cfg.lr * cfg.min_lr_ratio``, reached at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    low = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "wsd":  # stable at the peak, then a linear decay over the last decay_fraction
-        decay_start = max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_fraction * cfg.max_steps))
-        if step < decay_start:
-            return cfg.lr
-        progress = (step - decay_start + 1) / max(1, cfg.max_steps - decay_start)
-        return cfg.lr - (cfg.lr - low) * min(1.0, progress)
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - 1 - cfg.warmup_steps))
-    if cfg.schedule == "linear":
-        return cfg.lr - (cfg.lr - low) * progress
-    return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))  # cosine
-
-
-def param_groups(model: nn.Module, weight_decay: float, exclude: Iterable[nn.Parameter] = ()) -> list[dict[str, Any]]:
-    """Two AdamW groups: weight decay on matrices; none on biases, norm gains and embeddings
-    (decaying those pulls them towards zero for no regularising benefit). Parameters in
-    ``exclude`` (another optimizer's) are left out."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    excluded = {id(p) for p in exclude}
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad or id(p) in excluded:
-            continue
-        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+# The pieces of a step (the optimizers and the learning-rate schedule: lmforge.train.optim)
 
 
 def batch_weight(batch: dict[str, torch.Tensor]) -> int:
@@ -257,26 +223,8 @@ class Trainer:
         )
         self.sharded = D.is_sharded(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        # train.optimizer=muon: Muon for the blocks' matrices, AdamW for the rest; both step together
-        self.muon = None
-        hidden = optim.hidden_matrices(self.model) if cfg.optimizer == "muon" else []
-        if hidden:
-            if self.sharded:
-                raise TrainingError("train.optimizer: muon needs whole matrices; FSDP shards them (use ddp)")
-            ns_dtype = cfg.muon_ns_dtype
-            if ns_dtype == "auto":
-                ns_dtype = "bf16" if self.device.type == "cuda" else "fp32"
-            self.muon = optim.make_muon(hidden, cfg.muon_lr, cfg.weight_decay, cfg.muon_momentum, ns_dtype)
-        groups = param_groups(self.model, cfg.weight_decay, exclude=hidden)
-        self.optimizer = None  # AdamW: everything, or what Muon does not take (None if nothing is left)
-        if groups:
-            self.optimizer = torch.optim.AdamW(
-                groups,
-                lr=cfg.lr,
-                betas=(cfg.beta1, cfg.beta2),
-                eps=cfg.eps,
-                fused=dev.fused_adamw_ok(self.device) and not self.sharded,
-            )
+        # AdamW (None if Muon takes everything) and Muon (train.optimizer=muon, else None)
+        self.optimizer, self.muon = optim.make_optimizers(self.model, cfg, self.device, self.sharded)
         self.optimizers = [o for o in (self.optimizer, self.muon) if o is not None]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self._forward_keys = _forward_keys(self.model)
@@ -488,7 +436,8 @@ class Trainer:
         metrics = self.evaluate(None if full else (self.cfg.eval_batches or None))
         if not metrics:
             return metrics
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0  # the evaluation's own time, without the best/ save
+        # the verdicts on this evaluation are logged before its line (as fine-tuning always has)
         if self.best_policy.improves(metrics, self.best):
             self.best, self.best_step = dict(metrics), self.step
             self._save_best(metrics)

@@ -1,4 +1,6 @@
-"""Muon for the hidden weight matrices, AdamW for the rest (``train.optimizer=muon``).
+"""The engine's optimizers and learning-rate schedule: AdamW with two parameter groups
+(:func:`param_groups`), or Muon for the hidden weight matrices and AdamW for the rest
+(``train.optimizer=muon``, :func:`make_optimizers`); :func:`lr_at`, the schedule both follow.
 
 Muon (momentum, then orthogonalised updates; Keller Jordan's optimizer of the modded-nanoGPT
 speedruns) updates each 2-D weight matrix of the Transformer blocks (attention and MLP
@@ -16,11 +18,77 @@ iteration in fp32; ``train.muon_ns_dtype=auto`` takes it everywhere but on CUDA.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from lmforge.errors import ConfigError
+from lmforge import device as dev
+from lmforge.errors import ConfigError, TrainingError
+from lmforge.train.config import TrainConfig
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup to ``cfg.lr``, then the schedule
+    down to ``cfg.lr * cfg.min_lr_ratio``, reached at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    low = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":  # stable at the peak, then a linear decay over the last decay_fraction
+        decay_start = max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_fraction * cfg.max_steps))
+        if step < decay_start:
+            return cfg.lr
+        progress = (step - decay_start + 1) / max(1, cfg.max_steps - decay_start)
+        return cfg.lr - (cfg.lr - low) * min(1.0, progress)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - 1 - cfg.warmup_steps))
+    if cfg.schedule == "linear":
+        return cfg.lr - (cfg.lr - low) * progress
+    return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))  # cosine
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude: Iterable[nn.Parameter] = ()) -> list[dict[str, Any]]:
+    """Two AdamW groups: weight decay on matrices; none on biases, norm gains and embeddings
+    (decaying those pulls them towards zero for no regularising benefit). Parameters in
+    ``exclude`` (another optimizer's) are left out."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    excluded = {id(p) for p in exclude}
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in excluded:
+            continue
+        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device, sharded: bool):
+    """(AdamW, Muon) for ``model``'s trainable parameters as ``cfg`` says: with
+    ``train.optimizer=muon``, Muon takes the blocks' matrices and AdamW the rest, both stepping
+    together; otherwise AdamW takes everything and Muon is None. AdamW is None when Muon takes
+    every trainable parameter."""
+    muon = None
+    hidden = hidden_matrices(model) if cfg.optimizer == "muon" else []
+    if hidden:
+        if sharded:
+            raise TrainingError("train.optimizer: muon needs whole matrices; FSDP shards them (use ddp)")
+        ns_dtype = cfg.muon_ns_dtype
+        if ns_dtype == "auto":
+            ns_dtype = "bf16" if device.type == "cuda" else "fp32"
+        muon = make_muon(hidden, cfg.muon_lr, cfg.weight_decay, cfg.muon_momentum, ns_dtype)
+    groups = param_groups(model, cfg.weight_decay, exclude=hidden)
+    adamw = None
+    if groups:
+        adamw = torch.optim.AdamW(
+            groups,
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=dev.fused_adamw_ok(device) and not sharded,
+        )
+    return adamw, muon
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
