@@ -242,6 +242,7 @@ def test_serve_engine_on_an_int8_model_equals_int8_generate(trained):
     pytest.importorskip("fastapi")
     import threading
 
+    from lmforge.infer.options import SamplingOptions
     from lmforge.infer.prompts import encode_prompt
     from lmforge.serve import Engine, Job, SamplingParams, create_app
     from lmforge.serve.engine import Delta, Failed, Finished
@@ -263,7 +264,7 @@ def test_serve_engine_on_an_int8_model_equals_int8_generate(trained):
                     elif isinstance(e, (Finished, Failed)):
                         done.set()
 
-            engine.submit(Job(prompt, SamplingParams(max_tokens=16, temperature=0, logprobs=1), sink))
+            engine.submit(Job(prompt, SamplingParams(16, SamplingOptions(temperature=0), logprobs=1), sink))
             assert done.wait(60)
             ref = generate_ids(model, torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_id=None)
             assert tokens and tokens == ref.tokens[0, : len(tokens)].tolist()

@@ -21,12 +21,17 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
+from lmforge.infer.options import SamplingOptions  # noqa: E402
 from lmforge.serve import Engine, Job, SamplingParams, create_app  # noqa: E402
 from lmforge.serve.engine import Delta, Failed, Finished  # noqa: E402
 from lmforge.serve.server import bind  # noqa: E402
 
 KEY = "test-key"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _params(max_tokens=16, logprobs=None, **options) -> SamplingParams:
+    return SamplingParams(max_tokens, SamplingOptions(**options), logprobs=logprobs)
 
 
 # ---- fixtures: tiny models and real servers ------------------------------------------------------
@@ -304,7 +309,7 @@ def test_greedy_request_is_exact_whatever_else_is_in_the_batch(gpt_dir, tok, inv
 
         def submit(prompt, **params):
             out, sink = _collector()
-            engine.submit(Job(encode_prompt(tok, prompt, model), SamplingParams(**params), sink))
+            engine.submit(Job(encode_prompt(tok, prompt, model), _params(**params), sink))
             return out
 
         target = {"max_tokens": 20, "temperature": 0, "logprobs": 3}
@@ -388,7 +393,7 @@ def test_a_failing_request_does_not_take_down_the_others(srv, client):
     take = engine._take_token
 
     def flaky(row, tok, lp):  # a bug that hits one request only (seed 666)
-        if row.job.params.seed == 666 and row.n_tokens >= 2:
+        if row.job.params.options.seed == 666 and row.n_tokens >= 2:
             raise RuntimeError("boom")
         return take(row, tok, lp)
 

@@ -216,7 +216,6 @@ def machine_throughput(
 
     import torch
 
-    from lmforge import device as dev
     from lmforge.accounting import device_peak
     from lmforge.plan.throughput import (
         cached_peak,
@@ -225,15 +224,14 @@ def machine_throughput(
         machine_id,
         store,
     )
+    from lmforge.train.distributed import setup_runtime
 
-    device = dev.resolve_device(base.train.device)
-    if base.train.threads:
-        torch.set_num_threads(base.train.threads)
-    machine, name = machine_id(torch.get_num_threads()), _device_name(device)
-    peak = base.train.peak_flops or cached_peak(machine, name) or device_peak(device)
+    runtime = setup_runtime(base.train)  # the threads, device and dtype the measured runs will use
+    machine, name = machine_id(torch.get_num_threads()), _device_name(runtime.device)
+    peak = base.train.peak_flops or cached_peak(machine, name) or device_peak(runtime.device)
     if mfu is not None:
         return fixed_throughput(mfu, peak, name, machine)
-    setting = _setting(base, batch_size, dev.resolve_dtype(base.train.dtype, device))
+    setting = _setting(base, batch_size, runtime.dtype)
     cached = load_cached(machine, name, setting)
     have = {p.label for p in cached.points} if cached else set()
     todo = [s for s in shapes if remeasure or _label(s) not in have]

@@ -4,9 +4,10 @@
 (``options=``) or builds one from its keyword arguments before any work, as
 :func:`~lmforge.infer.generate_ids` does; ``lmforge generate`` builds one from its flags
 (:func:`lmforge.cli.common.sampling_options`) before it loads a model or prints a prompt. A bad
-value is a :class:`~lmforge.errors.ConfigError` naming the option. The server's requests
-(:class:`lmforge.serve.SamplingParams`, in OpenAI's terms) draw through the same chooser
-(:class:`~lmforge.infer.sampling.TokenChooser`).
+value is a :class:`~lmforge.errors.ConfigError` naming the option. A server request
+(:class:`lmforge.serve.SamplingParams`) holds one too, beside what only a request has (OpenAI's
+``max_tokens``, which may be 0 to score the prompt, stop strings, log-probabilities), and draws
+through the same chooser (:meth:`~lmforge.infer.sampling.TokenChooser.from_options`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.errors import LMForgeError
+from lmforge.infer.options import SamplingOptions
 
 
 def apply_repetition_penalty(logits: torch.Tensor, present: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -58,6 +59,12 @@ class TokenChooser:
         self.penalty = repetition_penalty if repetition_penalty and repetition_penalty != 1.0 else None
         self.generator = generator
         self.present: torch.Tensor | None = None  # (B, V) bool, tokens seen so far (repetition penalty)
+
+    @classmethod
+    def from_options(cls, options: SamplingOptions, generator: torch.Generator | None) -> TokenChooser:
+        """Sampled when ``options.temperature`` > 0, else greedy."""
+        o = options
+        return cls(o.temperature > 0, o.temperature, o.top_k, o.top_p, o.repetition_penalty, generator)
 
     def init_present(self, ids: torch.Tensor, mask: torch.Tensor | None, vocab: int) -> None:
         if self.penalty is None:

@@ -36,6 +36,7 @@ import torch
 
 from lmforge.errors import LMForgeError
 from lmforge.infer.generate import TextTracker
+from lmforge.infer.options import SamplingOptions
 from lmforge.infer.sampling import TokenChooser, make_generator
 from lmforge.tokenizer import special_id
 
@@ -48,13 +49,12 @@ class EngineBusy(LMForgeError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one request chooses its tokens and when it stops."""
+    """One request's generation: how many tokens, how they are drawn (the library's
+    :class:`~lmforge.infer.SamplingOptions`, as ``lmforge.generate`` and the CLI take them: temperature,
+    top-k, top-p, seed), when a choice stops and what it reports."""
 
-    max_tokens: int = 16  # new tokens at most
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int | None = None
+    max_tokens: int = 16  # new tokens at most; 0: the prompt's log-probabilities only
+    options: SamplingOptions = SamplingOptions()
     stop: tuple[str, ...] = ()  # strings that end a choice (not included in its text)
     logprobs: int | None = None  # report log P of each generated token and this many alternatives
 
@@ -319,17 +319,19 @@ class Engine:
     def _join(self, job: Job) -> None:
         free = [i for i, r in enumerate(self._rows) if r is None][: job.slots_needed]
         try:
-            p = job.params
-            if p.temperature > 0:
-                generator = make_generator(p.seed, self.device)
-                job.chooser = TokenChooser(True, p.temperature, p.top_k, p.top_p, 1.0, generator)
+            o = job.params.options
+            if o.temperature > 0:
+                job.chooser = TokenChooser.from_options(o, make_generator(o.seed, self.device))
             logits = self._prefill(job, free)
             if not free:  # max_tokens 0: the prompt's log-probabilities only
                 self._send(job, [Finished(c, "length", 0) for c in range(job.n)])
                 self.counts["completed"] += 1
                 return
             length = len(job.prompt_ids) if self.arch == "decoder" else 1
-            rows = [_Row(job, c, s, TextTracker(self.tokenizer, p.stop, self.eos), length) for c, s in enumerate(free)]
+            rows = [
+                _Row(job, c, s, TextTracker(self.tokenizer, job.params.stop, self.eos), length)
+                for c, s in enumerate(free)
+            ]
             for r in rows:
                 self._rows[r.slot] = r
             self._advance(rows, logits.expand(len(rows), -1))

@@ -8,9 +8,11 @@ accepted at their neutral value only (``presence_penalty: 0``, ``logit_bias: {}`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+from lmforge.infer.options import SamplingOptions
 from lmforge.serve.engine import SamplingParams, TokenLogprob
 
 MAX_STOP = 4  # stop strings per request, as OpenAI
@@ -162,15 +164,15 @@ def _common(b: _Body, limits: Limits, max_tokens_field: str, default_max_tokens:
     max_tokens = b.int(max_tokens_field, default_max_tokens, min_tokens)
     if max_tokens > limits.max_tokens:
         raise bad(max_tokens_field, f"at most {limits.max_tokens} on this server, got {max_tokens}")
-    top_k = b.int("top_k", 0, -1)
-    sampling = SamplingParams(
-        max_tokens=max_tokens,
+    seed = b.int("seed", None, -(2**63), 2**63 - 1)
+    options = SamplingOptions(
+        max_new_tokens=max(max_tokens, 1),  # the request's own max_tokens (0: score only; -1: to the context) governs
         temperature=b.number("temperature", 1.0, 0.0, 2.0),
         top_p=b.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
-        top_k=max(top_k, 0),  # 0 and -1 both mean off
-        seed=b.int("seed", None, -(2**63), 2**63 - 1),
-        stop=_stop(b),
+        top_k=max(b.int("top_k", 0, -1), 0),  # 0 and -1 both mean off
+        seed=None if seed is None else seed % 2**63,  # OpenAI's seeds are any int64; lmforge draws from [0, 2**63)
     )
+    sampling = SamplingParams(max_tokens, options, _stop(b))
     return n, stream, include_usage, sampling
 
 
@@ -217,7 +219,7 @@ def _prompts(v, limits: Limits, vocab_size: int) -> list:
 
 
 def _with_logprobs(s: SamplingParams, k: int) -> SamplingParams:
-    return SamplingParams(s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed, s.stop, k)
+    return dataclasses.replace(s, logprobs=k)
 
 
 def parse_chat(obj, limits: Limits) -> ChatRequest:
