@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from lmforge.data.corpus import shakespeare
-from lmforge.data.objectives import (
-    IGNORE_INDEX,
-    OBJECTIVES,
-    InfillSampler,
-    TokenMasker,
-    collapse_spans,
-    make_batches,
-    random_spans_noise_mask,
-)
+from lmforge.data.masking import TokenMasker
+from lmforge.data.objectives import OBJECTIVES, make_batches
+from lmforge.data.sampler import IGNORE_INDEX
 from lmforge.data.shards import prepare
+from lmforge.data.spans import InfillSampler, collapse_spans, random_spans_noise_mask
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizer import train_tokenizer
 

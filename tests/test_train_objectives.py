@@ -160,3 +160,28 @@ def test_nsp_head_learns_a_separable_pair_task():
     with torch.no_grad():
         accuracy = (model(**held_out).nsp_logits.argmax(-1) == held_out["next_sentence_label"]).float().mean()
     assert accuracy > 0.95
+
+
+def test_the_objective_registry_is_what_configs_and_runs_read():
+    """Every registered objective names real config fields, a real architecture and options its
+    sampler takes; a run's validation and its sampler options come from the entry."""
+    import inspect
+    from dataclasses import fields
+
+    from lmforge.config import ARCHITECTURES
+    from lmforge.data import OBJECTIVES
+    from lmforge.errors import ConfigError
+    from lmforge.train.config import DataConfig, RunConfig
+    from lmforge.train.run import objective_options
+
+    data_fields = {f.name for f in fields(DataConfig)}
+    for name, spec in OBJECTIVES.items():
+        assert spec.arch in ARCHITECTURES
+        assert set(spec.config_options.values()) <= data_fields, name
+        taken = set(inspect.signature(spec.sampler.__init__).parameters)
+        assert set(spec.sampler_options) <= taken, name
+        assert set(spec.eval_options) <= set(spec.sampler_options), name
+    bert = RunConfig.from_preset("tiny-bert")
+    assert objective_options(bert) == {"mlm_probability": bert.data.mlm_probability}
+    with pytest.raises(ConfigError, match="trains an encoder-decoder model"):
+        bert.replace(data=bert.data.replace(objective="span"))

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from lmforge.config import MODEL_PRESETS, ConfigBase, ModelConfig
+from lmforge.data.objectives import OBJECTIVES
 from lmforge.errors import ConfigError
 
-OBJECTIVES = ("causal", "mlm", "mlm+nsp", "span", "infill")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 OPTIMIZERS = ("adamw", "muon")
 NS_DTYPES = ("auto", "fp32", "bf16")
@@ -62,7 +62,7 @@ class DataConfig(ConfigBase):
         for name in ("mlm_probability", "noise_density", "val_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}: must be in (0, 1), got {getattr(self, name)}")
-        if self.doc_mask and self.objective != "causal":
+        if self.doc_mask and "doc_mask" not in OBJECTIVES[self.objective].config_options:
             raise ConfigError(
                 f"data.doc_mask: masks packed documents of the causal objective, not {self.objective!r}; "
                 "set data.doc_mask=false"
@@ -198,23 +198,17 @@ class RunConfig(ConfigBase):
         return self.out_dir or f"runs/{self.name}"
 
     def validate(self) -> None:
-        wants = {
-            "causal": "decoder",
-            "mlm": "encoder",
-            "mlm+nsp": "encoder",
-            "span": "encoder-decoder",
-            "infill": "encoder-decoder",
-        }[self.data.objective]
-        if self.model.arch != wants:
+        spec, name = OBJECTIVES[self.data.objective], self.data.objective
+        if self.model.arch != spec.arch:
             raise ConfigError(
-                f"data.objective: {self.data.objective!r} trains an {wants} model, but model.arch is "
-                f"{self.model.arch!r}; set model.arch={wants} or pick another objective"
+                f"data.objective: {name!r} trains an {spec.arch} model, but model.arch is "
+                f"{self.model.arch!r}; set model.arch={spec.arch} or pick another objective"
             )
-        if self.data.objective == "mlm+nsp" and not self.model.nsp_head:
-            raise ConfigError("data.objective: mlm+nsp needs the next-sentence head; set model.nsp_head=true")
-        if self.data.objective == "mlm" and self.model.nsp_head:  # an untrained head (and idle DDP parameters)
+        if spec.nsp_head and not self.model.nsp_head:
+            raise ConfigError(f"data.objective: {name} needs the next-sentence head; set model.nsp_head=true")
+        if self.model.nsp_head and not spec.nsp_head:  # an untrained head (and idle DDP parameters)
             raise ConfigError(
-                "data.objective: mlm does not train the next-sentence head; set model.nsp_head=false "
+                f"data.objective: {name} does not train the next-sentence head; set model.nsp_head=false "
                 "or use the mlm+nsp objective"
             )
         if self.model.positions in ("learned",) and self.data.seq_len > self.model.max_positions:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from lmforge import device as dev
 from lmforge.config import ModelConfig
+from lmforge.data.objectives import OBJECTIVES
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models import build_model
 from lmforge.nn import eval_mode
@@ -47,7 +49,7 @@ def prepare_dataset(cfg: RunConfig, info: D.DistInfo, log: Callable[[str], None]
     d = cfg.data
     path = dataset_dir(cfg)
     if info.is_main and not (path / META_FILE).is_file():
-        sentinels = d.sentinels if d.sentinels is not None else (100 if d.objective == "span" else None)
+        sentinels = d.sentinels if d.sentinels is not None else OBJECTIVES[d.objective].sentinels
         log(
             f"preparing {path} from {d.source} (tokenizer: {d.tokenizer}"
             f"{f', vocab {d.vocab_size}' if d.tokenizer != 'char' else ''})"
@@ -86,31 +88,15 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer, objective: str | None 
     return model.replace(**changes)
 
 
-def objective_options(cfg: RunConfig) -> dict[str, float]:
-    d = cfg.data
-    return {
-        "causal": {"doc_mask": True} if d.doc_mask else {},
-        "mlm": {"mlm_probability": d.mlm_probability},
-        "mlm+nsp": {"mlm_probability": d.mlm_probability},
-        "span": {"noise_density": d.noise_density, "mean_span_length": d.mean_span_length},
-        "infill": {"noise_density": d.noise_density, "poisson_lambda": d.mean_span_length},
-    }[d.objective]
+def objective_options(cfg: RunConfig) -> dict[str, Any]:
+    """The training sampler's options, from the ``data.`` section (the objective registry maps them)."""
+    return OBJECTIVES[cfg.data.objective].options_from(cfg.data)
 
 
-# Held-out metrics corrupt the text as the reference recipes do whatever the training settings, so
-# that accuracies compare across recipes (a higher rate or shorter spans change what a prediction can
-# use): BERT's 15% of the tokens masked, T5's 15% noise in spans of mean length 3.
-EVAL_MLM_PROBABILITY = 0.15
-EVAL_SPAN_OPTIONS = {"noise_density": 0.15, "mean_span_length": 3.0}
-
-
-def eval_objective_options(cfg: RunConfig) -> dict[str, float]:
-    options = objective_options(cfg)
-    if "mlm_probability" in options:
-        return {**options, "mlm_probability": EVAL_MLM_PROBABILITY}
-    if cfg.data.objective == "span":
-        return {**options, **EVAL_SPAN_OPTIONS}
-    return options
+def eval_objective_options(cfg: RunConfig) -> dict[str, Any]:
+    """The held-out sampler's options: the training ones with the reference corruption
+    (:attr:`~lmforge.data.Objective.eval_options`), so that accuracies compare across recipes."""
+    return OBJECTIVES[cfg.data.objective].options_from(cfg.data, held_out=True)
 
 
 def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
@@ -156,7 +142,7 @@ def make_batch_sources(cfg: RunConfig, dataset, info: D.DistInfo):
     def eval_batches(max_batches: int | None):
         """The same batches at every evaluation: a fixed random sample, or (None) every window of the split
         once, in order (the last batch's rows past the end wrap around; their labels are ignored)."""
-        whole = max_batches is None and d.objective != "mlm+nsp"  # NSP pairs are drawn, not walked
+        whole = max_batches is None and OBJECTIVES[d.objective].walk_eval
         val = val_sampler(whole)
         if not whole:
             for _ in range(max_batches or val.batches_per_epoch):
