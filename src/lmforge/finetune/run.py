@@ -35,7 +35,8 @@ from lmforge.finetune.tasks import (
     restoration_rows,
 )
 from lmforge.tokenizer import special_id
-from lmforge.train.engine import Trainer, lm_metrics, seed_everything
+from lmforge.train.batches import lm_metrics
+from lmforge.train.engine import Trainer, seed_everything
 from lmforge.train.hooks import BestCheckpoint, Patience
 from lmforge.train.run import fit_model_to_tokenizer
 from lmforge.train.rundir import RunDir

@@ -5,7 +5,11 @@ Everything else is pluggable with a default: the evaluation batches and the metr
 which parameters train, how the model is saved, how a text sample is drawn, which evaluation's
 model is the best one and when a run stops early (:mod:`lmforge.train.hooks`). A fine-tuning task
 passes its own and reuses this loop as is. What a run prints and records is
-:mod:`lmforge.train.reporting`; where it writes, :mod:`lmforge.train.rundir`.
+:mod:`lmforge.train.reporting`; where it writes, :mod:`lmforge.train.rundir`; what a batch
+counts, :mod:`lmforge.train.batches`; how a signal ends a run, :mod:`lmforge.train.signals`.
+What stays here (about 540 lines) is the loop, its step and evaluation, and the checkpoint
+state: :meth:`Trainer.state_dict` and :meth:`Trainer.resume` must name the same fields, so they
+live beside the fields they save.
 
 One optimizer step::
 
@@ -22,17 +26,16 @@ loss over the whole global batch, however it is cut into micro-batches and ranks
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,72 +48,21 @@ from lmforge.nn import eval_mode
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train import optim
+from lmforge.train.batches import BatchSource, EvalBatches, MetricFn, batch_weight, forward_keys, lm_metrics
 from lmforge.train.config import TrainConfig
 from lmforge.train.hooks import LOWEST_LOSS, BestCheckpoint, StopCondition
 from lmforge.train.optim import lr_at
 from lmforge.train.reporting import Reporter, count_tokens
 from lmforge.train.rundir import RunDir
+from lmforge.train.signals import StopSignals
 
 # Test hook: the process sends itself SIGTERM after this many optimizer steps.
 STOP_AFTER_STEPS_ENV = "LMFORGE_STOP_AFTER_STEPS"
 
 
-class BatchSource(Protocol):
-    """Training batches: dicts of tensors whose keys are keyword arguments of the model's forward
-    (``input_ids``, ``labels``, ...), this rank's slice of each global micro-batch."""
-
-    def next_batch(self) -> dict[str, torch.Tensor]: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-# eval_batches(max_batches) -> this rank's evaluation batches; max_batches None means all of them.
-EvalBatches = Callable[[int | None], Iterable[dict[str, torch.Tensor]]]
-# metric_fn(batch, output) -> {name: (numerator, denominator)}, summed over batches and ranks.
-MetricFn = Callable[[dict[str, torch.Tensor], Any], dict[str, tuple[float, float]]]
 # finish_metrics(model, metrics) -> the metrics reported: derived from the summed ones (macro-F1 from
 # confusion counts), or measured on the model (generated text against references).
 FinishMetrics = Callable[[nn.Module, dict[str, float]], dict[str, float]]
-
-
-# ----------------------------------------------------------------------------------------------
-# The pieces of a step (the optimizers and the learning-rate schedule: lmforge.train.optim)
-
-
-def batch_weight(batch: dict[str, torch.Tensor]) -> int:
-    """How many targets a batch's mean loss averages over: label tokens that are not -100
-    (sequence labels count one per row)."""
-    labels = batch.get("labels")
-    if labels is None:
-        return next(iter(batch.values())).shape[0]
-    return int((labels != -100).sum()) if labels.ndim > 1 else labels.shape[0]
-
-
-@torch.no_grad()
-def lm_metrics(batch: dict[str, torch.Tensor], out: Any) -> dict[str, tuple[float, float]]:
-    """Language-model metrics as (sum, count): the loss per target token, and for an encoder the
-    MLM loss and accuracy over masked tokens and the next-sentence accuracy."""
-    m: dict[str, tuple[float, float]] = {}
-    labels = batch.get("labels")
-    if labels is not None and getattr(out, "loss", None) is not None:
-        n = int((labels != -100).sum())
-        if n == 0:  # nothing to score (the mean over no tokens is NaN)
-            return m
-        m["loss"] = (float(out.loss) * n, n)
-        if getattr(out, "mlm_loss", None) is not None:
-            m["mlm_loss"] = (float(out.mlm_loss) * n, n)
-            masked = labels != -100
-            if out.logits.ndim == 2:  # the head ran on the masked positions only
-                hits = out.logits.argmax(-1) == labels[masked]
-            else:
-                hits = (out.logits.argmax(-1) == labels) & masked
-            m["mlm_accuracy"] = (int(hits.sum()), n)
-    nsp = batch.get("next_sentence_label")
-    if nsp is not None and getattr(out, "nsp_logits", None) is not None:
-        m["nsp_accuracy"] = (int((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel())
-    return m
 
 
 def seed_everything(seed: int) -> None:
@@ -227,7 +179,7 @@ class Trainer:
         self.optimizer, self.muon = optim.make_optimizers(self.model, cfg, self.device, self.sharded)
         self.optimizers = [o for o in (self.optimizer, self.muon) if o is not None]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self._forward_keys = _forward_keys(self.model)
+        self._forward_keys = forward_keys(self.model)
         self.encoder_decoder = getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
         self.report = Reporter(cfg, self.dist, self.device, self.dtype, self.layout, log or print, self.encoder_decoder)
 
@@ -243,7 +195,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.last_checkpoint: Path | None = None
 
-        self._signal: str | None = None
+        self.signals = StopSignals(self.log)
         self._stop_after = int(os.environ.get(STOP_AFTER_STEPS_ENV, "0") or 0)
         seed_everything(cfg.seed + self.dist.rank)
 
@@ -326,7 +278,7 @@ class Trainer:
                 "raise train.max_steps to train further"
             )
             metrics = report.last_eval(self.step)  # a finished run resumed: its final evaluation, as logged
-        restore = self._install_signal_handlers()
+        restore = self.signals.install()
         report.start(self.step, self.train_seconds)
         try:
             while self.step < cfg.max_steps and self.early_stop is None:
@@ -355,13 +307,13 @@ class Trainer:
                     record = {**(record or {"step": self.step}), **{f"val_{k}": v for k, v in metrics.items()}}
                 if record is not None:
                     report.write(record)
-                stop = self._agree_to_stop()
+                stop = self.signals.agreed(self.device, self.dist.enabled)
                 periodic = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                 if stop or last or (periodic and not self.nonfinite_in_row):  # no checkpoint mid-failure
                     self.save_checkpoint()
                 if stop:
                     self.log(
-                        f"stopped by {self._signal or 'a signal on another rank'} after step {self.step}; "
+                        f"stopped by {self.signals.received or 'a signal on another rank'} after step {self.step}; "
                         f"checkpoint {self.last_checkpoint}; continue with: lmforge train --resume {self.run_dir}"
                     )
                     break
@@ -372,7 +324,7 @@ class Trainer:
         report.plot()
         return FitResult(
             self.step,
-            self._signal,
+            self.signals.received,
             metrics,
             self.last_checkpoint,
             best=self.best,
@@ -580,30 +532,6 @@ class Trainer:
         self.log(f"resumed from {path} at step {self.step}")
         return self.step
 
-    # ---- signals -----------------------------------------------------------------------------
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        """SIGINT / SIGTERM: finish the current step, checkpoint, and return; a second SIGINT aborts."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum, frame):
-            if self._signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._signal = signal.Signals(signum).name
-            self.log(
-                f"{self._signal} received: finishing the current step, then checkpointing "
-                "(press Ctrl-C again to abort without a checkpoint)"
-            )
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(s, h) for s, h in previous.items()]
-
-    def _agree_to_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self._signal else 0.0], device=self.device)
-        return bool(D.all_reduce_sum(flag).item() > 0) if self.dist.enabled else self._signal is not None
-
     # ---- errors ---------------------------------------------------------------------------------
     def _oom_message(self, micro: list[dict[str, torch.Tensor]]) -> str:
         b = micro[0]["input_ids"]
@@ -612,16 +540,3 @@ class Trainer:
             f"tokens per rank; raise train.grad_accum (same global batch, smaller micro-batches), lower "
             f"train.batch_size, set train.activation_checkpointing=true, or lower data.seq_len"
         )
-
-
-def _forward_keys(model: nn.Module) -> set[str]:
-    """Keyword arguments the model's forward accepts (batch keys beyond them go only to metric_fn)."""
-    params = inspect.signature(model.forward).parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return _AllKeys()
-    return set(params)
-
-
-class _AllKeys(set):
-    def __contains__(self, item) -> bool:
-        return True

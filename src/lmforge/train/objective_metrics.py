@@ -14,7 +14,7 @@ never had to guess. So the metrics here count only what the objective hides from
   measured after training by :func:`lmforge.infer.span_filling_metrics`.
 
 Each factory returns the engine's ``metric_fn(batch, out) -> {name: (sum, count)}``, which also
-reports everything :func:`~lmforge.train.engine.lm_metrics` does.
+reports everything :func:`~lmforge.train.batches.lm_metrics` does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.train.engine import MetricFn, lm_metrics
+from lmforge.train.batches import MetricFn, lm_metrics
 
 
 def most_frequent_token(tokens: np.ndarray, vocab_size: int, exclude: Sequence[int] = ()) -> int:
