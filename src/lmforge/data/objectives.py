@@ -574,12 +574,15 @@ def _seq2seq(
 
 
 # ---- factory -----------------------------------------------------------------------------------------------
+from lmforge.data.permutation import PermutationSampler  # noqa: E402  (XLNet's plm, built on Sampler above)
+
 SAMPLERS: dict[str, type[Sampler]] = {
     "causal": CausalSampler,
     "mlm": MLMSampler,
     "mlm+nsp": NSPSampler,
     "span": SpanSampler,
     "infill": InfillSampler,
+    "plm": PermutationSampler,
 }
 OBJECTIVES = tuple(SAMPLERS)
 _OPTIONS = {
@@ -588,6 +591,7 @@ _OPTIONS = {
     "mlm+nsp": ("mlm_probability", "whole_word"),
     "span": ("noise_density", "mean_span_length", "decoder_start_id"),
     "infill": ("noise_density", "poisson_lambda", "decoder_start_id"),
+    "plm": ("plm_k",),
 }
 
 
@@ -610,7 +614,7 @@ def make_batches(
     Options: causal: ``doc_mask`` (False; True adds ``document_ids``); mlm / mlm+nsp:
     ``mlm_probability`` (0.15), ``whole_word`` (False); span: ``noise_density`` (0.15),
     ``mean_span_length`` (3), ``decoder_start_id`` (pad); infill: ``noise_density`` (0.3),
-    ``poisson_lambda`` (3), ``decoder_start_id`` (pad).
+    ``poisson_lambda`` (3), ``decoder_start_id`` (pad); plm: ``plm_k`` (6, :mod:`lmforge.data.permutation`).
     """
     if objective not in SAMPLERS:
         raise ConfigError(f"objective: unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")

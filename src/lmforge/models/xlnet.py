@@ -248,3 +248,33 @@ class XLNetLM(nn.Module):
             tuple(hidden) if output_hidden_states else None,
             tuple(attns) if output_attentions else None,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring under a factorisation order
+
+
+def order_masks(order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """perm_mask (B, T, T) and target_mapping (B, T-1, T) of the chain rule along ``order`` (B, T),
+    a permutation of the positions per row: position order[t] sees order[:t] and is predicted for
+    t >= 1 (the first position of the order is context only)."""
+    B, T = order.shape
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(T, device=order.device).expand(B, T))
+    perm_mask = rank[:, None, :] >= rank[:, :, None]  # (B, T, T): j not before i in the order
+    target_mapping = torch.zeros(B, T - 1, T, device=order.device)
+    target_mapping.scatter_(2, order[:, 1:, None], 1.0)
+    return perm_mask, target_mapping
+
+
+@torch.no_grad()
+def order_logprobs(model: XLNetLM, input_ids: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    """log P(x_{z_t} | x_{z_<t}) for t = 1 .. T-1 along the factorisation order z (B, T) (default: left to
+    right, 0 .. T-1, the causal score a decoder gives), in the order's sequence.  (B, T-1) float32."""
+    B, T = input_ids.shape
+    if order is None:
+        order = torch.arange(T, device=input_ids.device).expand(B, T)
+    perm_mask, target_mapping = order_masks(order)
+    logits = model(input_ids, perm_mask=perm_mask, target_mapping=target_mapping).logits.float()  # (B, T-1, V)
+    targets = input_ids.gather(1, order[:, 1:])  # (B, T-1)
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
