@@ -67,3 +67,10 @@ def test_any_order_is_the_chain_rule_along_it(model):
 def test_bad_orders_are_refused(model):
     with pytest.raises(LMForgeError, match="permutation"):
         order_score(model, [1, 2, 3], [0, 0, 1])
+
+
+def test_what_xlnet_does_not_do_is_refused_by_name(model):
+    from lmforge.infer import generate_ids
+
+    with pytest.raises(LMForgeError, match="XLNet"):
+        generate_ids(model, torch.tensor([[1, 2, 3]]), max_new_tokens=2)
