@@ -81,8 +81,8 @@ def test_later_tokens_in_the_order_never_influence_earlier_predictions(seed, k):
     Predictions up to the one at order[k] see only order[:k], which is as it was."""
 
     def change(x, order, g):
-        x[0, order[k:]] = torch.randint(0, CFG.vocab_size, (10 - k,), generator=g)
-        return x
+        x[0, order[k:]] = (x[0, order[k:]] + torch.randint(1, CFG.vocab_size, (10 - k,), generator=g)) % CFG.vocab_size
+        return x  # every one of them changed
 
     a, b, _ = _order_logits(seed, 9, change)
     assert torch.allclose(a[:k], b[:k], atol=1e-6)
@@ -118,3 +118,28 @@ def test_padding_is_seen_by_no_one_and_labels_give_the_loss():
     out = m(x, labels=labels)
     ref = torch.nn.functional.cross_entropy(out.logits[:, 1], x[:, 1])
     assert torch.allclose(out.loss, ref, atol=1e-6)
+
+
+def test_memory_continues_a_left_to_right_pass():
+    """Scoring x2 after x1's memory, left to right, is scoring x1 + x2 in one call: the memory holds
+    what each layer saw of x1, and the relative distances run across it."""
+    m = _model()
+    g = torch.Generator().manual_seed(5)
+    x1, x2 = (
+        torch.randint(0, CFG.vocab_size, (2, 7), generator=g),
+        torch.randint(0, CFG.vocab_size, (2, 5), generator=g),
+    )
+
+    def causal(T, first, n):  # perm_mask of the natural order, targets first .. first + n - 1
+        tm = torch.zeros(2, n, T)
+        tm[:, torch.arange(n), torch.arange(first, first + n)] = 1
+        return torch.ones(T, T).triu().expand(2, T, T), tm
+
+    with torch.no_grad():
+        perm, _ = causal(7, 0, 1)
+        mems = m(x1, perm_mask=perm, mem_len=7).mems
+        perm, tm = causal(5, 0, 5)
+        stepped = m(x2, perm_mask=perm, target_mapping=tm, mems=mems).logits
+        perm, tm = causal(12, 7, 5)
+        whole = m(torch.cat([x1, x2], 1), perm_mask=perm, target_mapping=tm).logits
+    assert torch.allclose(stepped, whole, atol=1e-5)

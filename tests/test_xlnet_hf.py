@@ -96,3 +96,26 @@ def test_settings_lmforge_cannot_reproduce_are_refused(changes, field):
     hf = transformers.XLNetLMHeadModel(transformers.XLNetConfig(**CONFIGS[0], **changes))
     with pytest.raises(ConfigError, match=field):
         from_hf(hf)
+
+
+@pytest.mark.parametrize("idx", range(len(CONFIGS)), ids=["plain", "awkward"])
+def test_memory_matches_hf_mems(idx):
+    """Segment recurrence: a second call attending to the first one's memory, with masks and segments."""
+    torch.manual_seed(idx)
+    hf = transformers.XLNetLMHeadModel(transformers.XLNetConfig(dropout=0.0, mem_len=7, **CONFIGS[idx])).eval()
+    ours = from_hf(hf)
+    kwargs, _ = _cases(ours.config.vocab_size)["perm+targets+segments"]
+    first = torch.randint(0, ours.config.vocab_size, (3, 9))
+    with torch.no_grad():
+        a1, b1 = hf(first, use_mems=True), ours(first, mem_len=7)
+        assert all(torch.allclose(m.transpose(0, 1), n, atol=TOL) for m, n in zip(a1.mems, b1.mems))
+        a2 = hf(**kwargs, mems=a1.mems, use_mems=True)
+        b2 = ours(**kwargs, mems=b1.mems, mem_len=7)
+        mask = torch.ones(3, 12, dtype=torch.long)
+        mask[0, 10:] = 0
+        a3 = hf(kwargs["input_ids"], attention_mask=mask, mems=a1.mems, use_mems=False)
+        b3 = ours(kwargs["input_ids"], attention_mask=mask, mems=b1.mems)
+    assert (a2.logits - b2.logits).abs().max() <= TOL
+    assert all(torch.allclose(m.transpose(0, 1), n, atol=TOL) for m, n in zip(a2.mems, b2.mems))
+    assert b2.mems[0].shape == (3, 7, ours.config.d_model)
+    assert ((a3.logits - b3.logits).abs() * mask[..., None]).max() <= TOL

@@ -273,7 +273,9 @@ MARIAN: dict[str, HFField] = {
 }
 
 _OTHER_HEADS = ignored("the sequence-summary / SQuAD heads of other XLNet models, not converted")
-_NO_MEMORY = ignored("segment recurrence (mems): lmforge keeps none; one call's logits do not depend on it")
+_NO_MEMORY = ignored(
+    "how much memory (mems) a call keeps: lmforge takes mems= / mem_len= per call; logits do not change"
+)
 
 XLNET: dict[str, HFField] = {
     **_IDS,

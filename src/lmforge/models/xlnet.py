@@ -16,8 +16,13 @@ Attention scores follow Transformer-XL: content (q + r_w_bias) . k, plus positio
 (q + r_r_bias) . W_r r_{i-j} with r a sinusoid of the relative distance i - j, plus segment
 (q + r_s_bias) . seg_embed[same or different segment] when ``token_type_ids`` are given; scaled by
 1 / sqrt(D). Blocks are post-norm: LN(x + attn(x)), then LN(x + FFN(x)); no final norm. The head
-``lm_loss`` is tied to the token embedding. No memory (segment recurrence): each call sees its
-own T tokens only.
+``lm_loss`` is tied to the token embedding.
+
+Memory (Transformer-XL's segment recurrence): ``mems`` holds, per layer, the content-stream inputs
+of M earlier positions (B, M, C); both streams attend to them as extra keys (visible to every
+position, relative distances counted across them), and ``mem_len > 0`` returns the memory for the
+next call (the last ``mem_len`` positions of memory + this call, detached). lmforge uses it in
+inference only: training and scoring cut the text into independent windows.
 
 Parameter names follow HF's ``XLNetLMHeadModel`` (``transformer.word_embedding``,
 ``transformer.mask_emb``, ``transformer.layer.N.rel_attn.{q,k,v,o,r,...}``, ``...ff.layer_1``,
@@ -47,6 +52,7 @@ class XLNetOutput:
     loss: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None  # (B, P, C) or (B, T, C), the stream the logits read
     hidden_states: tuple[torch.Tensor, ...] | None = None  # content stream: embeddings, then each layer's
+    mems: tuple[torch.Tensor, ...] | None = None  # with mem_len > 0: per layer (B, <= mem_len, C), the next call's
     attentions: tuple[tuple[torch.Tensor, torch.Tensor | None], ...] | None = None  # per layer (content, query)
 
 
@@ -55,11 +61,12 @@ class XLNetOutput:
 
 
 def stream_masks(
-    perm_mask: torch.Tensor | None, attention_mask: torch.Tensor | None, T: int
+    perm_mask: torch.Tensor | None, attention_mask: torch.Tensor | None, T: int, M: int = 0
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(content, query) boolean (B, T, T) masks, True where position i may attend to position j;
-    None: everything is visible. ``perm_mask`` (B, T, T) 1 = i may not see j; ``attention_mask``
-    (B, T) 0 = padding, seen by no one. The content stream also sees itself."""
+    """(content, query) boolean (B, T, M + T) masks, True where position i may attend to key j (the M
+    memory positions first, seen by everyone); None: everything is visible. ``perm_mask`` (B, T, T)
+    1 = i may not see j; ``attention_mask`` (B, T) 0 = padding, seen by no one. The content stream
+    also sees itself."""
     blocked = None
     if perm_mask is not None:
         blocked = perm_mask > 0
@@ -69,21 +76,26 @@ def stream_masks(
     if blocked is None:
         return None, None
     blocked = blocked.expand(-1, T, T)
-    eye = torch.eye(T, dtype=torch.bool, device=blocked.device)
+    blocked = torch.cat([blocked.new_zeros(blocked.shape[0], T, M), blocked], dim=2)  # memory: visible
+    eye = torch.zeros(T, M + T, dtype=torch.bool, device=blocked.device)
+    eye[:, M:] = torch.eye(T, dtype=torch.bool, device=blocked.device)  # i sees key M + i
     return ~blocked | eye, ~blocked
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, 2T) scores against the relative distances T, T-1, ..., 1-T (:func:`relative_positions`)
-    -> (B, H, T, T) with entry (i, j) taken at distance i - j (index T - i + j)."""
+    """(B, H, T, S + T) scores of T queries against the relative distances S, S-1, ..., 1-T
+    (:func:`relative_positions`; S = M + T keys, memory first) -> (B, H, T, S) with entry (i, j) at
+    query i's distance to key j, M + i - j (index T - i + j)."""
     B, H, T, L = scores.shape
-    i, j = torch.arange(T, device=scores.device)[:, None], torch.arange(T, device=scores.device)[None, :]
-    return scores.gather(-1, (T - i + j).expand(B, H, T, T))
+    S = L - T
+    i, j = torch.arange(T, device=scores.device)[:, None], torch.arange(S, device=scores.device)[None, :]
+    return scores.gather(-1, (T - i + j).expand(B, H, T, S))
 
 
-def relative_positions(T: int, d_model: int) -> torch.Tensor:
-    """(2T, C) sinusoids of the distances T, T-1, ..., 1-T (HF XLNet's ``attn_type="bi"`` range)."""
-    return sinusoids(torch.arange(T, -T, -1, device="cpu"), d_model)
+def relative_positions(T: int, S: int, d_model: int) -> torch.Tensor:
+    """(S + T, C) sinusoids of the distances S, S-1, ..., 1-T of T queries to S keys (HF XLNet's
+    ``attn_type="bi"`` range)."""
+    return sinusoids(torch.arange(S, -T, -1, device="cpu"), d_model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,10 +128,11 @@ class RelativeAttention(nn.Module):
         return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
     def attend(self, q, k, v, k_r, other_segment, allowed):
-        """q (B, H, T, D) queries at positions; k, v (B, H, T, D); k_r (1, H, 2T, D); other_segment
-        (B, 1, T, T) bool or None; allowed (B, 1, T, T) bool or None. -> (B, T, H*D), probabilities."""
-        content = (q + self.r_w_bias[:, None]) @ k.transpose(-2, -1)  # (B, H, T, T)
-        position = relative_shift((q + self.r_r_bias[:, None]) @ k_r.transpose(-2, -1))  # (B, H, T, T)
+        """q (B, H, T, D) queries at positions; k, v (B, H, S, D) keys (S = M + T, memory first);
+        k_r (1, H, S + T, D); other_segment (B, 1, T, S) bool or None; allowed (B, 1, T, S) bool or
+        None. -> (B, T, H*D), probabilities (B, H, T, S)."""
+        content = (q + self.r_w_bias[:, None]) @ k.transpose(-2, -1)  # (B, H, T, S)
+        position = relative_shift((q + self.r_r_bias[:, None]) @ k_r.transpose(-2, -1))  # (B, H, T, S)
         scores = content + position
         if other_segment is not None:
             seg = (q + self.r_s_bias[:, None]) @ self.seg_embed.permute(1, 2, 0)  # (B, H, T, 2)
@@ -134,9 +147,11 @@ class RelativeAttention(nn.Module):
         B, H, T, D = y.shape
         return y.transpose(1, 2).reshape(B, T, H * D), probs
 
-    def forward(self, h, g, k_r, other_segment, allowed_h, allowed_g, target_mapping):
-        """h (B, T, C) content stream; g (B, P, C) query stream or None; target_mapping (B, P, T)."""
-        k, v = self._heads(self.k(h)), self._heads(self.v(h))
+    def forward(self, h, g, k_r, other_segment, allowed_h, allowed_g, target_mapping, mem=None):
+        """h (B, T, C) content stream; g (B, P, C) query stream or None; target_mapping (B, P, T);
+        mem (B, M, C) this layer's memory or None."""
+        keys = h if mem is None else torch.cat([mem.to(h.dtype), h], dim=1)  # (B, S, C)
+        k, v = self._heads(self.k(keys)), self._heads(self.v(keys))
         y_h, w_h = self.attend(self._heads(self.q(h)), k, v, k_r, other_segment, allowed_h)
         h = self.layer_norm(h + self.drop(self.o(y_h)))
         w_g = None
@@ -168,9 +183,9 @@ class XLNetLayer(nn.Module):
         self.rel_attn = RelativeAttention(cfg)
         self.ff = FeedForward(cfg)
 
-    def forward(self, h, g, k_r_source, other_segment, allowed_h, allowed_g, target_mapping):
-        k_r = self.rel_attn._heads(self.rel_attn.r(k_r_source))  # (1, H, 2T, D)
-        h, g, weights = self.rel_attn(h, g, k_r, other_segment, allowed_h, allowed_g, target_mapping)
+    def forward(self, h, g, k_r_source, other_segment, allowed_h, allowed_g, target_mapping, mem=None):
+        k_r = self.rel_attn._heads(self.rel_attn.r(k_r_source))  # (1, H, S + T, D)
+        h, g, weights = self.rel_attn(h, g, k_r, other_segment, allowed_h, allowed_g, target_mapping, mem)
         return self.ff(h), (self.ff(g) if g is not None else None), weights
 
 
@@ -216,26 +231,33 @@ class XLNetLM(nn.Module):
         labels: torch.Tensor | None = None,  # (B, P) (or (B, T) without target_mapping), -100 ignored
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        mems: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,  # per layer (B, M, C), earlier positions
+        mem_len: int = 0,  # > 0: return the memory of the last mem_len positions for the next call
     ) -> XLNetOutput:
         body = self.transformer
         B, T = input_ids.shape
-        allowed_h, allowed_g = stream_masks(perm_mask, attention_mask, T)
-        allowed_h = allowed_h[:, None] if allowed_h is not None else None  # (B, 1, T, T): all heads
+        M = mems[0].shape[1] if mems is not None else 0
+        allowed_h, allowed_g = stream_masks(perm_mask, attention_mask, T, M)
+        allowed_h = allowed_h[:, None] if allowed_h is not None else None  # (B, 1, T, M + T): all heads
         allowed_g = allowed_g[:, None] if allowed_g is not None else None
         other_segment = None
-        if token_type_ids is not None:
-            other_segment = (token_type_ids[:, :, None] != token_type_ids[:, None, :])[:, None]  # (B, 1, T, T)
+        if token_type_ids is not None:  # memory positions count as segment 0
+            key_types = torch.cat([token_type_ids.new_zeros(B, M), token_type_ids], dim=1)  # (B, M + T)
+            other_segment = (token_type_ids[:, :, None] != key_types[:, None, :])[:, None]  # (B, 1, T, M + T)
 
         h = body.drop(body.word_embedding(input_ids))  # (B, T, C)
         g = tm = None
         if target_mapping is not None:
             tm = target_mapping.to(h.dtype)
             g = body.drop(body.mask_emb.expand(B, tm.shape[1], -1))  # (B, P, C)
-        r = body.drop(relative_positions(T, self.config.d_model).to(h.device, h.dtype))[None]  # (1, 2T, C)
+        r = body.drop(relative_positions(T, M + T, self.config.d_model).to(h.device, h.dtype))[None]  # (1, M+2T, C)
 
-        hidden, attns = [h], []
-        for layer in body.layer:
-            h, g, weights = layer(h, g, r, other_segment, allowed_h, allowed_g, tm)
+        hidden, attns, new_mems = [h], [], []
+        for i, layer in enumerate(body.layer):
+            mem = mems[i] if mems is not None else None
+            if mem_len > 0:  # this layer's input, after the memory it had
+                new_mems.append((h if mem is None else torch.cat([mem.to(h.dtype), h], dim=1))[:, -mem_len:].detach())
+            h, g, weights = layer(h, g, r, other_segment, allowed_h, allowed_g, tm, mem)
             hidden.append(h)
             attns.append(weights)
         out = body.drop(g if g is not None else h)
@@ -246,6 +268,7 @@ class XLNetLM(nn.Module):
             loss,
             out,
             tuple(hidden) if output_hidden_states else None,
+            tuple(new_mems) if mem_len > 0 else None,
             tuple(attns) if output_attentions else None,
         )
 
