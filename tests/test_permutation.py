@@ -89,6 +89,17 @@ def test_resume_is_exact_and_seeds_differ():
     assert not torch.equal(_sampler(seed=4).next_batch()["perm_mask"], _sampler(seed=3).next_batch()["perm_mask"])
 
 
+def test_run_config_pairs_plm_with_xlnet():
+    from lmforge.train import RunConfig
+
+    cfg = RunConfig.from_preset("shakespeare-xlnet")
+    assert (cfg.data.objective, cfg.model.arch, cfg.data.plm_k) == ("plm", "xlnet", 6.0)
+    with pytest.raises(ConfigError, match="model.arch=xlnet"):
+        RunConfig.from_preset("tiny-gpt").override({"data.objective": "plm"})
+    with pytest.raises(ConfigError, match="data.plm_k"):
+        cfg.override({"data.plm_k": "1"})
+
+
 @pytest.mark.parametrize("kw", [dict(plm_k=1.0), dict(seq_len=1)])
 def test_bad_settings_are_refused(kw):
     with pytest.raises(ConfigError):
@@ -118,7 +129,7 @@ def test_xlnet_learns_from_plm_batches():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < first - 0.5
+    assert float(loss.detach()) < first - 0.5
 
 
 def test_lmforge_train_plm_end_to_end(tmp_path, capsys):

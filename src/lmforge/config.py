@@ -418,6 +418,11 @@ class ModelConfig(ConfigBase):
             (not self.scale_embeddings, "scale_embeddings", "false"),
             (self.type_vocab_size == 0, "type_vocab_size", "0 (segments enter XLNet's attention, seg_embed)"),
             (not (self.pooler or self.nsp_head), "pooler", "false and nsp_head=false"),
+            (
+                not self.zero_init_proj,
+                "zero_init_proj",
+                "false (XLNet's projections are not GPT's attn.proj / mlp.proj)",
+            ),
         ]
         for ok, name, fix in fixes:
             if not ok:
