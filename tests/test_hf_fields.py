@@ -22,6 +22,7 @@ CONFIGS = {
     "bert": transformers.BertConfig,
     "bart": transformers.BartConfig,
     "marian": transformers.MarianConfig,
+    "xlnet": transformers.XLNetConfig,
 }
 
 

@@ -208,7 +208,7 @@ def test_real_pretrained_minilm_hidden_states():
 
 def test_unsupported_and_broken_inputs(tmp_path):
     with pytest.raises(ConfigError, match="model_type"):
-        from_hf(_write_hf_dir(tmp_path / "a", {"model_type": "xlnet"}))
+        from_hf(_write_hf_dir(tmp_path / "a", {"model_type": "mamba"}))
     with pytest.raises(CheckpointError, match="config.json"):
         from_hf(tmp_path)
     d = _write_hf_dir(

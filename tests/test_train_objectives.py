@@ -53,6 +53,7 @@ CASES = {
     "mlm": "bert-tiny",
     "mlm+nsp": "bert-tiny",
     "span": "seq2seq-tiny",
+    "plm": "xlnet-tiny",
 }
 
 

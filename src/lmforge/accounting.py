@@ -76,8 +76,14 @@ def _mlp(cfg: ModelConfig) -> int:
     return _linear(cfg, cfg.d_model, width) + _linear(cfg, cfg.ffn_dim, cfg.d_model)
 
 
+def _xlnet_attention(cfg: ModelConfig) -> int:
+    inner = cfg.n_head * cfg.head_dim  # q, k, v, r, o without biases; r_w / r_r / r_s biases, seg_embed
+    return 5 * cfg.d_model * inner + 5 * inner
+
+
 def _block(cfg: ModelConfig, cross: bool) -> int:
-    n = 2 * _norm(cfg) + _self_attention(cfg) + _mlp(cfg)
+    attention = _xlnet_attention(cfg) if cfg.arch == "xlnet" else _self_attention(cfg)
+    n = 2 * _norm(cfg) + attention + _mlp(cfg)
     if cross:
         n += _norm(cfg) + _cross_attention(cfg)
     return n
@@ -133,6 +139,8 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     parts: dict[str, int] = {"token_embedding": v * d}  # shared by encoder and decoder
     if cfg.encoder_layers:
         parts.update(_stack_parts(cfg, "encoder", cfg.encoder_layers, cross=False, segments=True))
+    if cfg.arch == "xlnet":
+        parts["encoder.mask_emb"] = d  # the query stream's start
     if cfg.decoder_layers:
         parts.update(
             _stack_parts(cfg, "decoder", cfg.decoder_layers, cross=cfg.arch == "encoder-decoder", segments=False)

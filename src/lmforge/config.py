@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 from lmforge.errors import ConfigError
 
-ARCHITECTURES = ("decoder", "encoder", "encoder-decoder")
+ARCHITECTURES = ("decoder", "encoder", "encoder-decoder", "xlnet")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "relu2", "silu", "swiglu", "geglu", "geglu_tanh", "reglu")
 GATED = {
     "swiglu": "silu",
@@ -29,7 +29,7 @@ GATED = {
 }  # gated FFN -> its gate's activation
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
-POSITIONS = ("learned", "sinusoidal", "rope", "none")
+POSITIONS = ("learned", "sinusoidal", "rope", "none", "relative")  # relative: XLNet's (Transformer-XL)
 INITS = ("gpt2", "fan_in")
 MAX_SOFTCAP = 1e4  # far beyond any logit a softcap is meant for, and z / cap stays a normal fp16 / fp32 number
 
@@ -321,16 +321,16 @@ class ModelConfig(ConfigBase):
         return self.arch == "encoder" and (self.pooler or self.nsp_head)
 
     @property
-    def encoder_layers(self) -> int:
+    def encoder_layers(self) -> int:  # XLNet's one bidirectional stack counts as an encoder
         if self.arch == "decoder":
             return 0
-        if self.arch == "encoder":
+        if self.arch in ("encoder", "xlnet"):
             return self.n_layer
         return self.n_encoder_layer if self.n_encoder_layer is not None else self.n_layer
 
     @property
     def decoder_layers(self) -> int:
-        if self.arch == "encoder":
+        if self.arch in ("encoder", "xlnet"):
             return 0
         if self.arch == "decoder":
             return self.n_layer
@@ -392,10 +392,41 @@ class ModelConfig(ConfigBase):
             raise ConfigError("share_embeddings: only an encoder-decoder has two token embeddings; set it true")
         if self.arch != "encoder" and self.nsp_head:
             raise ConfigError("nsp_head: only an encoder has a next-sentence head; set nsp_head=false")
+        if self.arch == "xlnet" or self.positions == "relative":
+            self._validate_xlnet()
         for name in ("pad_id", "bos_id", "eos_id", "mask_id", "cls_id", "sep_id", "decoder_start_id", "text_start_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
                 raise ConfigError(f"{name}: {v} is outside the vocabulary [0, {self.vocab_size})")
+
+    def _validate_xlnet(self) -> None:
+        """XLNet's fixed recipe (HF ``XLNetLMHeadModel``): relative positions, post-LayerNorm, a plain
+        FFN, multi-head attention, segments in the attention (not as embeddings)."""
+        if self.arch != "xlnet":
+            raise ConfigError(
+                f"positions: relative positions are XLNet's; set model.arch=xlnet or pick one of {', '.join(POSITIONS[:4])}"
+            )
+        fixes = [
+            (self.positions == "relative", "positions", "relative"),
+            (self.norm == "layernorm", "norm", "layernorm"),
+            (self.norm_position == "post", "norm_position", "post"),
+            (not self.gated, "activation", "gelu"),
+            (self.kv_heads == self.n_head, "n_kv_head", "none"),
+            (not self.qk_norm, "qk_norm", "false"),
+            (self.scale_attention, "scale_attention", "true"),
+            (not self.embedding_norm, "embedding_norm", "false"),
+            (not self.scale_embeddings, "scale_embeddings", "false"),
+            (self.type_vocab_size == 0, "type_vocab_size", "0 (segments enter XLNet's attention, seg_embed)"),
+            (not (self.pooler or self.nsp_head), "pooler", "false and nsp_head=false"),
+            (
+                not self.zero_init_proj,
+                "zero_init_proj",
+                "false (XLNet's projections are not GPT's attn.proj / mlp.proj)",
+            ),
+        ]
+        for ok, name, fix in fixes:
+            if not ok:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not part of XLNet; set model.{name}={fix}")
 
     # ---- presets -----------------------------------------------------------------------
     @classmethod
@@ -406,6 +437,11 @@ class ModelConfig(ConfigBase):
         d.update(overrides)
         return cls.from_dict(d)
 
+
+# What every XLNet shares (HF XLNetLMHeadModel): relative positions, post-LayerNorm, a biased head
+XLNET_RECIPE: dict[str, Any] = dict(
+    arch="xlnet", positions="relative", norm_position="post", norm_eps=1e-12, lm_head_bias=True
+)
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # a few-second model for tests and CI
@@ -462,6 +498,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         dropout=0.1,
         attention_dropout=0.1,
     ),
+    # XLNet (two-stream attention, relative positions, permutation LM) at toy size
+    "xlnet-tiny": dict(XLNET_RECIPE, vocab_size=256, max_positions=128, n_layer=2, d_model=64, n_head=4),
     "seq2seq-tiny": dict(arch="encoder-decoder", vocab_size=256, max_positions=128, n_layer=2, d_model=64, n_head=4),
     # Vaswani et al. 2017 "base": 6+6 layers, 512 wide, 8 heads, FFN 2048, sinusoidal, post-norm
     "transformer-base": dict(

@@ -27,8 +27,14 @@ from lmforge.errors import LMForgeError
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
     """Fixed sin/cos positions (Vaswani et al.), sines in the first half and cosines in the second
     (the fairseq / Marian layout; a permutation of the paper's interleaving).  (n_positions, dim)"""
-    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return sinusoids(torch.arange(n_positions, device="cpu"), dim)
+
+
+def sinusoids(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`sinusoidal_table`'s rows for any (also negative) ``positions`` (P,), computed in float64
+    on the CPU.  (P, dim) float32; XLNet embeds relative distances this way (Transformer-XL)."""
+    pos = positions.to("cpu", torch.float64)[:, None]
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
     angles = pos * inv_freq  # (P, dim/2)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
 

@@ -104,9 +104,9 @@ def run(args) -> int:
     model, tok = load_for_inference(args.model, args.device, args.dtype)
     arch = model.config.arch
     items = _read_inputs(args, arch)
-    if arch != "decoder" and (args.window or args.stride):
+    if arch not in ("decoder", "xlnet") and (args.window or args.stride):
         raise LMForgeError(
-            "--window / --stride apply to decoders only (encoders and encoder-decoders score whole texts)"
+            "--window / --stride apply to decoders and XLNet only (encoders and encoder-decoders score whole texts)"
         )
     start = resolve_start(args.start, tok, model)
     results = score(
@@ -140,7 +140,12 @@ def run(args) -> int:
             out.close()
     s = summarize(results)
     bpb = f", {s['bits_per_byte']:.4f} bits/byte" if s["bits_per_byte"] is not None else ""
-    what = {"decoder": "perplexity", "encoder": "pseudo-perplexity", "encoder-decoder": "perplexity of targets"}[arch]
+    what = {
+        "decoder": "perplexity",
+        "xlnet": "left-to-right perplexity",
+        "encoder": "pseudo-perplexity",
+        "encoder-decoder": "perplexity of targets",
+    }[arch]
     first = "" if start.first_scored else " (the first token of each text has no context and is not scored)"
     print(
         f"{s['texts']} texts, {s['n_tokens']} tokens scored{first}: {what} {s['perplexity']:.4f}, "

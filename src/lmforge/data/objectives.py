@@ -14,10 +14,13 @@ span       T5 span corruption: 15% of tokens in spans of mean length 3, each   i
            replaced by a sentinel; the target lists sentinel + span            labels, decoder_input_ids
 infill     BART text infilling: spans of Poisson(3) length (30% of tokens)     input_ids, attention_mask,
            each replaced by one [MASK]; the target is the original text        labels, decoder_input_ids
+plm        XLNet permutation LM: a random factorisation order per window; the  input_ids, perm_mask,
+           last 1/K of the order predicted, each from what precedes it there   target_mapping, labels
 =========  ==================================================================  ==========================
 
 The samplers live by paradigm (:mod:`~lmforge.data.sampler`: the base and causal;
-:mod:`~lmforge.data.masking`; :mod:`~lmforge.data.spans`); this module is their registry.
+:mod:`~lmforge.data.masking`; :mod:`~lmforge.data.spans`; :mod:`~lmforge.data.permutation`); this
+module is their registry.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.data.masking import MLMSampler, NSPSampler
+from lmforge.data.permutation import PermutationSampler
 from lmforge.data.sampler import CausalSampler, Sampler
 from lmforge.data.shards import Dataset, open_dataset
 from lmforge.data.spans import InfillSampler, SpanSampler
@@ -85,6 +89,7 @@ OBJECTIVES: dict[str, Objective] = {
         {"noise_density": "noise_density", "poisson_lambda": "mean_span_length"},
         ("decoder_start_id",),
     ),
+    "plm": Objective(PermutationSampler, "xlnet", {"plm_k": "plm_k"}),
 }
 
 
@@ -114,7 +119,7 @@ def make_batches(
     Options: causal: ``doc_mask`` (False; True adds ``document_ids``); mlm / mlm+nsp:
     ``mlm_probability`` (0.15), ``whole_word`` (False); span: ``noise_density`` (0.15),
     ``mean_span_length`` (3), ``decoder_start_id`` (pad); infill: ``noise_density`` (0.3),
-    ``poisson_lambda`` (3), ``decoder_start_id`` (pad).
+    ``poisson_lambda`` (3), ``decoder_start_id`` (pad); plm: ``plm_k`` (6, :mod:`lmforge.data.permutation`).
     """
     spec = get_objective(objective)
     unknown = sorted(set(options) - set(spec.sampler_options))

@@ -118,6 +118,10 @@ class LMForgeLM(TemplateLM):
         self.name = str(pretrained) if pretrained is not None else type(model).__name__
         cfg = model.config
         self.arch = cfg.arch
+        if self.arch == "xlnet":
+            raise ConfigError(
+                "pretrained: lmforge's XLNet is not wired to the harness yet; evaluate it with lmforge score"
+            )
         if self.arch == "encoder":
             raise ConfigError(
                 "pretrained: an encoder (masked LM) has no chain rule for the harness's "

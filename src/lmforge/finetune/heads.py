@@ -52,6 +52,10 @@ class SequenceClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, labels: list[str], dropout: float | None = None):
         super().__init__()
         cfg = backbone.config
+        if cfg.arch == "xlnet":
+            raise ConfigError(
+                "classify: fine-tuning lmforge's XLNet is not supported yet; wrap an encoder or a decoder"
+            )
         if cfg.arch == "encoder-decoder":
             raise ConfigError(
                 "classify: wrap an encoder or a decoder; fine-tune an encoder-decoder with "

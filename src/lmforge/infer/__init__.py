@@ -14,6 +14,7 @@ from lmforge.infer.results import Completion, GenerateOutput, ScoreResult, summa
 from lmforge.infer.score import (
     conditional_logprobs,
     decoder_token_logprobs,
+    order_score,
     plan_windows,
     pseudo_log_likelihood,
     score,
@@ -82,5 +83,6 @@ __all__ = [
     "save_attention",
     "score",
     "score_ids",
+    "order_score",
     "summarize",
 ]

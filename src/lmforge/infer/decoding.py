@@ -70,6 +70,8 @@ def generate_ids(
     arch = model_arch(model)
     if arch == "encoder":
         raise LMForgeError("an encoder (masked LM) does not generate left to right; use fill-mask instead")
+    if arch == "xlnet":
+        raise LMForgeError("lmforge's XLNet scores (lmforge score) but has no generation loop; use a decoder")
     if input_ids.dim() != 2:
         raise LMForgeError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:

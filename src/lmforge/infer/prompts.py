@@ -78,10 +78,11 @@ class StartToken:
 def resolve_start(start: str, tokenizer, model) -> StartToken:
     """The start token that ``start`` names (``lmforge score --start``): ``auto`` (the model's
     :func:`text_start_id`, else BOS), ``bos`` or ``eos`` (the tokenizer's, else the model
-    config's), ``none``. Only decoders have one; for other models every choice is the default."""
+    config's), ``none``. Only decoders (and XLNet, scored left to right) have one; for other models
+    every choice is the default."""
     if start not in START_CHOICES:
         raise LMForgeError(f"--start: expected one of {', '.join(START_CHOICES)}, got {start!r}")
-    if model_arch(model, "scoring needs") != "decoder":
+    if model_arch(model, "scoring needs") not in ("decoder", "xlnet"):
         return StartToken()
     if start in ("bos", "eos"):
         start_id = special_id(tokenizer, start, model)

@@ -6,6 +6,9 @@
   token is scored; otherwise the first token has no context and is *not* scored (``n_tokens`` says
   how many were). Texts longer than the window are scored with a sliding window so every token is
   scored exactly once (see :func:`plan_windows`).
+- XLNet: the same chain rule along a factorisation order (:func:`order_score`); its natural
+  left-to-right order gives the causal score, windowed and started like a decoder's, so the two
+  compare in bits per byte.
 - Encoder (masked LM): pseudo-log-likelihood PLL(x) = sum_i log P(x_i | x_\\i), each position
   masked in turn (special tokens are not scored); pseudo-perplexity exp(-PLL / n).
 - Encoder-decoder: log P(y | x) = sum_t log P(y_t | y_<t, x) for (source, target) pairs; the
@@ -25,6 +28,7 @@ import torch
 from lmforge.errors import LMForgeError
 from lmforge.infer.prompts import encode_for_decoder, encode_for_encoder, encode_source, model_arch
 from lmforge.infer.results import ScoreResult
+from lmforge.models.xlnet import order_logprobs
 from lmforge.nn import eval_mode
 from lmforge.tokenizer import special_id
 
@@ -168,6 +172,7 @@ def decoder_token_logprobs(
     results = [torch.empty(max(len(s) - 1, 0), dtype=torch.float32) for s in seqs]
     device = _device(model)
     body, head = _decoder_parts(model)
+    xlnet = getattr(model.config, "arch", None) == "xlnet"  # left to right: right padding stays unseen
     with eval_mode(model), closing(_progress(sum(e - f for _, _, e, f in items), progress, "scoring")) as bar:
         for k in range(0, len(items), batch_size):
             batch = items[k : k + batch_size]
@@ -183,7 +188,9 @@ def decoder_token_logprobs(
             scored = ((col >= first[:, None]) & (col < end[:, None])).to(device)  # (R, L-1)
             ids = ids.to(device)
             tgt = ids[:, 1:][scored]
-            if body is not None:
+            if xlnet:
+                lp = order_logprobs(model, ids)[scored]
+            elif body is not None:
                 lp = head_logprobs(body(ids).last_hidden_state[:, :-1][scored], tgt, head)
             else:
                 lp = logits_logprobs(model(ids).logits[:, :-1][scored], tgt)
@@ -202,10 +209,28 @@ def score_ids(
     batch_size: int = 16,
     progress: bool | None = None,
 ) -> list[ScoreResult]:
-    """:class:`ScoreResult` s of token sequences under a decoder (the first token is context)."""
+    """:class:`ScoreResult` s of token sequences under a decoder or XLNet (left to right; the first token
+    is context)."""
     seqs = _as_tensors(sequences)
     lps = decoder_token_logprobs(model, seqs, window, stride, batch_size, progress)
     return [ScoreResult(float(lp.double().sum()), len(lp), s[1:].tolist(), lp.tolist()) for s, lp in zip(seqs, lps)]
+
+
+@torch.inference_mode()
+def order_score(model, sequence: Sequence[int], order: Sequence[int] | None = None) -> ScoreResult:
+    """log P of a token sequence under an XLNet along the factorisation ``order`` (a permutation of
+    its positions; default left to right): sum_t log P(x_{z_t} | x_{z_<t}) over t >= 1, the first
+    position of the order being context. ``token_ids`` / ``token_logprobs`` follow the order."""
+    if model_arch(model, "order scoring needs") != "xlnet":
+        raise LMForgeError("order_score needs an XLNet model (arch xlnet); a decoder scores left to right only")
+    ids = _as_tensor(sequence)
+    z = torch.arange(len(ids)) if order is None else _as_tensor(order)
+    if len(ids) < 2 or not torch.equal(z.sort().values, torch.arange(len(ids))):
+        raise LMForgeError(f"order must be a permutation of the {len(ids)} positions (and there must be 2 or more)")
+    device = _device(model)
+    with eval_mode(model):
+        lp = order_logprobs(model, ids[None].to(device), z[None].to(device))[0].cpu()
+    return ScoreResult(float(lp.double().sum()), len(lp), ids[z[1:]].tolist(), lp.tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,10 +407,10 @@ def score(
     ):
         texts = [texts]  # one (source, target) pair
     texts = list(texts)
-    if arch == "decoder":
+    if arch in ("decoder", "xlnet"):  # XLNet: left to right, as a decoder
         for t in texts:
             if not isinstance(t, str):
-                raise LMForgeError("a decoder scores strings; give a list of texts")
+                raise LMForgeError(f"a{'n' if arch == 'xlnet' else ''} {arch} scores strings; give a list of texts")
         seqs = [encode_for_decoder(tokenizer, t, add_bos, start_id, model) for t in texts]
         res = score_ids(model, seqs, window, stride, batch_size, progress)
     elif arch == "encoder":

@@ -1,7 +1,7 @@
 """Conversion to and from HuggingFace transformers checkpoints.
 
-Four HF families map onto lmforge's three: GPT-2 and LLaMA (decoder), BERT (encoder), BART and
-Marian (encoder-decoder). Each has two small pieces:
+Five HF families map onto lmforge's three: GPT-2 and LLaMA (decoder), BERT (encoder), BART and
+Marian (encoder-decoder); and HF's XLNet onto lmforge's (:mod:`lmforge.interop.hf_xlnet`). Each has two small pieces:
 
 - a config translation (HF ``config.json`` dict <-> :class:`ModelConfig`), and
 - a table of weight rules ``(lmforge name, [HF names], op)``. One loop applies a table in either
@@ -24,6 +24,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.interop import hf_xlnet
 from lmforge.interop.hf_fields import TABLES, check_hf_config
 from lmforge.models import build_model
 from lmforge.models.io import load_state_into
@@ -31,7 +32,8 @@ from lmforge.models.io import load_state_into
 # ----------------------------------------------------------------------------------------------
 # Weight rules. op: "copy"; "T" (GPT-2's Conv1D stores weights transposed); "cat" (several HF
 # tensors concatenated along dim 0, e.g. q/k/v -> qkv); "offset2" (BART's learned positions keep
-# two unused rows in front); "row" (BART's final_logits_bias is (1, V)).
+# two unused rows in front); "row" (BART's final_logits_bias is (1, V)); "heads_in" / "heads_out"
+# (XLNet's (C, H, D) projections: the weight is (H*D, C) = reshape(C, H*D).T, or (C, H*D)).
 
 
 def _load(op: str, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -43,6 +45,10 @@ def _load(op: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         return tensors[0][2:]
     if op == "row":
         return tensors[0].reshape(-1)
+    if op == "heads_in":
+        return tensors[0].flatten(1).t()
+    if op == "heads_out":
+        return tensors[0].flatten(1)
     return tensors[0]
 
 
@@ -55,6 +61,10 @@ def _save(op: str, t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
         return [torch.cat([t.new_zeros(2, t.shape[1]), t])]
     if op == "row":
         return [t.reshape(1, -1)]
+    if op == "heads_in":
+        return [t.t().reshape(-1, *sizes)]
+    if op == "heads_out":
+        return [t.reshape(-1, *sizes)]
     return [t]
 
 
@@ -226,7 +236,9 @@ def config_from_hf(hf: dict[str, Any], state_keys: set[str] | None = None) -> tu
     a different model."""
     mt = hf.get("model_type")
     if mt not in TABLES:
-        raise ConfigError(f"HF model_type {mt!r} is not supported; lmforge converts gpt2, llama, bert, bart, marian")
+        raise ConfigError(
+            f"HF model_type {mt!r} is not supported; lmforge converts gpt2, llama, bert, bart, marian, xlnet"
+        )
     hf = check_hf_config(hf, mt)
     keys = state_keys or set()
     if mt == "gpt2":
@@ -269,6 +281,11 @@ def config_from_hf(hf: dict[str, Any], state_keys: set[str] | None = None) -> tu
             attention_dropout=hf.get("attention_dropout", 0.0),
             **_special(hf, v, bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"),
         )
+    elif mt == "xlnet":
+        ids = _special(
+            hf, hf.get("vocab_size", 32000), bos_id="bos_token_id", eos_id="eos_token_id", pad_id="pad_token_id"
+        )
+        cfg = hf_xlnet.config_from_hf(hf, _act(hf, "ff_activation", "gelu"), ids)
     elif mt == "bert":
         v = hf["vocab_size"]
         has_head = not keys or any(k.startswith("cls.predictions") for k in keys)
@@ -328,7 +345,7 @@ def config_from_hf(hf: dict[str, Any], state_keys: set[str] | None = None) -> tu
                 decoder_start_id="decoder_start_token_id",
             ),
         )
-    if cfg["arch"] == "decoder":  # written by config_to_hf for a model lmforge pretrained
+    if cfg["arch"] in ("decoder", "xlnet"):  # written by config_to_hf for a model lmforge pretrained
         cfg.update(_special(hf, cfg["vocab_size"], text_start_id=TEXT_START_KEY))
     return ModelConfig.from_dict(cfg), mt
 
@@ -341,7 +358,9 @@ def config_to_hf(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
         if v is not None
     }
     family = hf_family(cfg)
-    if family == "gpt2":
+    if family == "xlnet":
+        d = hf_xlnet.config_to_hf(cfg, _OUR_ACT[cfg.activation], ids)
+    elif family == "gpt2":
         d = dict(
             model_type="gpt2",
             architectures=["GPT2LMHeadModel"],
@@ -478,6 +497,11 @@ def hf_family(cfg: ModelConfig) -> str:
         )
         return "gpt2"
     need(cfg.scale_attention, "unscaled attention exists only in GPT-2")
+    if cfg.arch == "xlnet":
+        need(cfg.activation in _OUR_ACT, f"activation={cfg.activation} is not one of HF XLNet's")
+        for ok, what in hf_xlnet.hf_needs(cfg):
+            need(ok, what)
+        return "xlnet"
     if cfg.arch == "encoder":
         need(
             cfg.positions == "learned"
@@ -519,6 +543,8 @@ def _rules(cfg: ModelConfig, family: str, prefix: str = "bert.") -> list[Rule]:
         return _llama_rules(cfg)
     if family == "bert":
         return _bert_rules(cfg, prefix)
+    if family == "xlnet":
+        return hf_xlnet.xlnet_rules(cfg)
     return _seq2seq_rules(cfg, bart=family == "bart")
 
 
@@ -545,6 +571,8 @@ def _tied_copies(cfg: ModelConfig, family: str, prefix: str) -> dict[str, str]:
     if family in ("gpt2", "llama"):
         emb = "transformer.wte.weight" if family == "gpt2" else "model.embed_tokens.weight"
         return {"lm_head.weight": emb} if cfg.tie_embeddings else {}
+    if family == "xlnet":
+        return hf_xlnet.tied_copies(cfg)
     if family == "bert":
         tied = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
         if cfg.tie_embeddings:

@@ -272,7 +272,58 @@ MARIAN: dict[str, HFField] = {
     "extra_pos_embeddings": ignored("Marian's sinusoidal positions have no offset"),
 }
 
-TABLES: dict[str, dict[str, HFField]] = {"gpt2": GPT2, "llama": LLAMA, "bert": BERT, "bart": BART, "marian": MARIAN}
+_OTHER_HEADS = ignored("the sequence-summary / SQuAD heads of other XLNet models, not converted")
+_NO_MEMORY = ignored(
+    "how much memory (mems) a call keeps: lmforge takes mems= / mem_len= per call; logits do not change"
+)
+
+XLNET: dict[str, HFField] = {
+    **_IDS,
+    "vocab_size": read("vocab_size"),
+    "d_model": read("d_model"),
+    "n_layer": read("n_layer"),
+    "n_head": read("n_head"),
+    "d_inner": read("d_ff"),
+    "d_head": supported(
+        "d_model / n_head only", lambda v, hf: v is None or v * hf.get("n_head", 0) == hf.get("d_model")
+    ),
+    "ff_activation": read(
+        "activation: gelu, gelu_new / gelu_pytorch_tanh / gelu_fast -> gelu_tanh, relu, silu / swish; others refused"
+    ),
+    "attn_type": supported("'bi' only (XLNet; 'uni' is Transformer-XL's causal mask)", (None, "bi")),
+    "bi_data": refused("a batch split into forward and backward relative positions"),
+    "clamp_len": supported("-1 or 0 only (relative distances are not clamped)", lambda v, hf: v is None or v <= 0),
+    "same_length": ignored("shapes the 'uni' mask only"),
+    "layer_norm_eps": read("norm_eps"),
+    "dropout": read("dropout and attention_dropout (XLNet's one rate)"),
+    "mem_len": _NO_MEMORY,
+    "reuse_len": _NO_MEMORY,
+    "use_mems_eval": _NO_MEMORY,
+    "use_mems_train": _NO_MEMORY,
+    "initializer_range": _INIT,
+    "tie_word_embeddings": read("tie_embeddings (False: lm_loss has its own matrix)"),
+    "lmforge_max_positions": read("lmforge's own key: max_positions (the context it was trained at; else 512)"),
+    **{
+        k: _OTHER_HEADS
+        for k in (
+            "summary_type",
+            "summary_use_proj",
+            "summary_activation",
+            "summary_last_dropout",
+            "start_n_top",
+            "end_n_top",
+        )
+    },
+}
+
+TABLES: dict[str, dict[str, HFField]] = {
+    "gpt2": GPT2,
+    "llama": LLAMA,
+    "bert": BERT,
+    "bart": BART,
+    "marian": MARIAN,
+    "xlnet": XLNET,
+}
 
 # transformers' attribute_map of each config class: alias -> the field it stands for.
 ALIASES: dict[str, dict[str, str]] = {
@@ -293,6 +344,12 @@ ALIASES: dict[str, dict[str, str]] = {
         "num_attention_heads": "encoder_attention_heads",
         "hidden_size": "d_model",
         "num_hidden_layers": "encoder_layers",
+    },
+    "xlnet": {
+        "n_token": "vocab_size",
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_head",
+        "num_hidden_layers": "n_layer",
     },
 }
 
@@ -332,6 +389,7 @@ def fields_markdown() -> str:
         "bert": "BERT",
         "bart": "BART",
         "marian": "Marian",
+        "xlnet": "XLNet",
     }
     parts = []
     for key, table in (("common", COMMON), *TABLES.items()):

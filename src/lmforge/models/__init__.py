@@ -14,8 +14,9 @@ from lmforge.models.encoder import EncoderLM, EncoderOutput
 from lmforge.models.encoder_decoder import EncoderDecoderLM
 from lmforge.models.io import load_model, save_model
 from lmforge.models.quant import Int8Linear, quantize_int8
+from lmforge.models.xlnet import XLNetLM, XLNetOutput
 
-FAMILIES = {"decoder": DecoderLM, "encoder": EncoderLM, "encoder-decoder": EncoderDecoderLM}
+FAMILIES = {"decoder": DecoderLM, "encoder": EncoderLM, "encoder-decoder": EncoderDecoderLM, "xlnet": XLNetLM}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -31,7 +32,9 @@ def count_parameters(model: nn.Module, non_embedding: bool = False) -> int:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        if non_embedding and name.endswith(("tok_emb.weight", "pos_emb.weight", "type_emb.weight", "shared.weight")):
+        if non_embedding and name.endswith(
+            ("tok_emb.weight", "pos_emb.weight", "type_emb.weight", "shared.weight", "word_embedding.weight")
+        ):
             continue
         total += p.numel()
     return total
@@ -43,6 +46,8 @@ __all__ = [
     "EncoderDecoderLM",
     "LMOutput",
     "EncoderOutput",
+    "XLNetLM",
+    "XLNetOutput",
     "FAMILIES",
     "Int8Linear",
     "build_model",

@@ -45,6 +45,7 @@ class DataConfig(ConfigBase):
     mlm_probability: float = 0.15  # mlm, mlm+nsp
     noise_density: float = 0.15  # span, infill: fraction of tokens corrupted
     mean_span_length: float = 3.0  # span, infill
+    plm_k: float = 6.0  # plm: predict the last 1/K of each factorisation order (XLNet's K)
     sentinels: int | None = None  # <extra_id_N> tokens to add; default 100 for span corruption, else the kind's
     val_fraction: float = 0.1  # files (not the bundled corpus): held-out share of the documents
     # causal: attention does not cross the EOS between packed documents (training and evaluation
@@ -67,6 +68,8 @@ class DataConfig(ConfigBase):
                 f"data.doc_mask: masks packed documents of the causal objective, not {self.objective!r}; "
                 "set data.doc_mask=false"
             )
+        if not self.plm_k > 1:
+            raise ConfigError(f"data.plm_k: must be greater than 1 (XLNet predicts the last 1/K), got {self.plm_k}")
         if self.sentinels is not None and self.sentinels < 0:
             raise ConfigError(f"data.sentinels: must be >= 0, got {self.sentinels}")
 
@@ -297,6 +300,24 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
             checkpoint_every=1000,
         ),
     ),
+    # XLNet's permutation LM at the size of the GPT and BERT presets (4 x 128), on the GPT preset's byte-level
+    # BPE (WordPiece drops line breaks, so its bits per byte would not compare) and windows of 64 tokens:
+    # 2,500 steps of 32 x 64 tokens (5.1M), a sixth of each order predicted. At the end the held-out plays
+    # are scored left to right (l2r_bpb), as the decoder is (docs/models.md, "XLNet").
+    "shakespeare-xlnet": dict(
+        name="shakespeare-xlnet",
+        model=_model("xlnet-tiny", max_positions=64, n_layer=4, d_model=128, n_head=4),
+        data=dict(source="shakespeare", tokenizer="bpe", vocab_size=2048, objective="plm", seq_len=64, plm_k=6.0),
+        train=dict(
+            max_steps=2500,
+            batch_size=32,
+            lr=3e-3,
+            warmup_steps=200,
+            eval_every=500,
+            eval_batches=8,
+            checkpoint_every=500,
+        ),
+    ),
     # T5-style span corruption for an encoder-decoder, on the encoder's recipe: rotary positions, windows of
     # 64 tokens, a high peak learning rate.
     "shakespeare-t5": dict(
@@ -325,6 +346,12 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         model=_model("bert-tiny", max_positions=32),
         data=dict(tokenizer="char", vocab_size=256, objective="mlm+nsp", seq_len=32),
         train=dict(_TINY_TRAIN),
+    ),
+    "tiny-xlnet": dict(
+        name="tiny-xlnet",
+        model=_model("xlnet-tiny", max_positions=32),
+        data=dict(tokenizer="char", vocab_size=256, objective="plm", seq_len=32),
+        train=dict(_TINY_TRAIN, sample_tokens=0),
     ),
     "tiny-t5": dict(
         name="tiny-t5",

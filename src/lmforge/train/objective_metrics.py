@@ -111,3 +111,31 @@ def objective_metrics(objective: str, tokenizer: Any, train_tokens: np.ndarray) 
     if objective == "span":
         return span_metrics(tokenizer.sentinel_ids, tokenizer.eos_id)
     return lm_metrics
+
+
+@torch.no_grad()
+def left_to_right_metrics(
+    model: Any, tokens: np.ndarray, seq_len: int, tokens_per_byte: float, batch_size: int = 32
+) -> dict[str, float]:
+    """An XLNet's causal score of a held-out token stream, comparable to a decoder's: windows of
+    ``seq_len`` tokens overlapping by one, each token after a window's first predicted from the ones
+    before it (:func:`lmforge.models.xlnet.order_logprobs` along the natural order), every token but
+    the stream's first (and a tail shorter than a window) scored once. ``l2r_loss`` in nats per
+    token, ``l2r_bpb`` in bits per byte."""
+    from lmforge.models.xlnet import order_logprobs
+
+    stream = np.asarray(tokens, dtype=np.int64)
+    starts = range(0, len(stream) - seq_len + 1, seq_len - 1)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(starts), batch_size):
+            rows = np.stack([stream[s : s + seq_len] for s in starts[i : i + batch_size]])
+            lp = order_logprobs(model, torch.from_numpy(rows).to(device))
+            total, count = total - float(lp.double().sum()), count + lp.numel()
+    finally:
+        model.train(was_training)
+    loss = total / max(count, 1)
+    return {"l2r_loss": loss, "l2r_bpb": loss * tokens_per_byte / float(np.log(2)), "l2r_tokens": float(count)}

@@ -28,7 +28,7 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import RunConfig, TrainConfig
 from lmforge.train.engine import FitResult, Trainer
-from lmforge.train.objective_metrics import objective_metrics
+from lmforge.train.objective_metrics import left_to_right_metrics, objective_metrics
 from lmforge.train.rundir import RunDir
 
 
@@ -83,7 +83,8 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer, objective: str | None 
     changes = {"vocab_size": tokenizer.vocab_size, **{f"{k}_id": v for k, v in ids.items()}}
     if model.arch == "encoder-decoder":  # as the span / infill samplers do: the decoder starts from pad
         changes["decoder_start_id"] = ids["pad"] if ids["pad"] is not None else ids["bos"]
-    if model.arch == "decoder" and objective == "causal" and ids["eos"] is not None and model.text_start_id is None:
+    causal_like = (model.arch, objective) in (("decoder", "causal"), ("xlnet", "plm"))  # both read packed EOS streams
+    if causal_like and ids["eos"] is not None and model.text_start_id is None:
         changes["text_start_id"] = ids["eos"]
     return model.replace(**changes)
 
@@ -308,6 +309,10 @@ def pretrain(
             result.metrics.update(
                 _greedy_span_metrics(fill_spans, trainer, tokenizer, eval_batches, cfg.train.eval_batches, say)
             )
+        if cfg.data.objective == "plm" and not result.stopped_by:  # XLNet's causal score, as a decoder's
+            m = left_to_right_metrics(trainer.model, dataset.split("val"), cfg.data.seq_len, tokens_per_byte(dataset))
+            say(f"left to right on {int(m.pop('l2r_tokens')):,} held-out tokens: {m['l2r_bpb']:.4f} bits per byte")
+            result.metrics.update(m)
     finally:
         D.teardown()
     if info.is_main and not result.stopped_by:
