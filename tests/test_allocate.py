@@ -9,7 +9,7 @@ from lmforge.cli.main import main
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.plan import LAWS, allocate, deepseek_batch_tokens, deepseek_learning_rate, inference_optimal, shape_for
-from lmforge.plan.allocate import resolve_budget
+from lmforge.plan.budget import resolve_budget
 
 
 def test_sardana_inference_aware_example():

@@ -9,8 +9,9 @@ from scipy.optimize import approx_fprime
 
 from lmforge.cli.main import main
 from lmforge.errors import ConfigError, DataError
-from lmforge.plan.fit import fit, fit_parametric, grid_starts, huber_objective, load_runs, synthetic_runs
+from lmforge.plan.fit import fit, fit_parametric, grid_starts, huber_objective
 from lmforge.plan.laws import LAWS, load_law
+from lmforge.plan.runs import load_runs, synthetic_runs
 
 TRUE = LAWS["epoch"]  # E 1.8172, A 482.01, B 2085.43, alpha 0.3478, beta 0.3658
 

@@ -13,8 +13,8 @@ from lmforge.cli.main import main
 from lmforge.errors import ConfigError, DataError
 from lmforge.plan import allocate, fit
 from lmforge.plan.allocate import deepseek_batch_tokens, deepseek_learning_rate
-from lmforge.plan.fit import Runs
 from lmforge.plan.laws import ParametricLaw
+from lmforge.plan.runs import Runs
 
 
 def one_line_error(capsys):

@@ -55,7 +55,8 @@ def fit_case(n_points: int = 240, rounds: int = 1, reference: bool = True) -> Ca
     a minute on 2 cores; ``reference=False`` leaves it out)."""
     import numpy as np
 
-    from lmforge.plan.fit import fit_parametric, synthetic_runs
+    from lmforge.plan.fit import fit_parametric
+    from lmforge.plan.runs import synthetic_runs
 
     runs = synthetic_runs("epoch", sizes=n_points // 8, seed=0)
     fast = fit_parametric(runs)

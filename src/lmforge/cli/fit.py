@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from lmforge.plan import fit
-from lmforge.plan.fit import synthetic_runs
+from lmforge.plan.runs import synthetic_runs
 
 COMMAND = "fit"
 HELP = "fit a scaling law to training runs (CSV: params,tokens,loss[,flops][,run,step])"

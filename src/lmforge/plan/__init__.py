@@ -9,19 +9,9 @@
 Parameter, FLOP, memory and time accounting live one level down in :mod:`lmforge.accounting`.
 """
 
-from lmforge.plan.allocate import (
-    Allocation,
-    Budget,
-    InferenceAware,
-    allocate,
-    deepseek_batch_tokens,
-    deepseek_learning_rate,
-    inference_optimal,
-    isoflop_curve,
-    resolve_budget,
-    time_optimal,
-)
-from lmforge.plan.fit import FitResult, Runs, fit, fit_envelope, fit_isoflop, fit_parametric, load_runs
+from lmforge.plan.allocate import Allocation, allocate, deepseek_batch_tokens, deepseek_learning_rate, isoflop_curve
+from lmforge.plan.budget import Budget, resolve_budget
+from lmforge.plan.fit import FitResult, fit, fit_envelope, fit_isoflop, fit_parametric
 from lmforge.plan.laws import (
     CHINCHILLA_TABLE3,
     LAWS,
@@ -32,8 +22,10 @@ from lmforge.plan.laws import (
     describe,
     load_law,
 )
+from lmforge.plan.runs import Runs, load_runs, synthetic_runs
 from lmforge.plan.shapes import shape_for
 from lmforge.plan.throughput import Throughput, ThroughputPoint
+from lmforge.plan.variants import InferenceAware, inference_optimal, time_optimal
 
 __all__ = [
     "Allocation",
@@ -59,6 +51,7 @@ __all__ = [
     "isoflop_curve",
     "load_law",
     "load_runs",
+    "synthetic_runs",
     "resolve_budget",
     "shape_for",
     "Throughput",

@@ -22,12 +22,11 @@ the compute-optimal one of the same FLOPs (see :func:`time_optimal`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import brentq, minimize_scalar
 
 from lmforge.accounting import (
     GiB,
@@ -38,7 +37,6 @@ from lmforge.accounting import (
     count_params,
     device_from_cuda_name,
     estimate_memory,
-    flops_for,
     human,
     human_bytes,
     human_duration,
@@ -47,10 +45,12 @@ from lmforge.accounting import (
 )
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
+from lmforge.plan.budget import Budget, check_positive, resolve_budget
 from lmforge.plan.fit import E_COLLAPSED
 from lmforge.plan.laws import LAW_NOTES, Law, ParametricLaw, describe, load_law
 from lmforge.plan.shapes import ASPECT, default_template, shape_for, smallest_shape
 from lmforge.plan.throughput import Throughput
+from lmforge.plan.variants import InferenceAware, as_parametric, inference_optimal, rate_of_size, time_optimal
 
 FRONTIER_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -63,250 +63,6 @@ def deepseek_batch_tokens(flops: float) -> float:
 def deepseek_learning_rate(flops: float) -> float:
     """DeepSeek LLM's optimal peak learning rate: 0.3118 C^-0.1250."""
     return 0.3118 * flops**-0.1250
-
-
-# ---------------------------------------------------------------------------------------------
-# budgets
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Budget:
-    """A compute budget in training FLOPs, with the device view of it when a device is known."""
-
-    flops: float
-    device: str | None = None
-    gpus: int = 1
-    mfu: float = 0.4
-    hours: float | None = None  # wall-clock hours on `gpus` devices
-    dollars: float | None = None
-    price: float | None = None  # USD per device-hour
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name}: must be a positive number, got {value}")
-
-
-def resolve_budget(
-    flops: float | None = None,
-    device: str | None = None,
-    hours: float | None = None,
-    gpus: int = 1,
-    mfu: float = 0.4,
-    dollars: float | None = None,
-    price: float | None = None,
-) -> Budget | None:
-    """A :class:`Budget` from exactly one of FLOPs, device-hours (``device`` + ``hours``) or ``dollars``.
-
-    Returns None when no budget is given.
-    """
-    for name, value in (
-        ("flops", flops),
-        ("hours", hours),
-        ("dollars", dollars),
-        ("gpus", gpus),
-        ("mfu", mfu),
-        ("price", price),
-    ):
-        _positive(name, value)
-    given = [n for n, v in (("flops", flops), ("hours", hours), ("dollars", dollars)) if v is not None]
-    if len(given) > 1:
-        raise ConfigError(f"budget: give one of flops, hours or dollars, not {' and '.join(given)}")
-    if not given:
-        return None
-    if (hours is not None or dollars is not None) and device is None:
-        raise ConfigError(f"{given[0]}: a budget in {given[0]} needs a device (e.g. --device h100); or give --flops")
-    dev = lookup_device(device) if device is not None else None
-    if dev is None:
-        return Budget(flops=float(flops), gpus=gpus, mfu=mfu)
-    price = dev.price if price is None else price
-    if dollars is not None:
-        hours = dollars / (price * gpus)
-    if hours is None:  # FLOPs given: how long they take on the device
-        hours = training_time(flops, dev, gpus, mfu).seconds / 3600
-    return Budget(
-        flops=flops_for(dev, hours, gpus, mfu),
-        device=dev.name,
-        gpus=gpus,
-        mfu=mfu,
-        hours=hours,
-        dollars=hours * gpus * price,
-        price=price,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# inference-aware allocation (Sardana et al. 2024)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class InferenceAware:
-    """The model that reaches ``target_loss`` at the lowest training + inference cost."""
-
-    target_loss: float
-    inference_tokens: float
-    params: float
-    train_tokens: float
-    train_flops: float
-    inference_flops: float
-    # the compute-optimal model with the same loss, for comparison
-    chinchilla_params: float
-    chinchilla_tokens: float
-    chinchilla_total_flops: float
-
-    @property
-    def total_flops(self) -> float:
-        return self.train_flops + self.inference_flops
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_flops": self.total_flops}
-
-
-def _as_parametric(law: Law, what: str) -> ParametricLaw:
-    if not isinstance(law, ParametricLaw):
-        raise ConfigError(
-            f"{what} needs a law with a loss model L(N, D) (chinchilla, epoch, sardana or an "
-            f"approach-3 fit); {law.name!r} only knows the frontier"
-        )
-    return law
-
-
-def inference_optimal(law: Law | str, target_loss: float, inference_tokens: float) -> InferenceAware:
-    """Minimise 6 N D_train + 2 N D_inference subject to L(N, D_train) = ``target_loss``."""
-    law = _as_parametric(load_law(law), "inference-aware allocation")
-    if inference_tokens < 0 or not math.isfinite(inference_tokens):
-        raise ConfigError(f"inference_tokens: must be >= 0, got {inference_tokens}")
-    headroom = target_loss - law.E
-    if not headroom > 0:
-        law.compute_for_loss(target_loss)  # raises the explanatory error
-
-    def tokens(n: float) -> float:  # D_train that reaches the target with N parameters
-        return (law.B / (headroom - law.A * n**-law.alpha)) ** (1 / law.beta)
-
-    def stationarity(log_n: float) -> float:
-        # d/dN [N (6 D(N) + 2 D_inf)] / D(N), written with u = A N^-alpha to stay finite
-        n = math.exp(log_n)
-        u = law.A * n**-law.alpha
-        return 6 + 2 * inference_tokens / tokens(n) - 6 * law.alpha / law.beta * u / (headroom - u)
-
-    log_n_min = math.log(law.A / headroom) / law.alpha  # below this N no amount of data reaches the target
-    lo, hi = log_n_min + 1e-12, log_n_min + 1.0
-    while stationarity(hi) < 0:
-        hi += 1.0
-    n = math.exp(brentq(stationarity, lo, hi, xtol=1e-14, rtol=1e-14))
-    d = tokens(n)
-    c = law.compute_for_loss(target_loss)
-    n_c, d_c = law.optimal(c)
-    return InferenceAware(
-        target_loss=target_loss,
-        inference_tokens=inference_tokens,
-        params=n,
-        train_tokens=d,
-        train_flops=6 * n * d,
-        inference_flops=2 * n * inference_tokens,
-        chinchilla_params=n_c,
-        chinchilla_tokens=d_c,
-        chinchilla_total_flops=6 * n_c * d_c + 2 * n_c * inference_tokens,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# time-optimal allocation: a wall-time budget on a machine of measured throughput
-# ---------------------------------------------------------------------------------------------
-
-
-def time_optimal(
-    law: Law | str,
-    seconds: float,
-    tokens_per_second,
-    n_min: float,
-    n_max: float,
-    points_per_decade: int = 24,
-) -> tuple[float, float]:
-    """(N, D) minimising L(N, D) subject to D / tokens_per_second(N) <= ``seconds``, N in [n_min, n_max].
-
-    The constraint binds, so D(N) = T r(N), r the tokens/s of a model of N parameters, and the
-    problem is one-dimensional: a grid in log N, then Brent's method in the best grid interval.
-
-    Which way the answer moves: with r(N) = P m(N) / f(N) (peak P, MFU m, training FLOPs per
-    token f), d log D / d log N = gamma - 1 - phi, where gamma = d log m / d log N and
-    phi = d log(f / N) / d log N (0 for f = 6N). The optimum of L = E + A/N^alpha + B/D^beta then has
-
-        alpha A N^-alpha = (1 - gamma + phi) beta B D^-beta.
-
-    With a constant MFU and f = 6N this is the compute-optimal condition on the line 6ND = C, C = T P m:
-    the FLOP-optimal answer. When small models run at lower MFU (gamma > 0), alpha A N^-alpha is
-    below beta B D^-beta at the optimum; on the IsoFLOP line through it, alpha A N^-alpha - beta B
-    (C / 6N)^-beta falls as N grows and is zero at the compute-optimal size, so the time-optimal
-    model is *larger* (fewer tokens per parameter) than the compute-optimal model of the FLOPs it
-    trains with. Buying a larger model costs fewer tokens than the FLOPs alone say, because it
-    runs at a higher utilisation.
-    """
-    law = load_law(law)
-    if law.loss(1.0, 1.0) is None:
-        raise ConfigError(
-            f"a time budget needs a law with a loss model L(N, D) to trade size against tokens; {law.name!r} "
-            "only knows the compute-optimal frontier"
-        )
-    _positive("seconds", seconds)
-    if not 0 < n_min < n_max:
-        raise ConfigError(f"time_optimal: need 0 < n_min < n_max, got {n_min:g}, {n_max:g}")
-
-    def objective(log_n: float) -> float:
-        n = math.exp(log_n)
-        return float(law.loss(n, seconds * tokens_per_second(n)))
-
-    lo, hi = math.log(n_min), math.log(n_max)
-    grid = np.linspace(lo, hi, max(3, math.ceil((hi - lo) / math.log(10) * points_per_decade) + 1))
-    values = np.array([objective(x) for x in grid])
-    i = int(np.argmin(values))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    res = minimize_scalar(objective, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
-    log_n = float(res.x) if res.fun <= values[i] else float(grid[i])
-    n = math.exp(log_n)
-    return n, seconds * float(tokens_per_second(n))
-
-
-def _rate_of_size(
-    throughput: Throughput,
-    template: ModelConfig,
-    counts: str,
-    aspect: tuple[float, float],
-    head_dim: int | None,
-    seq_len: int,
-    n_min: float,
-    n_max: float,
-):
-    """N -> tokens/s of the planner's shape of N parameters (the law's count) on the measured machine.
-
-    The shapes' total parameters (what MFU is tabulated against) and FLOPs per token (6N +
-    attention) per counted parameter are taken from concrete shapes along the range and
-    interpolated in log N, so the rate is a smooth function of N for the optimiser.
-    """
-    grid = np.geomspace(n_min, n_max, max(4, math.ceil(math.log10(n_max / n_min) * 8) + 1))
-    rows = {}
-    for target in grid:
-        shape = shape_for(float(target), template, counts, aspect, head_dim)
-        pc = count_params(shape)
-        n = pc.total if counts == "total" else pc.non_embedding
-        rows[n] = (pc.total / n, count_flops(shape, seq_len).rule_6n_attention_per_token / n)
-    xs = np.log(sorted(rows))
-    total_per_n = np.array([rows[k][0] for k in sorted(rows)])
-    flops_per_n = np.array([rows[k][1] for k in sorted(rows)])
-
-    def total(n: float) -> float:
-        return n * float(np.interp(math.log(n), xs, total_per_n))
-
-    def rate(n: float) -> float:
-        return throughput.tokens_per_second(total(n), n * float(np.interp(math.log(n), xs, flops_per_n)))
-
-    rate.total = total  # the total parameters of the size-N shape, for its MFU
-    return rate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,13 +303,13 @@ def allocate(
         ("head_dim", head_dim),
         ("micro_batch", micro_batch),
     ):
-        _positive(name, value)
+        check_positive(name, value)
     if budget is None:
         if target_loss is None:
             raise ConfigError(
                 "budget: give --flops, --device with --hours, --dollars (with --device), or --target-loss"
             )
-        c = _as_parametric(law, "a target loss").compute_for_loss(target_loss)
+        c = as_parametric(law, "a target loss").compute_for_loss(target_loss)
         budget = resolve_budget(c, device, None, gpus, mfu, None, price)
     elif target_loss is not None and inference_tokens is None:
         raise ConfigError(
@@ -577,7 +333,7 @@ def allocate(
         most = (hours or 1.0) * 3600 * throughput.peak_flops * throughput.max_mfu
         n_max = max(64 * float(law.optimal(flops or most)[0]), 4 * n_small)
         n_max = max([n_max] + [4.0 * p.params for p in throughput.points])
-        rate = _rate_of_size(throughput, template, law.counts, aspect, head_dim, seq_len, n_small, n_max)
+        rate = rate_of_size(throughput, template, law.counts, aspect, head_dim, seq_len, n_small, n_max)
     if throughput is not None and hours is not None:
         seconds = hours * 3600
         n_opt, d_opt = time_optimal(law, seconds, rate, n_small, n_max)
@@ -605,7 +361,7 @@ def allocate(
         goal = (
             target_loss
             if target_loss is not None
-            else _loss(_as_parametric(law, "inference-aware allocation"), n_opt, d_opt)
+            else _loss(as_parametric(law, "inference-aware allocation"), n_opt, d_opt)
         )
         inference = inference_optimal(law, goal, inference_tokens)
         n_pick, d_pick = inference.params, inference.train_tokens
@@ -750,8 +506,8 @@ def _check_timed(flops, device, hours, gpus, dollars, target_loss, inference_tok
             raise ConfigError(f"{name}: not available with a throughput model (its machine is the device)")
     if gpus != 1:
         raise ConfigError("gpus: a throughput model is measured on one device")
-    _positive("hours", hours)
-    _positive("flops", flops)
+    check_positive("hours", hours)
+    check_positive("flops", flops)
 
 
 def _least_flops(law: Law, c: float, n_opt: float, n_small: float) -> float:
