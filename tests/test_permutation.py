@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmforge.config import ModelConfig
-from lmforge.data.sampler import IGNORE_INDEX
 from lmforge.data.permutation import PermutationSampler, permutation_masks, prediction_count
+from lmforge.data.sampler import IGNORE_INDEX
 from lmforge.errors import ConfigError
 from lmforge.models import build_model
 
