@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lmforge.errors import LMForgeError
-from lmforge.infer.options import SamplingOptions
+from lmforge.infer.options import options_from
 from lmforge.infer.prompts import model_arch
 from lmforge.infer.results import GenerateOutput
 from lmforge.infer.sampling import TokenChooser, make_generator
@@ -77,16 +77,7 @@ def generate_ids(
     if input_ids.shape[1] == 0:
         raise LMForgeError("empty prompt: give at least one token (e.g. a BOS token)")
     cfg = model.config
-    SamplingOptions(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-    ).check_model(cfg.vocab_size)
+    options_from(locals()).check_model(cfg.vocab_size)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     eos = _resolve_special(eos_id, cfg.eos_id)

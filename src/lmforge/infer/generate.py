@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from lmforge.infer.decoding import generate_ids
-from lmforge.infer.options import SamplingOptions
+from lmforge.infer.options import SamplingOptions, options_from
 from lmforge.infer.prompts import encode_prompt, encode_source, model_arch, pad_batch
 from lmforge.infer.results import Completion, GenerateOutput
 from lmforge.infer.sampling import make_generator
@@ -105,17 +105,7 @@ def generate(
     from its flags) in place of the numeric keyword arguments.
     """
     if options is None:  # refuse bad options before any work
-        options = SamplingOptions(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-            batch_size=batch_size,
-        )
+        options = options_from(locals())
     o = options
     max_new_tokens, temperature, top_k, top_p = o.max_new_tokens, o.temperature, o.top_k, o.top_p
     repetition_penalty, seed, num_beams, length_penalty = o.repetition_penalty, o.seed, o.num_beams, o.length_penalty

@@ -12,7 +12,8 @@ through the same chooser (:meth:`~lmforge.infer.sampling.TokenChooser.from_optio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from lmforge.config import INT_LIMIT, ConfigBase
 from lmforge.errors import ConfigError
@@ -52,3 +53,9 @@ class SamplingOptions(ConfigBase):
         """Limits that depend on the model: more beams than tokens cannot all differ."""
         if self.num_beams > vocab_size:
             raise ConfigError(f"num_beams: {self.num_beams} is more than the model's vocabulary ({vocab_size})")
+
+
+def options_from(arguments: dict[str, Any]) -> SamplingOptions:
+    """The options among a caller's keyword arguments (``locals()`` of ``generate`` /
+    ``generate_ids``, whose parameters carry the fields' names), validated."""
+    return SamplingOptions(**{f.name: arguments[f.name] for f in fields(SamplingOptions) if f.name in arguments})
