@@ -5,25 +5,21 @@ import json
 import pytest
 import torch
 
-from lmforge.accounting import (
+from lmforge.accounting import count_flops, count_params, estimate_memory, human, training_flops_per_token
+from lmforge.config import MODEL_PRESETS, ModelConfig
+from lmforge.errors import ConfigError
+from lmforge.hardware import (
     DEVICES,
-    account,
-    count_flops,
-    count_params,
     device_from_cuda_name,
     device_peak,
-    estimate_memory,
     flops_for,
-    human,
     lookup_device,
     measure_cpu_peak,
     mfu,
-    training_flops_per_token,
     training_time,
 )
-from lmforge.config import MODEL_PRESETS, ModelConfig
-from lmforge.errors import ConfigError
 from lmforge.models import build_model, count_parameters
+from lmforge.plan.report import account
 
 VARIANTS = [
     {},

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from lmforge.accounting import DEVICES, count_params
+from lmforge.accounting import count_params
 from lmforge.cli.main import main
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
+from lmforge.hardware import DEVICES
 from lmforge.plan import LAWS, allocate, deepseek_batch_tokens, deepseek_learning_rate, inference_optimal, shape_for
 from lmforge.plan.budget import resolve_budget
 

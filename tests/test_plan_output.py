@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from lmforge.accounting import GiB, estimate_memory, lookup_device
+from lmforge.accounting import GiB, estimate_memory
 from lmforge.cli.main import main
 from lmforge.errors import ConfigError, DataError
+from lmforge.hardware import lookup_device
 from lmforge.plan import allocate, fit
 from lmforge.plan.allocate import deepseek_batch_tokens, deepseek_learning_rate
 from lmforge.plan.laws import ParametricLaw

@@ -1,6 +1,6 @@
 """Compute accounting for any :class:`~lmforge.config.ModelConfig`.
 
-Everything here is arithmetic on the config (plus one timed matmul for the CPU peak), so the
+Everything here is arithmetic on the config, so the
 training engine can import it for FLOPs per token and MFU without pulling in the planner.
 
 * :func:`count_params` - exact parameter counts (equal to ``sum(p.numel())`` of the built model),
@@ -10,8 +10,8 @@ training engine can import it for FLOPs per token and MFU without pulling in the
   (+ attention, as in PaLM's appendix B).
 * :func:`estimate_memory` - training memory per device under DDP or FSDP, with or without
   activation checkpointing.
-* :data:`DEVICES`, :func:`lookup_device`, :func:`device_peak`, :func:`measure_cpu_peak`,
-  :func:`mfu`, :func:`training_time` - wall time, cost and model FLOP utilisation.
+Devices, their peaks, MFU, wall time and cost are :mod:`lmforge.hardware`; the report of one
+model that ``lmforge plan --model`` prints is :mod:`lmforge.plan.report`.
 
 Conventions
 -----------
@@ -24,10 +24,7 @@ adds no parameters, but its logits matmul still costs FLOPs; the 6N rule therefo
 
 from __future__ import annotations
 
-import functools
 import math
-import re
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -423,175 +420,6 @@ def estimate_memory(
 
 
 # ---------------------------------------------------------------------------------------------
-# devices, time, cost, MFU
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Device:
-    """An accelerator: dense bf16 (fp16 where there is no bf16) peak FLOP/s and memory.
-
-    ``price`` is a rough on-demand cloud price in USD per device-hour (2024-25 list prices);
-    pass your own price wherever it matters.
-    """
-
-    name: str
-    peak_flops: float
-    memory_gib: float
-    price: float
-    pattern: str  # regular expression matched against torch.cuda.get_device_name()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "pattern"}
-
-
-DEVICES: dict[str, Device] = {
-    d.name: d
-    for d in (
-        Device("b200", 2.25e15, 180, 6.00, r"B200"),
-        Device("h200", 989.4e12, 141, 3.50, r"H200"),
-        Device("h100-sxm", 989.4e12, 80, 3.00, r"H100(?!.*PCIe)"),
-        Device("h100-pcie", 756.0e12, 80, 2.50, r"H100.*PCIe"),
-        Device("a100-80gb", 312e12, 80, 1.80, r"A100.*80\s*GB"),
-        Device("a100-40gb", 312e12, 40, 1.30, r"A100"),
-        Device("l40s", 362e12, 48, 1.00, r"L40S"),
-        Device("a10", 125e12, 24, 0.75, r"A10G?\b"),
-        Device("l4", 121e12, 24, 0.70, r"\bL4\b"),
-        Device("v100", 125e12, 32, 0.90, r"V100"),  # fp16 tensor cores: no bf16
-        Device("mi300x", 1307.4e12, 192, 4.00, r"MI300X"),
-    )
-}
-DEVICE_ALIASES = {"h100": "h100-sxm", "a100": "a100-80gb", "a10g": "a10"}
-
-
-def lookup_device(name: str) -> Device:
-    """A device of the table by name (case-insensitive; ``h100`` = ``h100-sxm``, ``a100`` = ``a100-80gb``)."""
-    key = name.strip().lower()
-    key = DEVICE_ALIASES.get(key, key)
-    if key not in DEVICES:
-        raise ConfigError(
-            f"device: unknown device {name!r}; choose one of {', '.join(DEVICES)} (or give the budget in FLOPs)"
-        )
-    return DEVICES[key]
-
-
-def device_from_cuda_name(cuda_name: str) -> Device | None:
-    """Match a ``torch.cuda.get_device_name()`` string against the table (None when unknown)."""
-    for dev in DEVICES.values():  # ordered so that more specific patterns come first
-        if re.search(dev.pattern, cuda_name, flags=re.IGNORECASE):
-            return dev
-    return None
-
-
-@functools.cache
-def measure_cpu_peak(sizes: tuple[int, ...] = (2048, 3072), repeats: int = 7, warmup_s: float = 0.5) -> float:
-    """Achievable fp32 FLOP/s of this CPU: the best of ``repeats`` timed ``size x size`` matmuls
-    for each size, after ``warmup_s`` seconds of the same work (thread pool, caches, clock speed: a
-    cold measurement read 10-20% low on a 2-core VM and put MFU above 100%). Several sizes, because
-    MKL's rate depends on the shape (2048: 168, 3072: 158, 4096: 139 GFLOP/s on that VM)."""
-    import torch
-
-    best_rate = 0.0
-    for i, size in enumerate(sizes):
-        a = torch.randn(size, size)
-        b = torch.randn(size, size)
-        torch.mm(a, b)
-        t_end = time.perf_counter() + (warmup_s if i == 0 else 0.0)
-        while time.perf_counter() < t_end:
-            torch.mm(a, b)
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
-        best_rate = max(best_rate, 2 * size**3 / best)
-    return best_rate
-
-
-def device_peak(device: Any = "cpu") -> float | None:
-    """Peak FLOP/s of a torch device (or device string / table name).
-
-    CUDA devices are looked up in :data:`DEVICES` by ``torch.cuda.get_device_name``; the CPU peak
-    is measured (:func:`measure_cpu_peak`). Returns None for a GPU that is not in the table.
-    """
-    name = str(device).lower()
-    key = DEVICE_ALIASES.get(name, name)
-    if key in DEVICES:
-        return DEVICES[key].peak_flops
-    if name.startswith("cpu"):
-        return measure_cpu_peak()
-    if name.startswith("cuda"):
-        import torch
-
-        dev = device_from_cuda_name(torch.cuda.get_device_name(device))
-        return dev.peak_flops if dev else None
-    return None
-
-
-def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:
-    """Model FLOP utilisation: achieved model FLOP/s over the peak FLOP/s of the hardware used."""
-    if peak <= 0:
-        raise ConfigError(f"peak: must be positive, got {peak}")
-    return tokens_per_s * flops_per_token / peak
-
-
-@dataclass
-class TimeCost:
-    """Wall time and cost of ``flops`` on ``n_devices`` devices at a given MFU."""
-
-    flops: float
-    device: str
-    n_devices: int
-    mfu: float
-    seconds: float
-    device_hours: float
-    dollars: float
-    price: float
-
-    @property
-    def days(self) -> float:
-        return self.seconds / 86400
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "days": self.days}
-
-
-def _check_mfu(value: float) -> None:
-    if not 0 < value <= 1:
-        raise ConfigError(f"mfu: must be in (0, 1], got {value} (typical: 0.3-0.5 on GPUs)")
-
-
-def training_time(
-    flops: float, device: str | Device, n_devices: int = 1, mfu: float = 0.4, price: float | None = None
-) -> TimeCost:
-    """Wall time and cost of ``flops`` training FLOPs (``price`` per device-hour overrides the table)."""
-    dev = device if isinstance(device, Device) else lookup_device(device)
-    _check_mfu(mfu)
-    if n_devices <= 0:
-        raise ConfigError(f"gpus: must be positive, got {n_devices}")
-    seconds = flops / (n_devices * dev.peak_flops * mfu)
-    hours = seconds / 3600 * n_devices
-    price = dev.price if price is None else price
-    return TimeCost(
-        flops=flops,
-        device=dev.name,
-        n_devices=n_devices,
-        mfu=mfu,
-        seconds=seconds,
-        device_hours=hours,
-        dollars=hours * price,
-        price=price,
-    )
-
-
-def flops_for(device: str | Device, hours: float, n_devices: int = 1, mfu: float = 0.4) -> float:
-    """Training FLOPs that ``n_devices`` devices deliver in ``hours`` of wall time at ``mfu``."""
-    dev = device if isinstance(device, Device) else lookup_device(device)
-    _check_mfu(mfu)
-    return hours * 3600 * n_devices * dev.peak_flops * mfu
-
-
-# ---------------------------------------------------------------------------------------------
 # formatting
 # ---------------------------------------------------------------------------------------------
 
@@ -621,85 +449,3 @@ def human_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {suffix}"
     return f"{n:.0f} B"
-
-
-# ---------------------------------------------------------------------------------------------
-# one report per model (what `lmforge plan --model` prints)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelReport:
-    """Parameters, FLOPs, memory per device and (given tokens and a device) time and cost of a model."""
-
-    config: ModelConfig
-    params: ParamCount
-    flops: FlopCount
-    memory: list[MemoryEstimate]
-    tokens: float | None = None
-    time: TimeCost | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "params": self.params.to_dict(),
-            "flops": self.flops.to_dict(),
-            "memory": [m.to_dict() for m in self.memory],
-            "tokens": self.tokens,
-            "time": self.time.to_dict() if self.time else None,
-        }
-
-    def summary(self) -> str:
-        p, f, cfg = self.params, self.flops, self.config
-        lines = [
-            f"model: {cfg.arch}, {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads"
-            f" ({cfg.kv_heads} kv), ffn {cfg.ffn_dim} {cfg.activation}, vocab {cfg.vocab_size}",
-            f"parameters: {p.total:,} total, {p.non_embedding:,} non-embedding, {p.embedding:,} embedding",
-            *[f"  {k:<28} {v:>16,}" for k, v in p.breakdown.items()],
-            f"training FLOPs per token (sequence of {f.tokens}):",
-            f"  detailed (Chinchilla App. F)  {f.training_per_token:.4g}",
-            f"  6N                            {f.rule_6n_per_token:.4g}   (N = {p.compute:,} compute parameters)",
-            f"  6N + 12 L T d (PaLM)          {f.rule_6n_attention_per_token:.4g}",
-            f"  detailed / 6N                 {f.training_per_token / f.rule_6n_per_token:.3f}",
-            "memory per device (AdamW, fp32 master weights; activations of one micro-batch):",
-        ]
-        for m in self.memory:
-            ckpt = "checkpointing" if m.checkpointing else "no checkpointing"
-            lines.append(
-                f"  {m.strategy} x{m.world_size}, batch {m.micro_batch}, {ckpt:<16} "
-                f" {human_bytes(m.total):>11}"
-                f"  (states {human_bytes(m.weights + m.gradients + m.optimizer)},"
-                f" activations {human_bytes(m.activations)})"
-            )
-        if self.time:
-            t = self.time
-            lines.append(
-                f"training on {human(self.tokens)} tokens = {t.flops:.3g} FLOPs: {t.n_devices} x "
-                f"{t.device} at MFU {t.mfu:.0%}: {t.seconds / 3600:,.1f} h ({t.days:,.2f} days), "
-                f"{t.device_hours:,.0f} device-hours, ${t.dollars:,.0f} at ${t.price:.2f}/h"
-            )
-        return "\n".join(lines)
-
-
-def account(
-    cfg: ModelConfig,
-    seq_len: int | None = None,
-    micro_batch: int = 1,
-    world_size: int = 1,
-    tokens: float | None = None,
-    device: str | None = None,
-    mfu: float = 0.4,
-    price: float | None = None,
-    precision: str = "bf16",
-) -> ModelReport:
-    """Everything accounting knows about ``cfg``; memory under DDP and FSDP, with and without checkpointing."""
-    flops = count_flops(cfg, seq_len)
-    memory = [
-        estimate_memory(cfg, micro_batch, seq_len, world_size, strategy, ckpt, precision)
-        for strategy in ("ddp", "fsdp")
-        for ckpt in (False, True)
-    ]
-    time_cost = None
-    if tokens is not None and device is not None:
-        time_cost = training_time(tokens * flops.training_per_token, device, world_size, mfu, price)
-    return ModelReport(cfg, count_params(cfg), flops, memory, tokens, time_cost)

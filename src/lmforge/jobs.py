@@ -148,7 +148,8 @@ def measure_throughput(
     import torch
 
     from lmforge import device as dev
-    from lmforge.accounting import count_flops, count_params, device_peak
+    from lmforge.accounting import count_flops, count_params
+    from lmforge.hardware import device_peak
     from lmforge.models import build_model
     from lmforge.plan.throughput import Throughput, ThroughputPoint, machine_id
     from lmforge.train import distributed as D
@@ -216,7 +217,7 @@ def machine_throughput(
 
     import torch
 
-    from lmforge.accounting import device_peak
+    from lmforge.hardware import device_peak
     from lmforge.plan.throughput import (
         cached_peak,
         fixed_throughput,

@@ -39,10 +39,10 @@ def run(args) -> None:
     import torch
 
     from lmforge import device as dev
-    from lmforge.accounting import device_peak
     from lmforge.bench import format_table, system_info, write_report
     from lmforge.bench.cases import bench_device, check_int8, run_case_named, select_cases
     from lmforge.bench.harness import LoadMonitor
+    from lmforge.hardware import device_peak
 
     device, dtype = bench_device(args.device, args.dtype)
     cases = select_cases(args.cases, device)

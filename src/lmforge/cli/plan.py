@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from lmforge.accounting import DEVICES, account
 from lmforge.cli.common import model_config_arg
 from lmforge.errors import ConfigError
+from lmforge.hardware import DEVICES
 from lmforge.plan import LAWS, allocate, describe
 from lmforge.plan.laws import LAW_NOTES
+from lmforge.plan.report import account
 
 COMMAND = "plan"
 HELP = "how large a model, on how many tokens, for a budget (FLOPs, device-hours or dollars); or account one model"

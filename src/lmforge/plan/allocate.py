@@ -32,19 +32,16 @@ from lmforge.accounting import (
     GiB,
     MemoryEstimate,
     ParamCount,
-    TimeCost,
     count_flops,
     count_params,
-    device_from_cuda_name,
     estimate_memory,
     human,
     human_bytes,
     human_duration,
-    lookup_device,
-    training_time,
 )
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
+from lmforge.hardware import TimeCost, device_from_cuda_name, lookup_device, training_time
 from lmforge.plan.budget import Budget, check_positive, resolve_budget
 from lmforge.plan.fit import E_COLLAPSED
 from lmforge.plan.laws import LAW_NOTES, Law, ParametricLaw, describe, load_law

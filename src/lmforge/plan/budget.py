@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lmforge.accounting import flops_for, lookup_device, training_time
 from lmforge.errors import ConfigError
+from lmforge.hardware import flops_for, lookup_device, training_time
 
 
 @dataclass

@@ -141,7 +141,7 @@ class Reporter:
     def _peak_flops(self) -> float | None:
         """train.peak_flops, else the device's known peak (None: unknown)."""
         if self._peak is None:
-            from lmforge.accounting import device_peak
+            from lmforge.hardware import device_peak
 
             self._peak = device_peak(self.device) or 0.0
         return self._peak or None
