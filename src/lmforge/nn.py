@@ -4,6 +4,10 @@ Read top-down: positions -> norms -> attention (with its KV cache and masks) -> 
 the residual block -> the stack (embeddings + blocks + final norm) that every model is built on.
 
 Shapes: B batch, T query length, S key length, C = d_model, H heads, K key/value heads, D head size.
+
+One file (about 550 lines) on purpose: every family's forward runs through these parts in this
+order, and reading them in one sitting, as nanoGPT's ``model.py``, is the point; the CPU fast
+decode step that mirrors them (:mod:`lmforge.models.fast_decode`) is tested against them.
 """
 
 from __future__ import annotations

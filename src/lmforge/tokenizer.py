@@ -20,6 +20,10 @@ normalises whitespace and Unigram maps unseen characters to ``<unk>``. Python st
 lone surrogates, which are not Unicode scalar values and cannot be UTF-8 encoded: ``encode``
 refuses them (``errors="strict"``, a :class:`~lmforge.errors.DataError`) or replaces each with
 U+FFFD (``errors="replace"``); the policies and the reading of files live in :mod:`lmforge.text`.
+
+One module (about 560 lines): training, loading and the fast byte-level encode path share the
+conventions of the HF spec (each kind's special tokens, sentinels, the canonical Unigram order),
+and the fast path must split text exactly as the trained tokenizer does (tested against it).
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ And a budget in wall time on a measured machine (``hours`` with a ``throughput``
 (:func:`time_optimal`). Where MFU does not depend on N this is the compute-optimal answer for the
 FLOPs the time buys; where small models run at lower MFU, the time-optimal model is larger than
 the compute-optimal one of the same FLOPs (see :func:`time_optimal`).
+
+About 580 lines: :func:`allocate` and its answer (:class:`Allocation`, whose ``summary()`` is
+the text ``lmforge plan`` prints, about 100 lines) stay together so that every figure the
+planner computes is printed from the field that holds it; budgets (:mod:`lmforge.plan.budget`)
+and the inference-aware and time-optimal variants (:mod:`lmforge.plan.variants`) are their own
+modules.
 """
 
 from __future__ import annotations
