@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from lmforge.config import MODEL_PRESETS, ModelConfig
 from lmforge.errors import ConfigError
+from lmforge.text import ERRORS
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:
@@ -50,6 +51,16 @@ def resolve_model_config(preset: str | None, config: str | None) -> ModelConfig:
 def model_config_arg(spec: str) -> ModelConfig:
     """The model config of one argument that may be a preset name, a config file or a directory."""
     return resolve_model_config(spec if spec in MODEL_PRESETS else None, spec)
+
+
+def add_encoding_errors_argument(p, what: str = "") -> None:
+    """``--encoding-errors strict|replace``: what invalid UTF-8 in the input does."""
+    p.add_argument(
+        "--encoding-errors",
+        choices=ERRORS,
+        default="strict",
+        help=f"invalid UTF-8{what}: fail (strict) or read it as U+FFFD (replace)",
+    )
 
 
 def add_device_arguments(p, dtype: bool = True) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from lmforge.cli.common import add_encoding_errors_argument
 from lmforge.data.shards import prepare
-from lmforge.text import ERRORS
 from lmforge.tokenizer import KINDS
 
 COMMAND = "prepare"
@@ -43,12 +43,7 @@ def add_arguments(parser) -> None:
         help="fraction of documents held out for validation, for sources other than shakespeare (default 0.1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation choice (default 0)")
-    parser.add_argument(
-        "--encoding-errors",
-        choices=ERRORS,
-        default="strict",
-        help="invalid UTF-8: fail (strict) or read it as U+FFFD (replace)",
-    )
+    add_encoding_errors_argument(parser)
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

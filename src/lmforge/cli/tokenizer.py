@@ -7,9 +7,10 @@ import re
 import sys
 import time
 
+from lmforge.cli.common import add_encoding_errors_argument
 from lmforge.data.corpus import load_splits
 from lmforge.errors import ConfigError, DataError
-from lmforge.text import ERRORS, read_text
+from lmforge.text import read_text
 from lmforge.tokenizer import KINDS, load_tokenizer, train_tokenizer
 
 COMMAND = "tokenizer"
@@ -41,12 +42,7 @@ def add_arguments(parser) -> None:
         default=None,
         help="add <extra_id_0..N-1> for span corruption (default: 100 for unigram, else 0)",
     )
-    train.add_argument(
-        "--encoding-errors",
-        choices=ERRORS,
-        default="strict",
-        help="invalid UTF-8 in the input: fail (strict) or read it as U+FFFD (replace)",
-    )
+    add_encoding_errors_argument(train, " in the input")
     train.add_argument("--out", required=True, help="output tokenizer.json (or a folder to write it into)")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
 
