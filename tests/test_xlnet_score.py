@@ -74,3 +74,32 @@ def test_what_xlnet_does_not_do_is_refused_by_name(model):
 
     with pytest.raises(LMForgeError, match="XLNet"):
         generate_ids(model, torch.tensor([[1, 2, 3]]), max_new_tokens=2)
+
+
+def test_hidden_token_metrics_never_see_the_hidden_tokens(model):
+    """The masked LM's test on an XLNet: hidden positions are predicted from the others only, so
+    changing the hidden tokens' values leaves the logits at the hidden positions unchanged."""
+    import numpy as np
+
+    from lmforge.train.objective_metrics import hidden_token_metrics
+
+    rng = np.random.default_rng(0)
+    stream = rng.integers(0, 40, size=16 * 12)
+    m = hidden_token_metrics(model, stream, 16, frequent_id=3, seed=5)
+    assert 0 <= m["hidden_accuracy"] <= 1 and 0 <= m["hidden_baseline"] <= 1
+    # the same hidden positions as the metric draws (same seed), their tokens changed
+    P = round(0.15 * 16)
+    hid_rng = np.random.default_rng(5)
+    rows = stream.reshape(12, 16).copy()
+    hidden = [np.sort(hid_rng.choice(16, P, replace=False)) for _ in range(12)]
+    predictions = []
+    for variant in range(2):
+        x = rows.copy()
+        if variant:
+            for r, h in enumerate(hidden):
+                x[r, h] = (x[r, h] + 1 + rng.integers(0, 38, size=P)) % 40
+        tm = torch.nn.functional.one_hot(torch.from_numpy(np.stack(hidden)), 16).float()
+        perm = tm.amax(1, keepdim=True).expand(12, 16, 16)
+        with torch.no_grad():
+            predictions.append(model.eval()(torch.from_numpy(x), perm_mask=perm, target_mapping=tm).logits)
+    torch.testing.assert_close(predictions[0], predictions[1], rtol=0, atol=1e-5)

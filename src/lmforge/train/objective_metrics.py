@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.nn import eval_mode
 from lmforge.train.batches import MetricFn, lm_metrics
 
 
@@ -128,14 +129,47 @@ def left_to_right_metrics(
     starts = range(0, len(stream) - seq_len + 1, seq_len - 1)
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(0, len(starts), batch_size):
             rows = np.stack([stream[s : s + seq_len] for s in starts[i : i + batch_size]])
             lp = order_logprobs(model, torch.from_numpy(rows).to(device))
             total, count = total - float(lp.double().sum()), count + lp.numel()
-    finally:
-        model.train(was_training)
     loss = total / max(count, 1)
     return {"l2r_loss": loss, "l2r_bpb": loss * tokens_per_byte / float(np.log(2)), "l2r_tokens": float(count)}
+
+
+@torch.no_grad()
+def hidden_token_metrics(
+    model: Any,
+    tokens: np.ndarray,
+    seq_len: int,
+    frequent_id: int,
+    rate: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """An XLNet on the masked LM's test: in each non-overlapping held-out window, ``rate`` of the
+    positions (BERT's 15%) are hidden from every position and predicted from all the others, as an
+    encoder predicts its [MASK] positions. ``hidden_accuracy``: top-1 accuracy there;
+    ``hidden_baseline``: always answering ``frequent_id`` (the most frequent training token)."""
+    stream = np.asarray(tokens, dtype=np.int64)
+    n_rows = len(stream) // seq_len
+    rows_all = stream[: n_rows * seq_len].reshape(n_rows, seq_len)
+    P = max(1, round(rate * seq_len))
+    rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
+    right = baseline = total = 0
+    with eval_mode(model):
+        for i in range(0, n_rows, batch_size):
+            ids = torch.from_numpy(rows_all[i : i + batch_size]).to(device)  # (B, T)
+            B = ids.shape[0]
+            hidden = torch.from_numpy(np.stack([np.sort(rng.choice(seq_len, P, replace=False)) for _ in range(B)]))
+            hidden = hidden.to(device)  # (B, P)
+            target_mapping = torch.nn.functional.one_hot(hidden, seq_len).float()  # (B, P, T)
+            perm_mask = target_mapping.amax(1, keepdim=True).expand(B, seq_len, seq_len)  # nobody sees a hidden one
+            gold = ids.gather(1, hidden)
+            pred = model(ids, perm_mask=perm_mask, target_mapping=target_mapping).logits.argmax(-1)
+            right += int((pred == gold).sum())
+            baseline += int((gold == frequent_id).sum())
+            total += gold.numel()
+    return {"hidden_accuracy": right / total, "hidden_baseline": baseline / total}

@@ -28,7 +28,12 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.config import RunConfig, TrainConfig
 from lmforge.train.engine import FitResult, Trainer
-from lmforge.train.objective_metrics import left_to_right_metrics, objective_metrics
+from lmforge.train.objective_metrics import (
+    hidden_token_metrics,
+    left_to_right_metrics,
+    most_frequent_token,
+    objective_metrics,
+)
 from lmforge.train.rundir import RunDir
 
 
@@ -312,6 +317,13 @@ def pretrain(
         if cfg.data.objective == "plm" and not result.stopped_by:  # XLNet's causal score, as a decoder's
             m = left_to_right_metrics(trainer.model, dataset.split("val"), cfg.data.seq_len, tokens_per_byte(dataset))
             say(f"left to right on {int(m.pop('l2r_tokens')):,} held-out tokens: {m['l2r_bpb']:.4f} bits per byte")
+            result.metrics.update(m)
+            frequent = most_frequent_token(dataset.split("train"), tokenizer.vocab_size, tokenizer.special_ids)
+            m = hidden_token_metrics(trainer.model, dataset.split("val"), cfg.data.seq_len, frequent)
+            say(
+                f"15% of held-out positions hidden, predicted from the rest (the masked LM's test): accuracy "
+                f"{m['hidden_accuracy']:.4f}, most frequent token {m['hidden_baseline']:.4f}"
+            )
             result.metrics.update(m)
     finally:
         D.teardown()
