@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lmforge.bench.harness import interleave
 from lmforge.cli.main import main
 
@@ -22,6 +24,11 @@ def test_smoke_run_writes_a_report(tmp_path, capsys):
     assert checks["train smoke (1x32, T16, B2)"] == "|dloss| 0.0e+00"
     assert all(c == "identical tokens" for n, c in checks.items() if n.startswith("generate"))
     assert float(checks["score 4x32"].split()[-1]) <= 1e-4
+    floors = {r["name"]: r for r in report["results"] if r["name"].startswith("decode step vs matmul floor")}
+    assert sorted(floors) == ["decode step vs matmul floor, batch 1", "decode step vs matmul floor, batch 8"]
+    for r in floors.values():  # the floor's time and the step's, as measured (no timing assertion)
+        assert r["notes"]["floor_s"] > 0 and r["notes"]["step_s"] > 0
+        assert r["ratio"] == pytest.approx(r["notes"]["floor_s"] / r["notes"]["step_s"])
     assert "ratio" in capsys.readouterr().out
 
 

@@ -82,6 +82,7 @@ def run_case_named(
             return out
         new_tokens = 8 if smoke else 200
         out = [inference.generation_case(ours, hf, b, new_tokens=new_tokens, rounds=rounds, peak=peak) for b in (1, 8)]
+        out += [inference.floor_case(g, ours, b) for g, b in zip(out, (1, 8))]
         if int8:  # batch 1 with the head in int8 and in fp32, batch 8 with it in int8
             out += [
                 inference.int8_generation_case(ours, b, head, new_tokens=new_tokens, rounds=rounds, peak=peak)

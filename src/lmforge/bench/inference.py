@@ -1,7 +1,8 @@
 """Generation and scoring cases: lmforge vs HF transformers on the same random GPT-2 weights.
 
 Generation is greedy with the KV cache (a 16-token prompt, 200 new tokens); the check is that the
-tokens are identical. Scoring computes every token's log-probability of 32 x 256 tokens; the check
+tokens are identical, and the step time is printed as a multiple of the decode floor
+(:func:`decode_floor`: the step's matrix products alone, in the fastest layout found). Scoring computes every token's log-probability of 32 x 256 tokens; the check
 is the largest log-probability difference.
 """
 
@@ -80,6 +81,66 @@ def generation_case(
         peak=peak,
         check=check,
     )
+
+
+def floor_case(generation: CaseResult, model, batch: int) -> CaseResult:
+    """lmforge's decode step (from a :func:`generation_case` of the same batch) against the
+    weight-streaming floor measured now: ratio = floor time / step time (1.0 is the floor)."""
+    floor = decode_floor(model, batch)
+    step = batch / generation.ours_rate  # seconds per decode step (one token per row)
+    return CaseResult(
+        f"decode step vs matmul floor, batch {batch}",
+        "steps",
+        1 / step,
+        1 / floor["seconds"],
+        floor["seconds"] / step,
+        check=f"step {1e3 * step:.2f} ms = {step / floor['seconds']:.2f}x the floor ({1e3 * floor['seconds']:.2f} ms, {floor['layout']})",
+        notes={"reference": "the step's matrix products alone", "step_s": step, "floor_s": floor["seconds"]},
+    )
+
+
+def decode_floor(model, batch: int, steps: int = 50, rounds: int = 5) -> dict:
+    """The weight-streaming floor of one decode step: the step's matrix products alone (every
+    linear layer of the blocks and the head, on a (batch, in) input), no attention over the cache,
+    norms, activations or Python around them, in the fastest of the layouts tried: the weights as
+    stored (``F.linear``), pre-transposed (``x @ W``), and on a CPU as the left operand
+    (``W @ x^T``) and re-laid out by oneDNN for ``batch`` rows. Median seconds per step."""
+    import statistics
+    import time
+
+    import torch.nn.functional as F
+
+    from lmforge.models.fast_decode import few_rows_linear, onednn_linear
+
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    device, dtype = weights[0].device, weights[0].dtype
+    inputs = [torch.randn(batch, w.shape[1], device=device, dtype=dtype) for w in weights]
+    transposed = [w.t().contiguous() for w in weights]
+    layouts = {
+        "F.linear (out, in)": lambda: [F.linear(x, w) for x, w in zip(inputs, weights)],
+        "x @ W (in, out)": lambda: [x @ w for x, w in zip(inputs, transposed)],
+    }
+    if device.type == "cpu":  # the layouts lmforge's CPU decode step itself chooses from
+        layouts["W @ x^T"] = lambda: [few_rows_linear(x, w, None) for x, w in zip(inputs, weights)]
+        packed = onednn_linear(weights, batch)
+        if packed is not None:
+            layouts["oneDNN blocked"] = lambda: [packed(x, w, None) for x, w in zip(inputs, weights)]
+    best = None
+    with torch.inference_mode():
+        for name, step in layouts.items():
+            step()  # warm-up
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append((time.perf_counter() - t0) / steps)
+            t = statistics.median(times)
+            if best is None or t < best["seconds"]:
+                best = {"seconds": t, "layout": name}
+    return best
 
 
 def scoring_case(
