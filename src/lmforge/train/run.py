@@ -314,17 +314,8 @@ def pretrain(
             result.metrics.update(
                 _greedy_span_metrics(fill_spans, trainer, tokenizer, eval_batches, cfg.train.eval_batches, say)
             )
-        if cfg.data.objective == "plm" and not result.stopped_by:  # XLNet's causal score, as a decoder's
-            m = left_to_right_metrics(trainer.model, dataset.split("val"), cfg.data.seq_len, tokens_per_byte(dataset))
-            say(f"left to right on {int(m.pop('l2r_tokens')):,} held-out tokens: {m['l2r_bpb']:.4f} bits per byte")
-            result.metrics.update(m)
-            frequent = most_frequent_token(dataset.split("train"), tokenizer.vocab_size, tokenizer.special_ids)
-            m = hidden_token_metrics(trainer.model, dataset.split("val"), cfg.data.seq_len, frequent)
-            say(
-                f"15% of held-out positions hidden, predicted from the rest (the masked LM's test): accuracy "
-                f"{m['hidden_accuracy']:.4f}, most frequent token {m['hidden_baseline']:.4f}"
-            )
-            result.metrics.update(m)
+        if cfg.data.objective == "plm" and not result.stopped_by:
+            result.metrics.update(_xlnet_held_out_metrics(trainer.model, dataset, cfg.data.seq_len, tokenizer, say))
     finally:
         D.teardown()
     if info.is_main and not result.stopped_by:
@@ -348,6 +339,22 @@ def _greedy_span_metrics(
         m = fill_spans(model, tokenizer, eval_batches(max_batches or None))
     say(f"greedy span filling on {int(m['spans']):,} held-out spans: exact match {m['span_exact_match']:.4f}")
     return {"span_exact_match": m["span_exact_match"]}
+
+
+def _xlnet_held_out_metrics(model, dataset, seq_len: int, tokenizer, say: Callable[[str], None]) -> dict[str, float]:
+    """The permutation LM's final checks on the held-out split: the left-to-right score (a causal
+    score, in a decoder's bits per byte) and the masked LM's test (15% hidden, predicted from the
+    rest), beside always answering the most frequent training token."""
+    held_out = dataset.split("val")
+    m = left_to_right_metrics(model, held_out, seq_len, tokens_per_byte(dataset))
+    say(f"left to right on {int(m.pop('l2r_tokens')):,} held-out tokens: {m['l2r_bpb']:.4f} bits per byte")
+    frequent = most_frequent_token(dataset.split("train"), tokenizer.vocab_size, tokenizer.special_ids)
+    hidden = hidden_token_metrics(model, held_out, seq_len, frequent)
+    say(
+        f"15% of held-out positions hidden, predicted from the rest (the masked LM's test): accuracy "
+        f"{hidden['hidden_accuracy']:.4f}, most frequent token {hidden['hidden_baseline']:.4f}"
+    )
+    return {**m, **hidden}
 
 
 def _write_config(cfg: RunConfig, path: Path) -> None:
