@@ -1,4 +1,4 @@
-"""Weight-only int8 inference (lmforge.models.quant, ``--dtype int8``): the quantised weights, and
+"""int8 inference (lmforge.models.quant, ``--dtype int8``): the quantised weights, and
 int8 outputs against fp32 within stated tolerances.
 
 Tolerances (per-channel symmetric int8 moves each weight by at most half its row's scale, 1/254 of
@@ -6,7 +6,8 @@ the row's largest entry): logits within 2% of the largest fp32 logit (about 0.5%
 models); per-token log-probabilities within 0.05 nats, bits per byte of a text within 0.01 (the
 issue's bound); greedy tokens of a trained tiny model equal to fp32's (its fp32 top-1 margins are
 far above the logit error). The kernel itself (torch's int8 matmul) equals F.linear on the
-dequantised weight up to float rounding.
+dequantised weight up to float rounding; fbgemm's dynamic kernel (a decode step's few fp32 rows)
+within the rounding of its 8-bit activations.
 """
 
 import copy
@@ -22,7 +23,16 @@ from lmforge.infer import decoder_token_logprobs, generate_ids, load_for_inferen
 from lmforge.infer.prompts import pad_batch
 from lmforge.models import build_model, save_model
 from lmforge.models.fast_decode import FastDecodeStep
-from lmforge.models.quant import Int8Linear, Int8LMHead, int8_linear, is_quantized, quantize_int8, quantize_weight
+from lmforge.models.quant import (
+    KERNEL_MAX_ROWS,
+    Int8Linear,
+    Int8LMHead,
+    _reduce_range,
+    int8_linear,
+    is_quantized,
+    quantize_int8,
+    quantize_weight,
+)
 from lmforge.nn import LMHead
 
 TEXT = "the quick brown fox jumps over the lazy dog. a stitch in time saves nine. "
@@ -85,10 +95,14 @@ def test_int8_kernel_equals_f_linear_on_the_dequantised_weight():
     assert layer.qweight.dtype == torch.int8 and layer.qweight.shape == (40, 24) and layer.scale.shape == (40,)
     assert not list(layer.parameters())  # buffers only: nothing here trains
     w = layer.dequantized()
+    # the weight-only kernel (no packed weight) and the many-rows path: the dequantised product
     for x in (torch.randn(5, 24), torch.randn(2, 3, 24), torch.randn(24, 4).t(), torch.randn(0, 24)):
-        assert torch.allclose(layer(x), F.linear(x, w, lin.bias), rtol=1e-5, atol=1e-5)
+        got = int8_linear(x, layer.qweight, layer.scale, layer.bias)
+        assert torch.allclose(got, F.linear(x, w, lin.bias), rtol=1e-5, atol=1e-5)
     x = torch.randn(3, 24)
     assert torch.allclose(int8_linear(x, layer.qweight, layer.scale, None), x @ w.t(), rtol=1e-5, atol=1e-5)
+    x = torch.randn(KERNEL_MAX_ROWS + 1, 24)
+    assert torch.allclose(layer(x), F.linear(x, w, lin.bias), rtol=1e-5, atol=1e-5)
     # in bf16 (the scales follow the model's dtype, q stays int8); 24 input features take the fp32
     # detour around the kernel's bf16 crash, 32 the kernel's own bf16 path
     for k in (24, 32):
@@ -98,6 +112,29 @@ def test_int8_kernel_equals_f_linear_on_the_dequantised_weight():
         x = torch.randn(4, k)
         assert half(x.bfloat16()).dtype == torch.bfloat16
         assert (half(x.bfloat16()).float() - fp32(x)).abs().max() < 0.05
+
+
+def test_dynamic_int8_kernel_is_within_the_activation_rounding_of_the_dequantised_product():
+    """A few fp32 rows go through fbgemm's dynamic kernel: the activations rounded to 8 bits (one
+    step of (max - min) / 255 over the call, 7 bits without VNNI), so output n is off by at most half
+    a step times sum_k |w[n, k]| (the weights are the same int8 values), plus float rounding."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    layer = Int8Linear.from_linear(lin)
+    if layer.packed is None:
+        pytest.skip("this torch build's quantised engine cannot pack int8 weights (the weight-only kernel is used)")
+    w = layer.dequantized()
+    for x in (torch.randn(1, 64), torch.randn(2, 3, 64), torch.randn(KERNEL_MAX_ROWS, 64)):
+        step = float(x.max().clamp(min=0) - x.min().clamp(max=0)) / (127 if _reduce_range() else 255)
+        bound = step / 2 * w.abs().sum(dim=1) + 1e-4
+        err = (layer(x) - F.linear(x, w, lin.bias)).abs().reshape(-1, 48)
+        assert bool((err <= bound).all()), float((err - bound).max())
+        assert not torch.equal(layer(x), F.linear(x, w, lin.bias))  # it is the int8 kernel
+    # a load_state_dict (new weights in the same buffers) repacks
+    other = Int8Linear.from_linear(torch.nn.Linear(64, 48))
+    layer.load_state_dict(other.state_dict())
+    x = torch.randn(2, 64)
+    assert torch.equal(layer(x), other(x))
 
 
 @pytest.mark.parametrize("include_head", [True, False])

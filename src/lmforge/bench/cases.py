@@ -53,7 +53,7 @@ def check_int8(device, dtype) -> None:
     import torch
 
     if device.type != "cpu" or dtype != torch.float32:
-        raise ConfigError("--int8: weight-only int8 is timed on the CPU against fp32; use --device cpu --dtype fp32")
+        raise ConfigError("--int8: int8 is timed on the CPU against fp32; use --device cpu --dtype fp32")
 
 
 def run_case_named(

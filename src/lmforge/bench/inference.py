@@ -177,7 +177,7 @@ def scoring_case(
 
 
 # ----------------------------------------------------------------------------------------------
-# int8 (``lmforge bench --int8``): weight-only int8 against lmforge fp32, on the CPU
+# int8 (``lmforge bench --int8``): int8 against lmforge fp32, on the CPU
 
 
 def int8_generation_case(

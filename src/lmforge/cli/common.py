@@ -70,7 +70,7 @@ def add_device_arguments(p, dtype: bool = True) -> None:
         p.add_argument(
             "--dtype",
             default="fp32",
-            help="fp32 (default) | bf16 | fp16 | int8 (weight-only int8 on the CPU, per-channel scales)",
+            help="fp32 (default) | bf16 | fp16 | int8 (int8 weights on the CPU, per-channel scales)",
         )
 
 

@@ -27,7 +27,7 @@ def load_for_inference(path: str | Path, device: str = "auto", dtype: str | None
     (converted on the fly; :func:`lmforge.modeldir.load`), on ``device``, in eval mode.
 
     ``dtype``: None / fp32 (as stored), bf16, fp16, auto (bf16 on a GPU, else fp32), or int8:
-    weight-only int8 on the CPU (:func:`lmforge.models.quant.quantize_int8`; the output head too
+    int8 weights on the CPU (:func:`lmforge.models.quant.quantize_int8`; the output head too
     unless not ``int8_head``; a ``device`` of auto is then the CPU, another device is refused)."""
     import torch
 
@@ -38,7 +38,7 @@ def load_for_inference(path: str | Path, device: str = "auto", dtype: str | None
     if int8:
         if device != "auto" and resolve_device(device).type != "cpu":
             raise ConfigError(
-                f"--dtype int8: weight-only int8 runs on the CPU only, not {device}; use --device cpu (or bf16 on a GPU)"
+                f"--dtype int8: int8 runs on the CPU only, not {device}; use --device cpu (or bf16 on a GPU)"
             )
         device = "cpu"
     dev = resolve_device(device)

@@ -87,21 +87,22 @@ class Int8Weight(NamedTuple):
 
     q: torch.Tensor
     scale: torch.Tensor
+    packed: object  # fbgemm's packed weight, bias included (None: the weight-only kernel)
 
 
 def _bind(linear: nn.Module) -> tuple[torch.Tensor | Int8Weight, torch.Tensor | None]:
     """(weight, bias) of a linear layer: an int8 layer's weight as an :class:`Int8Weight`."""
     if isinstance(linear, Int8Linear):
-        return Int8Weight(linear.qweight, linear.scale), linear.bias
+        return Int8Weight(linear.qweight, linear.scale, linear.packed), linear.bias
     return linear.weight, linear.bias
 
 
 def with_int8(linear):
-    """The step's matmul ``linear`` with int8 weights (:class:`Int8Weight`) sent to torch's int8 kernel."""
+    """The step's matmul ``linear`` with int8 weights (:class:`Int8Weight`) sent to torch's int8 kernels."""
 
     def mixed(x: torch.Tensor, w, b: torch.Tensor | None) -> torch.Tensor:
         if type(w) is Int8Weight:
-            return int8_linear(x, w.q, w.scale, b)
+            return int8_linear(x, w.q, w.scale, b, w.packed)
         return linear(x, w, b)
 
     return mixed
@@ -113,7 +114,7 @@ class FastDecodeStep:
     as ``model(tokens[:, None], cache=cache, ...)``, at a fraction of the Python overhead per step;
     on a CPU with few rows the matmuls take :func:`onednn_linear`, else :func:`few_rows_linear`
     (the same numbers up to float rounding); int8 layers (:func:`~lmforge.models.quant.quantize_int8`)
-    take torch's int8 kernel, as their own forward does. Used only when the model is made of the
+    take torch's int8 kernels, as their own forward does. Used only when the model is made of the
     stock modules (no LoRA or other wrapped layers, no hooks); anything else takes the ordinary
     forward.
 
@@ -186,7 +187,7 @@ class FastDecodeStep:
 
     def _linear(self, tokens: torch.Tensor):
         """The matmul of a step: on a CPU with few rows, oneDNN on weights laid out for that many
-        rows (else W @ x^T); ``F.linear`` elsewhere; int8 weights through torch's int8 kernel."""
+        rows (else W @ x^T); ``F.linear`` elsewhere; int8 weights through torch's int8 kernels."""
         B = tokens.shape[0]
         if B not in self._linears:
             if tokens.device.type != "cpu" or B > FEW_ROWS or not self.weights:

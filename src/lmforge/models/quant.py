@@ -1,20 +1,33 @@
-"""Weight-only int8 inference on the CPU: linear layers whose weights are int8 with one scale per
-output channel (:class:`Int8Linear`), put in place of a model's ``nn.Linear`` s by
-:func:`quantize_int8` (what ``--dtype int8`` does to a loaded model).
+"""int8 inference on the CPU: linear layers whose weights are int8 with one scale per output
+channel (:class:`Int8Linear`), put in place of a model's ``nn.Linear`` s by :func:`quantize_int8`
+(what ``--dtype int8`` does to a loaded model).
 
 Why: decoding a few rows at a time is bound by reading the weights, once per step, from memory;
-int8 weights are a quarter of the bytes of fp32 ones. Activations stay in the model's float dtype
-(weight-only): each output channel ``n`` keeps ``w[n, :] ~= scale[n] * q[n, :]`` with ``q`` in
-[-127, 127] and ``scale[n] = max_k |w[n, k]| / 127`` (symmetric, round to nearest), so an entry is
-off by at most ``scale[n] / 2``.
+int8 weights are a quarter of the bytes of fp32 ones. Each output channel ``n`` keeps
+``w[n, :] ~= scale[n] * q[n, :]`` with ``q`` in [-127, 127] and ``scale[n] = max_k |w[n, k]| / 127``
+(symmetric, round to nearest), so an entry is off by at most ``scale[n] / 2``.
 
-The matmul is torch's own int8 weight-only kernel, ``aten._weight_int8pack_mm`` (int8 (N, K)
-weight, (N,) scales in the activations' dtype (fp32, fp16 or bf16), a 2-D input contiguous in its
-last dimension; it dequantises on the fly and sums in float). It has no backward: a quantised
-model is for inference.
+Two kernels, both torch's own:
+
+- **the few rows of a decode step** (fp32 activations, at most ``KERNEL_MAX_ROWS`` rows): fbgemm's
+  dynamically quantised linear (``quantized.linear_dynamic``, the kernel of
+  ``torch.ao.quantization.quantize_dynamic``): the activations are quantised to 8 bits on the fly
+  (one scale per call, from the rows' range), multiplied in int8 with int32 sums, and scaled back.
+  It is 3x faster than an fp32 matmul at batch 1 here, where the weight-only kernel below is 3x
+  slower (docs/inference.md). CPUs without VNNI instructions sum pairs of products in 16 bits, so
+  there the activations use 7 bits (fbgemm's ``reduce_range``) to stay clear of overflow.
+- **everything else** (bf16 activations, or a torch build whose quantised engine cannot pack the
+  weight): torch's weight-only kernel ``aten._weight_int8pack_mm`` (int8 (N, K) weight, (N,)
+  scales in the activations' dtype; it dequantises on the fly and sums in float); and for many
+  rows (a prefill, a scoring pass) the dequantised weight in a float matmul, the same product.
+
+Nothing here has a backward: a quantised model is for inference.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -42,17 +55,51 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.to(w.dtype)
 
 
-# rows (tokens in the batch) up to which the int8 kernel is used; more go through a dequantised matmul
+# rows (tokens in the batch) up to which the int8 kernels are used; more go through a dequantised matmul
 KERNEL_MAX_ROWS = 32
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, scale[:, None] * q, bias)`` through torch's int8 weight-only kernel, for any
-    leading shape of ``x``."""
+@functools.cache
+def _reduce_range() -> bool:
+    """fbgemm's 7-bit activations: needed unless the CPU has VNNI (int8 dot products summed in 32 bits)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return not ("avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags)
+
+
+def pack_for_dynamic(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """fbgemm's packed form of the int8 weight ``q`` (N, K) with per-channel ``scale``: what
+    ``quantized.linear_dynamic`` multiplies by, the same int8 values; None where the build's
+    quantised engine cannot pack it (then the weight-only kernel is used)."""
+    if q.device.type != "cpu":
+        return None
+    try:
+        with warnings.catch_warnings():  # torch warns that quantised tensors will move out of torch
+            warnings.simplefilter("ignore")
+            zero = torch.zeros(q.shape[0], dtype=torch.long)
+            weight = torch._make_per_channel_quantized_tensor(q, scale.detach().double(), zero, 0)
+            return torch.ops.quantized.linear_prepack(weight, None if bias is None else bias.detach().float())
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+
+
+def int8_linear(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, packed=None
+) -> torch.Tensor:
+    """``F.linear(x, scale[:, None] * q, bias)`` with int8 weights, for any leading shape of ``x``:
+    a few fp32 rows through fbgemm's dynamic int8 kernel when ``packed`` (:func:`pack_for_dynamic`,
+    the bias included) is given, else through torch's weight-only kernel; many rows through the
+    dequantised weight."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    if packed is not None and x2.dtype == torch.float32 and x2.shape[0] <= KERNEL_MAX_ROWS:
+        y = torch.ops.quantized.linear_dynamic(x2, packed, _reduce_range())
+        return y.reshape(*shape[:-1], q.shape[0])
     if x2.shape[0] > KERNEL_MAX_ROWS:
         # a prefill or a scoring pass: the kernel is built for the few rows of a decode step and runs
         # ~20x slower than a float matmul here, so dequantise (the same product) for many rows
@@ -96,8 +143,19 @@ class Int8Linear(nn.Module):
         """The (out, in) float weight this layer computes with, ``scale[:, None] * q``."""
         return self.scale[:, None] * self.qweight.to(self.scale.dtype)
 
+    @property
+    def packed(self):
+        """The weight packed for fbgemm's dynamic kernel (:func:`pack_for_dynamic`), built on first
+        use and again whenever the buffers have changed (a ``load_state_dict``, a ``.to``)."""
+        key = (self.qweight.data_ptr(), self.qweight._version, self.scale.data_ptr(), self.scale._version)
+        if self.bias is not None:
+            key += (self.bias.data_ptr(), self.bias._version)
+        if getattr(self, "_packed_key", None) != key:
+            self._packed, self._packed_key = pack_for_dynamic(self.qweight, self.scale, self.bias), key
+        return self._packed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.qweight, self.scale, self.bias)
+        return int8_linear(x, self.qweight, self.scale, self.bias, self.packed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
@@ -139,7 +197,7 @@ def quantize_int8(model: nn.Module, include_head: bool = True) -> nn.Module:
     devices = {t.device.type for t in [*model.parameters(), *model.buffers()]}
     if devices - {"cpu"}:
         raise ConfigError(
-            f"dtype int8: weight-only int8 runs on the CPU only, this model is on {', '.join(sorted(devices - {'cpu'}))}; "
+            f"dtype int8: int8 runs on the CPU only, this model is on {', '.join(sorted(devices - {'cpu'}))}; "
             "use --device cpu (or bf16 on a GPU)"
         )
     if int8_kernel() is None:
