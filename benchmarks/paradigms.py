@@ -35,12 +35,19 @@ import lmforge.finetune as ft
 from lmforge.finetune.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parent
-PRESETS = {"decoder": "shakespeare-gpt", "encoder": "shakespeare-bert", "encoder-decoder": "shakespeare-t5"}
+PRESETS = {
+    "decoder": "shakespeare-gpt",
+    "encoder": "shakespeare-bert",
+    "encoder-decoder": "shakespeare-t5",
+    "permutation LM": "shakespeare-xlnet",
+}
 PRETRAINING_METRICS = {
     "decoder": ("bpb", "loss"),
     "encoder": ("mask_accuracy", "mask_baseline", "mlm_accuracy", "nsp_accuracy"),
     "encoder-decoder": ("span_token_accuracy", "span_exact_tf", "span_exact_match", "loss"),
+    "permutation LM": ("l2r_bpb", "hidden_accuracy", "hidden_baseline", "loss"),
 }
+CALIBRATION_STEPS = (10, 60)  # the seconds per step of a preset: timed between these log steps
 
 # Fine-tuning recipes: the same steps, batch and schedule for every model of a task.
 GENRE = dict(
@@ -67,7 +74,8 @@ RESTORE = dict(
 
 def conditions(runs: Path) -> dict[str, dict]:
     enc, dec, s2s = (str(runs / PRESETS[a]) for a in ("encoder", "decoder", "encoder-decoder"))
-    genre_s2s = dict(GENRE, task="seq2seq", metric="exact_match")  # the label word as the target
+    # the label word as the target; shorter passages, so that a source fits the T5's 64 positions
+    genre_s2s = dict(GENRE, task="seq2seq", metric="exact_match", passage_chars=80)
     return {
         "genre-encoder": dict(GENRE, model=enc),
         "genre-encoder-scratch": dict(GENRE, model=enc, init="scratch"),
@@ -143,6 +151,71 @@ def _genre_f1_from_text(res, val_file: Path) -> dict[str, float]:
     }
 
 
+def pretrain_equal_time(runs: Path, seconds: float, threads: int) -> list[dict]:
+    """Each paradigm's preset pretrained for the same wall time: a short calibration run times the
+    preset's step on this machine, then the preset trains for ``seconds / step time`` steps (its own
+    recipe, the schedule stretched or shortened to those steps, four evaluations)."""
+    from lmforge.jobs import pretrain
+    from lmforge.train.config import RunConfig
+
+    rows = []
+    for arch, preset in PRESETS.items():
+        base = RunConfig.from_preset(preset)
+        quiet = dict(threads=threads, progress=False, tensorboard=False, sample_tokens=0, log_every=10)
+        first, last = CALIBRATION_STEPS
+        cal = base.replace(
+            out_dir=str(runs / f"calibrate-{preset}"),
+            train=dict(base.train.to_dict(), **quiet, max_steps=last, eval_every=0, checkpoint_every=last),
+        )
+        pretrain(cal, overwrite=True, log=lambda s: None)
+        records = [json.loads(x) for x in (runs / f"calibrate-{preset}" / "metrics.jsonl").read_text().splitlines()]
+        at = {r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}
+        per_step = (at[last] - at[first]) / (last - first)
+        steps = max(int(seconds / per_step), 50)
+        warmup = min(base.train.warmup_steps, steps // 10)
+        cfg = base.replace(
+            out_dir=str(runs / preset),
+            train=dict(
+                base.train.to_dict(),
+                **quiet,
+                max_steps=steps,
+                warmup_steps=warmup,
+                eval_every=steps // 4,
+                checkpoint_every=steps,
+            ),
+        )
+        print(f"  {preset}: {per_step * 1e3:.0f} ms per step -> {steps} steps for {seconds:.0f} s", flush=True)
+        result = pretrain(cfg, overwrite=True, log=lambda s: None)
+        shown = {k: v for k, v in result.metrics.items() if k in PRETRAINING_METRICS[arch]}
+        print(f"  {preset}: {result.train_seconds:.0f} s, {result.tokens:,} tokens: {shown}", flush=True)
+        rows.append(
+            {
+                "paradigm": arch,
+                "preset": preset,
+                "steps": steps,
+                "tokens": result.tokens,
+                "train_seconds": result.train_seconds,
+                "threads": threads,
+                **result.metrics,
+            }
+        )
+    return rows
+
+
+def equal_time_table(rows: list[dict]) -> str:
+    lines = [
+        "| paradigm | preset | steps | tokens | training time | held-out metrics |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        shown = ", ".join(f"{k} {r[k]:.4f}" for k in PRETRAINING_METRICS[r["paradigm"]] if k in r)
+        lines.append(
+            f"| {r['paradigm']} | {r['preset']} | {r['steps']:,} | {r['tokens'] / 1e6:.1f}M | "
+            f"{r['train_seconds'] / 60:.1f} min | {shown} |"
+        )
+    return "\n".join(lines)
+
+
 def pretraining_table(runs: Path) -> str:
     lines = ["| paradigm | preset | held-out metrics (final evaluation) | training time |", "|---|---|---|---|"]
     for arch, preset in PRESETS.items():
@@ -186,10 +259,25 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--only", nargs="+", choices=list(conditions(Path())), help="run only these conditions")
     p.add_argument("--out", default=str(ROOT / "results" / "paradigms.json"))
+    p.add_argument(
+        "--pretrain",
+        type=float,
+        metavar="SECONDS",
+        help="first pretrain every paradigm's preset for this wall time of training (into --runs)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="threads per pretraining run (with --pretrain)")
     args = p.parse_args()
     runs, out = Path(args.runs), Path(args.out)
-    print(pretraining_table(runs), "\n", flush=True)
-    rows = json.loads(out.read_text())["runs"] if out.is_file() else []
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    if args.pretrain:
+        saved["equal_time"] = pretrain_equal_time(runs, args.pretrain, args.threads)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(saved, indent=2) + "\n")
+    if saved.get("equal_time"):
+        print(equal_time_table(saved["equal_time"]), "\n", flush=True)
+    else:
+        print(pretraining_table(runs), "\n", flush=True)
+    rows = saved.get("runs", [])
     for name, recipe in conditions(runs).items():
         if args.only and name not in args.only:
             continue
@@ -197,10 +285,13 @@ def main() -> None:
             print(f"  {name}: skipped, {recipe['model']} is not trained yet")
             continue
         for seed in args.seeds:
-            rows = [r for r in rows if (r["condition"], r["seed"]) != (name, seed)]
-            rows.append(run(name, recipe, seed))
+            row = run(name, recipe, seed)
+            # read again before writing: another invocation may run other conditions into the same file
+            saved = json.loads(out.read_text()) if out.is_file() else saved
+            rows = [r for r in saved.get("runs", []) if (r["condition"], r["seed"]) != (name, seed)] + [row]
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"runs": rows, "pretraining": pretraining_table(runs)}, indent=2) + "\n")
+            saved.update(runs=rows, pretraining=pretraining_table(runs))
+            out.write_text(json.dumps(saved, indent=2) + "\n")
     print()
     print(summary_table(rows))
 
