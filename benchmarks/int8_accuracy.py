@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lmforge.data import open_dataset
-from lmforge.infer import load_for_inference
+from lmforge.infer import decoder_token_logprobs, load_for_inference
 from lmforge.train.config import RunConfig
 from lmforge.train.run import dataset_dir, tokens_per_byte
 from lmforge.train.rundir import CONFIG_FILE
@@ -36,11 +36,9 @@ def held_out_windows(run_config: RunConfig, n: int, length: int) -> tuple[torch.
     return val.reshape(n, length), tokens_per_byte(dataset)
 
 
-@torch.no_grad()
 def nats_whole(model, windows: torch.Tensor) -> float:
-    """Summed next-token nats of every window in one forward each (the scoring path)."""
-    logits = model(windows).logits[:, :-1].float()
-    return -torch.log_softmax(logits, -1).gather(-1, windows[:, 1:, None]).sum().item()
+    """Summed next-token nats of every window in one forward each (``lmforge score``'s path)."""
+    return -sum(float(lp.sum()) for lp in decoder_token_logprobs(model, list(windows)))
 
 
 @torch.no_grad()
