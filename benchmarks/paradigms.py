@@ -133,13 +133,19 @@ def _genre_as_seq2seq(d: dict, seed: int) -> str:
 
 
 def _genre_f1_from_text(res, val_file: Path) -> dict[str, float]:
+    from lmforge.finetune.tasks import fit_source
     from lmforge.infer import generate
 
     rows = [json.loads(line) for line in val_file.read_text(encoding="utf-8").splitlines()]
     labels = sorted({r["target"] for r in rows})
     res.model.eval()
     outs = generate(
-        res.model, res.tokenizer, [r["source"] for r in rows], max_new_tokens=6, temperature=0.0, batch_size=32
+        res.model,
+        res.tokenizer,
+        [fit_source(res.tokenizer, r["source"], res.model.config.max_positions) for r in rows],
+        max_new_tokens=6,
+        temperature=0.0,
+        batch_size=32,
     )
     pred = [labels.index(o.text.strip()) if o.text.strip() in labels else -1 for o in outs]
     gold = [labels.index(r["target"]) for r in rows]

@@ -293,6 +293,10 @@ def test_seq2seq_examples():
     assert e.input_ids == TOK.encode("abc") + [TOK.eos_id] and e.labels == TOK.encode("de") + [TOK.eos_id]
     with pytest.raises(ConfigError, match="encoder-decoder"):
         tasks.encode_rows([{"source": "a", "target": "b"}], "seq2seq", TOK, "decoder", 8)
+    # a source too long for the context is cut as training cuts it, and generation gets the same text
+    data = tasks.encode_rows([{"source": "abcdefghij", "target": "b"}], "seq2seq", TOK, "encoder-decoder", 6)
+    assert data.sources == ["abcde"] and data.examples[0].input_ids == TOK.encode("abcde") + [TOK.eos_id]
+    assert tasks.fit_source(TOK, "abc", 6) == "abc"
 
 
 def test_batches_cover_each_epoch_and_resume():

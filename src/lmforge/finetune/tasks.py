@@ -230,6 +230,17 @@ def encode_seq2seq(tokenizer, source: str, target: str, max_len: int) -> Example
     return Example(src, tgt)
 
 
+def fit_source(tokenizer, source: str, max_len: int) -> str:
+    """The source as the model sees it: cut, like ``encode_seq2seq`` cuts it, to ``max_len`` tokens
+    with its EOS, so that generating from it (the validation metrics) fits the encoder's positions."""
+    budget = max_len - (1 if special_id(tokenizer, "eos") is not None else 0)
+    ids = _plain_ids(tokenizer, source)
+    while len(ids) > budget:  # decoding and encoding again may not give back the same ids
+        source = tokenizer.decode(ids[:budget]).strip()
+        ids, budget = _plain_ids(tokenizer, source), budget - 1
+    return source
+
+
 def encode_completion(tokenizer, prompt: str, completion: str, max_len: int, start_id: int | None = None) -> Example:
     """``start_id`` (default: BOS), prompt and completion as one sequence; labels (aligned with the
     logits) are the next tokens of the completion and -100 over the prompt. A prompt too long is
@@ -273,7 +284,7 @@ def encode_rows(
         return TaskDataset(
             task,
             [encode_seq2seq(tokenizer, r["source"], r["target"], max_len) for r in rows],
-            sources=[r["source"] for r in rows],
+            sources=[fit_source(tokenizer, r["source"], max_len) for r in rows],
             references=[r["target"] for r in rows],
         )
     return TaskDataset(
