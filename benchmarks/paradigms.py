@@ -47,7 +47,6 @@ PRETRAINING_METRICS = {
     "encoder-decoder": ("span_token_accuracy", "span_exact_tf", "span_exact_match", "loss"),
     "permutation LM": ("l2r_bpb", "hidden_accuracy", "hidden_baseline", "loss"),
 }
-CALIBRATION_STEPS = (10, 60)  # the seconds per step of a preset: timed between these log steps
 
 # Fine-tuning recipes: the same steps, batch and schedule for every model of a task.
 GENRE = dict(
@@ -158,47 +157,23 @@ def _genre_f1_from_text(res, val_file: Path) -> dict[str, float]:
 
 
 def pretrain_equal_time(runs: Path, seconds: float, threads: int) -> list[dict]:
-    """Each paradigm's preset pretrained for the same wall time: a short calibration run times the
-    preset's step on this machine, then the preset trains for ``seconds / step time`` steps (its own
-    recipe, the schedule stretched or shortened to those steps, four evaluations)."""
-    from lmforge.jobs import pretrain
+    """Each paradigm's preset pretrained for the same wall time (its own recipe, the schedule
+    stretched or shortened to the steps that fit, four evaluations)."""
+    from equal_time import train_for_seconds
     from lmforge.train.config import RunConfig
 
     rows = []
     for arch, preset in PRESETS.items():
-        base = RunConfig.from_preset(preset)
-        quiet = dict(threads=threads, progress=False, tensorboard=False, sample_tokens=0, log_every=10)
-        first, last = CALIBRATION_STEPS
-        cal = base.replace(
-            out_dir=str(runs / f"calibrate-{preset}"),
-            train=dict(base.train.to_dict(), **quiet, max_steps=last, eval_every=0, checkpoint_every=last),
-        )
-        pretrain(cal, overwrite=True, log=lambda s: None)
-        records = [json.loads(x) for x in (runs / f"calibrate-{preset}" / "metrics.jsonl").read_text().splitlines()]
-        at = {r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}
-        per_step = (at[last] - at[first]) / (last - first)
-        steps = max(int(seconds / per_step), 50)
-        warmup = min(base.train.warmup_steps, steps // 10)
-        cfg = base.replace(
-            out_dir=str(runs / preset),
-            train=dict(
-                base.train.to_dict(),
-                **quiet,
-                max_steps=steps,
-                warmup_steps=warmup,
-                eval_every=steps // 4,
-                checkpoint_every=steps,
-            ),
-        )
-        print(f"  {preset}: {per_step * 1e3:.0f} ms per step -> {steps} steps for {seconds:.0f} s", flush=True)
-        result = pretrain(cfg, overwrite=True, log=lambda s: None)
+        run = train_for_seconds(RunConfig.from_preset(preset), runs / preset, seconds, threads)
+        result = run.result
+        print(f"  {preset}: {run.seconds_per_step * 1e3:.0f} ms per step -> {run.steps} steps", flush=True)
         shown = {k: v for k, v in result.metrics.items() if k in PRETRAINING_METRICS[arch]}
         print(f"  {preset}: {result.train_seconds:.0f} s, {result.tokens:,} tokens: {shown}", flush=True)
         rows.append(
             {
                 "paradigm": arch,
                 "preset": preset,
-                "steps": steps,
+                "steps": run.steps,
                 "tokens": result.tokens,
                 "train_seconds": result.train_seconds,
                 "threads": threads,
