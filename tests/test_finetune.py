@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from lmforge.config import ModelConfig
@@ -297,6 +299,14 @@ def test_seq2seq_examples():
     data = tasks.encode_rows([{"source": "abcdefghij", "target": "b"}], "seq2seq", TOK, "encoder-decoder", 6)
     assert data.sources == ["abcde"] and data.examples[0].input_ids == TOK.encode("abcde") + [TOK.eos_id]
     assert tasks.fit_source(TOK, "abc", 6) == "abc"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=40), st.integers(1, 12))
+def test_fit_source_always_fits_and_is_a_prefix(source, max_len):
+    cut = tasks.fit_source(TOK, source, max_len)
+    assert len(tasks._plain_ids(TOK, cut)) <= max_len - 1
+    assert cut == source or source.strip().startswith(cut.rstrip("\ufffd"))  # a cut inside a character ends in U+FFFD
 
 
 def test_batches_cover_each_epoch_and_resume():

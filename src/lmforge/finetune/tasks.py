@@ -235,10 +235,13 @@ def fit_source(tokenizer, source: str, max_len: int) -> str:
     with its EOS, so that generating from it (the validation metrics) fits the encoder's positions."""
     budget = max_len - (1 if special_id(tokenizer, "eos") is not None else 0)
     ids = _plain_ids(tokenizer, source)
-    while len(ids) > budget:  # decoding and encoding again may not give back the same ids
-        source = tokenizer.decode(ids[:budget]).strip()
-        ids, budget = _plain_ids(tokenizer, source), budget - 1
-    return source
+    if len(ids) <= budget:
+        return source
+    for cut in range(budget, 0, -1):  # decoding and encoding again may not give back the same ids
+        text = tokenizer.decode(ids[:cut]).strip()
+        if len(_plain_ids(tokenizer, text)) <= budget:
+            return text
+    return ""
 
 
 def encode_completion(tokenizer, prompt: str, completion: str, max_len: int, start_id: int | None = None) -> Example:
