@@ -1,19 +1,21 @@
 """Train a run config for a wall time rather than a step count (paradigms.py, recipe.py).
 
-A short calibration run times the config's step on this machine (between two log steps, so that
-start-up and the first slow steps do not count); the config then trains for ``seconds / step time``
+A short calibration run times the config's step on this machine (the median of its 10-step
+intervals after the first ten steps, so that start-up, the first slow steps and a hiccup of the
+machine do not count); the config then trains for ``seconds / step time``
 steps, its schedule stretched or shortened to those steps, with a few evaluations on the way.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.train.config import RunConfig
 
-CALIBRATION_STEPS = (10, 60)  # the seconds per step of a config: timed between these log steps
+CALIBRATION_STEPS = (10, 60)  # the seconds per step of a config: timed over the log steps between these
 QUIET = dict(progress=False, tensorboard=False, sample_tokens=0, log_every=10)
 
 
@@ -35,8 +37,9 @@ def seconds_per_step(base: RunConfig, out_dir: Path, threads: int) -> float:
     )
     pretrain(cal, overwrite=True, log=lambda s: None)
     records = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    at = {r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}
-    return (at[last] - at[first]) / (last - first)
+    at = sorted({r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r and r["step"] >= first}.items())
+    # one slow interval (another process, a page fault storm) would otherwise shorten the whole run
+    return statistics.median((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(at, at[1:]))
 
 
 def train_for_seconds(

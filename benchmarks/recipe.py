@@ -53,18 +53,21 @@ def table(rows: list[dict], threads: int) -> str:
     mean = {}
     for r in chosen:
         mean.setdefault((r["condition"], r["seconds"]), []).append(r["bpb"])
-    head = " | ".join(f"bpb after {s:g} s | vs baseline" for s in budgets)
-    lines = [f"| condition | ms per step | {head} | seeds |", "|---|---" + "|---|---" * len(budgets) + "|---|"]
+    head = " | ".join(f"bpb after {s:g} s | trained s | vs baseline" for s in budgets)
+    lines = [f"| condition | ms per step | {head} | seeds |", "|---|---" + "|---|---|---" * len(budgets) + "|---|"]
     for name in names:
         step = statistics.mean(r["seconds_per_step"] for r in chosen if r["condition"] == name)
         cells = []
         for s in budgets:
             got, base = mean.get((name, s)), mean.get(("baseline", s))
             if not got:
-                cells += ["", ""]
+                cells += ["", "", ""]
                 continue
             spread = f" ± {statistics.stdev(got):.3f}" if len(got) > 1 else ""
             cells.append(f"{statistics.mean(got):.3f}{spread}")
+            # the step is timed before the run, so the time really trained shows how equal it was
+            trained = [r["train_seconds"] for r in chosen if r["condition"] == name and r["seconds"] == s]
+            cells.append(f"{statistics.mean(trained):.0f}")
             cells.append(f"{statistics.mean(got) - statistics.mean(base):+.3f}" if base else "")
         seeds = max(len(mean.get((name, s), [])) for s in budgets)
         lines.append(f"| {name} | {step * 1e3:.0f} | {' | '.join(cells)} | {seeds} |")

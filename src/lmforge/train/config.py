@@ -254,7 +254,10 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         name="shakespeare-gpt",
         model=_model("gpt-tiny", max_positions=128, n_layer=4, d_model=128, n_head=4),
         data=dict(source="shakespeare", tokenizer="bpe", vocab_size=2048, objective="causal", seq_len=128),
+        # Muon: -0.22 bits per byte after 60 s of training and -0.15 after 200 s at equal wall time
+        # (docs/training.md, "Recipe switches")
         train=dict(
+            optimizer="muon",
             max_steps=800,
             batch_size=32,
             lr=3e-3,
