@@ -39,8 +39,13 @@ SWITCHES = {
 }
 
 
+# The screen's base: the preset as it was screened (AdamW), so that every switch, Muon included, is
+# measured against the same run now that the preset trains with Muon.
+SCREEN_BASE = {"train.optimizer": "adamw"}
+
+
 def condition_config(preset: str, name: str, seed: int) -> RunConfig:
-    changes = {"train.seed": seed}
+    changes = {**SCREEN_BASE, "train.seed": seed}
     for switch in name.split("+"):
         changes.update(SWITCHES[switch])
     return RunConfig.from_preset(preset).override(changes)

@@ -91,11 +91,83 @@ def test_a_law_from_a_file(corpus, tmp_path):
     path.write_text(json.dumps({"law": ParametricLaw("mine", E=1.0, A=50.0, B=500.0, alpha=0.4, beta=0.4).to_dict()}))
     plan = jobs.plan_budget(base(corpus), hours=3 / 3600, mfu=0.3, law=str(path), log=quiet)
     assert plan.allocation.law.name == "mine" and str(path) in plan.law_note
+    t = plan.config.train
     assert plan.predicted_loss == pytest.approx(
-        plan.allocation.law.loss(plan.allocation.shape_params.total, plan.allocation.shape_tokens)
+        plan.allocation.law.loss(plan.allocation.shape_params.total, t.max_steps * t.batch_size * 32)
     )
     preset = jobs.plan_budget(base(corpus), hours=3 / 3600, mfu=0.3, law="epoch", log=quiet)
     assert "the preset 'epoch'" in preset.law_note
+
+
+def test_a_sweeps_law_brings_its_recipe_and_its_units(corpus, tmp_path):
+    """A law written by `lmforge sweep` records the run it was fitted on: the plan trains with that
+    batch and learning rate, and warns when this run's data or tokenizer differ from it."""
+    from lmforge.plan.laws import ParametricLaw
+    from lmforge.plan.sweep import with_dataset
+
+    law = ParametricLaw("mine", E=1.0, A=50.0, B=500.0, alpha=0.4, beta=0.4).to_dict()
+    cfg = base(corpus)
+    fields = jobs._run_fields(with_dataset(cfg, quiet))
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps({"law": law, "fitted_on": {**fields, "batch_size": 6, "lr": 7e-3}}))
+    plan = jobs.plan_budget(cfg, hours=3 / 3600, mfu=0.3, law=str(path), log=quiet)
+    assert plan.config.train.batch_size == 6 and plan.config.train.lr == 7e-3
+    assert "batch 6 and peak lr 0.007" in plan.law_note and "WARNING" not in plan.law_note
+    path.write_text(json.dumps({"law": law, "fitted_on": {**fields, "tokenizer": "bpe", "batch_size": 6, "lr": 7e-3}}))
+    other = jobs.plan_budget(cfg, hours=3 / 3600, mfu=0.3, law=str(path), batch_size=8, log=quiet)
+    assert "WARNING: fitted on tokenizer 'bpe'" in other.law_note and other.config.train.batch_size == 8
+
+
+def test_the_shipped_law_is_the_default_for_its_own_run():
+    """lmforge's own law (fitted on the bundled corpus with shakespeare-gpt's recipe) is the default
+    for that run, and the published default for a run it was not measured on."""
+    from lmforge.plan.laws import LAWS, fitted_on
+
+    gpt = RunConfig.from_preset("shakespeare-gpt")
+    gpt = gpt.replace(model={**gpt.model.to_dict(), "vocab_size": 2048})  # as its tokenizer sizes it
+    assert jobs.default_law(gpt) == "shakespeare-gpt" and "shakespeare-gpt" in LAWS
+    fitted = fitted_on("shakespeare-gpt")
+    assert fitted["batch_size"] == gpt.train.batch_size and fitted["lr"] == gpt.train.lr
+    assert jobs.default_law(gpt.replace(data={**gpt.data.to_dict(), "seq_len": 64})) == jobs.FALLBACK_LAW
+
+
+def test_scale_trains_another_size_for_the_same_time(corpus):
+    plans = {s: jobs.plan_budget(base(corpus), hours=6 / 3600, mfu=0.3, scale=s, log=quiet) for s in (0.5, 1.0, 2.0)}
+    params = {s: count_params(p.config.model).total for s, p in plans.items()}
+    steps = {s: p.config.train.max_steps for s, p in plans.items()}
+    assert params[0.5] < params[1.0] < params[2.0] and steps[0.5] > steps[1.0] > steps[2.0]
+    assert all(p.allocation.params == plans[1.0].allocation.params for p in plans.values())  # one plan, resized
+    assert "2x it" in plans[2.0].summary() and all(p.predicted_loss > 0 for p in plans.values())
+
+
+@pytest.mark.parametrize("preset", ["tiny-bert", "tiny-t5"])
+def test_budget_plans_and_trains_encoders_and_encoder_decoders(corpus, preset, tmp_path):
+    cfg = (
+        RunConfig.from_preset(preset)
+        .override(
+            {
+                "data.source": str(corpus / "corpus"),
+                "data.path": str(corpus / f"data-{preset}"),
+                "train.threads": "1",
+                "train.peak_flops": "1e11",
+                "train.progress": "false",
+                "data.val_fraction": "0.4",  # two held-out documents: NSP draws its random B from another one
+            }
+        )
+        .replace(out_dir=str(tmp_path / "run"))
+    )
+    plan = jobs.plan_budget(cfg, hours=3 / 3600, mfu=0.3, log=quiet)
+    assert plan.config.model.arch == cfg.model.arch and plan.config.train.max_steps >= jobs.MIN_STEPS
+    per_sequence = plan.tokens_per_step / plan.config.train.batch_size
+    if cfg.model.arch == "encoder-decoder":  # source and target positions, as the engine counts them
+        assert cfg.data.seq_len < per_sequence < 2 * cfg.data.seq_len
+    else:
+        assert per_sequence == cfg.data.seq_len
+    result = jobs.train_budget(plan, log=quiet)
+    assert result.fit.step == plan.config.train.max_steps and result.achieved_loss > 0
+    # the planned tokens are the tokens the engine trained on
+    assert result.fit.tokens == pytest.approx(plan.config.train.max_steps * plan.tokens_per_step, rel=0.05)
+    assert (tmp_path / "run" / jobs.BUDGET_FILE).is_file()
 
 
 def test_plan_budget_refusals(corpus):
@@ -105,8 +177,8 @@ def test_plan_budget_refusals(corpus):
         jobs.plan_budget(base(corpus), hours=3 / 3600, mfu=0.3, batch_size=10_000, log=quiet)
     with pytest.raises(ConfigError, match="one of"):
         jobs.plan_budget(base(corpus), log=quiet)
-    with pytest.raises(ConfigError, match="causal"):
-        jobs.plan_budget(RunConfig.from_preset("tiny-bert"), hours=1.0, log=quiet)
+    with pytest.raises(ConfigError, match="scale"):
+        jobs.plan_budget(base(corpus), hours=3 / 3600, mfu=0.3, scale=0.0, log=quiet)
     with pytest.raises(ConfigError, match="loss model"):
         jobs.plan_budget(base(corpus), hours=1 / 3600, mfu=0.3, law="chinchilla-table3", log=quiet)
 

@@ -116,3 +116,21 @@ def test_parametric_law_needs_positive_exponents():
         ParametricLaw("bad", E=1.7, A=400, B=400, alpha=-0.1, beta=0.3)
     with pytest.raises(ConfigError, match="positive number of FLOPs"):
         LAWS["chinchilla"].optimal(-1)
+
+
+def test_the_shipped_law_is_what_its_runs_give():
+    """lmforge's own law ships with its provenance: the runs CSV of the sweep that made it refits
+    (Approach 3, the same method) to the same constants, and it records the run it holds for."""
+    from pathlib import Path
+
+    from lmforge.plan import fit
+    from lmforge.plan.laws import FITTED_DIR, LAW_NOTES, fitted_on
+
+    shipped = json.loads((FITTED_DIR / "shakespeare-gpt.json").read_text())
+    runs = Path(__file__).resolve().parents[1] / shipped["provenance"]["runs"]
+    law = load_law("shakespeare-gpt")
+    again = fit(runs, approach=3).law
+    for k in ("E", "A", "B", "alpha", "beta"):
+        assert getattr(again, k) == pytest.approx(getattr(law, k), rel=1e-6)
+    assert law.name == "shakespeare-gpt" and "sweep" in LAW_NOTES["shakespeare-gpt"]
+    assert fitted_on("shakespeare-gpt")["tokenizer"] == "bpe" and fitted_on("epoch") is None

@@ -22,14 +22,19 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in commands[1]
 
 
-def test_main_job_command_runs(tmp_path, capsys):
-    """The first command's ``lmforge ...`` part, shrunk to a few steps on a small text."""
+def test_main_job_command_runs(tmp_path, capsys, monkeypatch):
+    """The first command's ``lmforge ...`` part, a budgeted run, shrunk to a few seconds on a small
+    text (one utilisation assumed instead of measuring the machine)."""
     job = _quick_start_commands()[0].split("&&")[-1].split()
-    assert job[:2] == ["lmforge", "train"]
+    assert job[:2] == ["lmforge", "train"] and "--budget" in job
+    job[job.index("--budget") + 1] = "4s"
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "play.txt").write_text(shakespeare("train")[0].text, encoding="utf-8")
     rc = main(
         job[1:]
         + [
+            "--mfu",
+            "0.3",
             "--out",
             str(tmp_path / "run"),
             "--data.source",
@@ -38,10 +43,6 @@ def test_main_job_command_runs(tmp_path, capsys):
             str(tmp_path / "data"),
             "--data.vocab_size",
             "300",
-            "--train.max_steps",
-            "3",
-            "--train.warmup_steps",
-            "1",
             "--train.eval_batches",
             "1",
             "--train.sample_tokens",
@@ -52,4 +53,5 @@ def test_main_job_command_runs(tmp_path, capsys):
     )
     assert rc == 0
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
-    assert "sample" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sample" in out and "time-optimal" in out and "held-out loss: achieved" in out

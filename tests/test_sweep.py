@@ -1,6 +1,7 @@
 """A miniature IsoFLOP sweep on the bundled corpus, end to end: train, collect, fit, allocate, resume."""
 
 import csv
+import json
 
 import pytest
 
@@ -51,6 +52,10 @@ def test_miniature_sweep_end_to_end(tmp_path):
     assert len(rows) == len(result.runs) >= 5
     assert all(float(r["loss"]) > 0 for r in rows)
     assert (out / "fit.png").is_file() and (out / "allocation.json").is_file()
+    # the law file records the run it holds for: `train --budget --law` plans with its batch and lr
+    fitted = json.loads((out / "law-approach3.json").read_text())["fitted_on"]
+    assert fitted["batch_size"] == base.train.batch_size and fitted["lr"] == base.train.lr
+    assert fitted["seq_len"] == base.data.seq_len and fitted["objective"] == "causal"
     # the CSV re-fits to the same law
     again = fit(out / "runs.csv", approach=3)
     for k in ("E", "A", "B", "alpha", "beta"):

@@ -41,7 +41,8 @@ def pretrain(
 # the best model for a budget: measure the machine, plan, train, compare
 # ---------------------------------------------------------------------------------------------
 
-DEFAULT_LAW = "chinchilla"  # the planner's default; lmforge ships no law fitted on its bundled corpus yet
+FALLBACK_LAW = "chinchilla"  # the planner's default for a run none of lmforge's fitted laws was measured on
+MATCHED_FIELDS = ("source", "tokenizer", "vocab_size", "objective", "seq_len", "arch")  # what a law's units hang on
 MEASURE_SECONDS = 0.5  # timed seconds per measured shape, within the step counts below
 MEASURE_MIN_STEPS = 3
 MEASURE_MAX_STEPS = 20
@@ -59,22 +60,27 @@ class BudgetPlan:
     allocation: Allocation
     config: RunConfig
     law_note: str
-    tokens_per_step: int
-
-    @property
-    def predicted_loss(self) -> float | None:
-        return self.allocation.shape_loss
+    tokens_per_step: int  # positions the engine counts per step (source and target of an encoder-decoder)
+    scale: float = 1.0  # the trained size over the planned one (a check of the plan: 0.5, 2)
+    predicted_loss: float | None = None  # the law at the trained shape and the tokens its steps give
 
     def summary(self) -> str:
         t, a = self.config.train, self.allocation
+        m = self.config.model
+        size = (
+            f"not the planned size but {self.scale:g}x it (L{m.n_layer}-d{m.d_model}), same wall time; "
+            if self.scale != 1
+            else ""
+        )
+        predicted = f", predicted loss {self.predicted_loss:.4f}" if self.predicted_loss is not None else ""
         return "\n".join(
             [
                 a.summary(),
                 self.law_note,
-                f"run: {self.config.run_dir}: {t.max_steps:,} steps of {t.batch_size} x {self.config.data.seq_len} "
-                f"tokens ({human(t.max_steps * self.tokens_per_step)} tokens), peak lr {t.lr:.3g} "
+                f"run: {self.config.run_dir}: {size}{t.max_steps:,} steps of {t.batch_size} sequences "
+                f"({human(t.max_steps * self.tokens_per_step)} tokens), peak lr {t.lr:.3g} "
                 f"({t.schedule}, warmup {t.warmup_steps}), evaluation every {t.eval_every} steps "
-                f"({t.eval_batches} batches) and over the whole validation split at the end",
+                f"({t.eval_batches} batches) and over the whole validation split at the end{predicted}",
             ]
         )
 
@@ -83,23 +89,70 @@ class BudgetPlan:
             "allocation": self.allocation.to_dict(),
             "law_note": self.law_note,
             "config": self.config.to_dict(),
+            "scale": self.scale,
             "predicted_loss": self.predicted_loss,
         }
 
 
-def _law_note(spec, law) -> str:
+def _run_fields(base: RunConfig) -> dict:
+    d, m = base.data, base.model
+    return {
+        "source": d.source,
+        "tokenizer": d.tokenizer,
+        "vocab_size": m.vocab_size,
+        "objective": d.objective,
+        "seq_len": d.seq_len,
+        "arch": m.arch,
+    }
+
+
+def _mismatches(fitted: dict, base: RunConfig) -> list[str]:
+    """Where ``base`` differs from the run a law was fitted on (its losses are then in other units)."""
+    run = _run_fields(base)
+    return [f"{k} {fitted[k]!r} (this run: {run[k]!r})" for k in MATCHED_FIELDS if k in fitted and fitted[k] != run[k]]
+
+
+def default_law(base: RunConfig) -> str:
+    """The law ``--budget`` plans with unless given one: lmforge's own fit of this run's data,
+    tokenizer, context and objective when it ships one, else the published default."""
+    from lmforge.plan.laws import LAWS, fitted_on
+
+    for name in LAWS:
+        fitted = fitted_on(name)
+        if fitted and not _mismatches(fitted, base):
+            return name
+    return FALLBACK_LAW
+
+
+def _law_note(spec, law, fitted: dict | None, base: RunConfig, recipe: dict) -> str:
+    """Where the law comes from, whether it holds for this run, and what of its recipe the run takes."""
     from lmforge.plan.laws import LAW_NOTES
 
-    if spec is None:
-        return (
-            f"law provenance: {law.name!r}, the planner's default ({LAW_NOTES[law.name]}). lmforge ships no law "
-            "fitted on its bundled corpus yet, so this one comes from other data and another tokenizer: its "
-            "losses are not in this run's units and the predicted loss is not a calibrated prediction. Fit one "
-            "on your data with `lmforge sweep` and pass it with --law DIR/law-approach3.json."
+    if law.name in LAW_NOTES and fitted:
+        note = f"law provenance: {law.name!r}, fitted by lmforge ({LAW_NOTES[law.name]})"
+    elif law.name in LAW_NOTES and spec is None:
+        note = (
+            f"law provenance: {law.name!r}, the planner's default ({LAW_NOTES[law.name]}). None of lmforge's "
+            "fitted laws was measured on this run's data, tokenizer, context and objective, so this one comes "
+            "from other data and another tokenizer: its losses are not in this run's units and the predicted "
+            "loss is not a calibrated prediction. Fit one on your data with `lmforge sweep` and pass it with "
+            "--law DIR/law-approach3.json."
         )
-    if law.name in LAW_NOTES and str(spec).lower() == law.name:
-        return f"law provenance: the preset {law.name!r} ({LAW_NOTES[law.name]}), fitted on other data than this run's"
-    return f"law provenance: {spec} (law {law.name!r})"
+    elif law.name in LAW_NOTES and str(spec).lower() == law.name:
+        note = f"law provenance: the preset {law.name!r} ({LAW_NOTES[law.name]}), fitted on other data than this run's"
+    else:
+        note = f"law provenance: {spec} (law {law.name!r})"
+    if fitted:
+        off = _mismatches(fitted, base)
+        if off:
+            note += f"; WARNING: fitted on {', '.join(off)}: its losses are not this run's"
+        if recipe:
+            taken = " and ".join(f"{k} {v:g}" for k, v in recipe.items())
+            note += (
+                f"; {taken} as every run of its sweep trained with (a law holds for the recipe it was "
+                "measured with), not the DeepSeek suggestion above"
+            )
+    return note
 
 
 def _device_name(device) -> str:
@@ -260,6 +313,24 @@ def _ladder(base: RunConfig, centre: float, counts: str):
     return list(shapes.values())
 
 
+def _positions_per_sequence(base: RunConfig) -> float:
+    """Positions the engine counts per training sequence (what tokens/s and the plan's D count):
+    the context, plus the target side of an encoder-decoder, read off a few real batches."""
+    if base.model.arch != "encoder-decoder":
+        return float(base.data.seq_len)
+    from lmforge.data import make_batches
+    from lmforge.device import resolve_device
+    from lmforge.train import distributed as D
+    from lmforge.train.reporting import count_tokens
+    from lmforge.train.run import objective_options, prepare_dataset
+
+    dataset = prepare_dataset(base, D.setup(resolve_device(base.train.device)), lambda m: None)
+    sampler = make_batches(
+        base.data.objective, dataset, 16, base.data.seq_len, seed=base.train.seed, **objective_options(base)
+    )
+    return sum(count_tokens(sampler.next_batch(), True) for _ in range(4)) / 64
+
+
 def plan_budget(
     base: RunConfig,
     *,
@@ -269,39 +340,48 @@ def plan_budget(
     mfu: float | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
+    scale: float = 1.0,
     remeasure: bool = False,
     log: Callable[[str], None] = print,
 ) -> BudgetPlan:
     """The run that trains the best model ``base``'s recipe and data allow in ``hours`` of training
     on this machine (time-optimal) or in ``flops`` (compute-optimal): the allocation of the law
-    (default: the planner's), with the shape, batch, learning rate, steps and evaluation cadence.
+    (default: :func:`default_law`), with the shape, batch, learning rate, steps and evaluation cadence.
 
-    The dataset is prepared first (the vocabulary sizes the models). ``batch_size`` / ``lr``
-    replace the plan's suggestions. Unless ``mfu`` fixes the utilisation, the machine's rates
-    come from the cache or are measured (:func:`machine_throughput`) for MEASURE_SIZES shapes
-    around a first guess of the size, at the power of two nearest the run's batch, and again
-    around the plan when it lands beyond the measured sizes or at another batch; ``remeasure``
-    measures the shapes again rather than reading the cache (a machine that was busy then, or is now).
+    The dataset is prepared first (the vocabulary sizes the models). The batch and learning rate
+    are those the law was fitted with when it records them (a sweep's law), else DeepSeek LLM's
+    fits; ``batch_size`` / ``lr`` replace either. Unless ``mfu`` fixes the utilisation, the
+    machine's rates come from the cache or are measured (:func:`machine_throughput`) for
+    MEASURE_SIZES shapes around a first guess of the size, at the power of two nearest the run's
+    batch, and again around the plan when it lands beyond the measured sizes or at another batch;
+    ``remeasure`` measures the shapes again rather than reading the cache. ``scale`` trains
+    ``scale`` times the planned size instead, for the same budget at its own rate (checking the plan).
     """
     import math
 
-    from lmforge.accounting import count_params
+    from lmforge.accounting import count_flops, count_params
     from lmforge.plan import allocate
-    from lmforge.plan.laws import load_law
-    from lmforge.plan.shapes import smallest_shape
+    from lmforge.plan.laws import fitted_on, load_law
+    from lmforge.plan.shapes import shape_for, smallest_shape
     from lmforge.plan.sweep import with_dataset
 
-    if base.data.objective != "causal":
-        raise ConfigError(
-            f"budget: planned runs train decoders (objective causal) for now, not {base.data.objective!r}"
-        )
     if (hours is None) == (flops is None):
         raise ConfigError("budget: give one of a wall time (--budget) or FLOPs (--flops)")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ConfigError(f"budget: the size scale must be a positive number, got {scale}")
     base = with_dataset(base, log)
-    law_obj = load_law(law if law is not None else DEFAULT_LAW)
+    chosen = law if law is not None else default_law(base)
+    law_obj = load_law(chosen)
+    fitted = fitted_on(chosen) or {}
+    recipe = {}  # what the run takes of the recipe the law was measured with (unless the user gives it)
+    if batch_size is None and fitted.get("batch_size"):
+        batch_size = recipe["batch"] = fitted["batch_size"]
+    if lr is None and fitted.get("lr"):
+        lr = recipe["peak lr"] = fitted["lr"]
     seq = base.data.seq_len
     template = base.model.replace(max_positions=seq)
     accum = base.train.grad_accum
+    per_seq = _positions_per_sequence(base)
 
     def plan(tp):
         return allocate(
@@ -309,7 +389,7 @@ def plan_budget(
         )
 
     def batch_of(a) -> int:  # sequences per step: given, or the plan's, a multiple of grad_accum
-        b = batch_size or a.batch_sequences
+        b = batch_size or max(1, round(a.batch_tokens / per_seq))
         return max(accum, round(b / accum) * accum)
 
     def measured_at(b: int) -> int:  # rates are measured at a power of two near the batch: fewer settings to cache
@@ -331,17 +411,26 @@ def plan_budget(
             low = min(sizes) <= 1.5 * max(total / MEASURE_SPREAD, smallest)
             if low and max(sizes) >= total * MEASURE_SPREAD / 1.5 and measured_at(batch_of(a)) == at:
                 break
+    shape, tokens = a.shape, a.shape_tokens
+    if scale != 1:  # another size, trained for the same budget: the same seconds at its own rate, or the same FLOPs
+        shape = shape_for(a.params * scale, template, law_obj.counts, head_dim=template.head_dim)
+        pc = count_params(shape)
+        if hours is not None:
+            tokens = hours * 3600 * tp.tokens_per_second(pc.total, count_flops(shape, seq).rule_6n_attention_per_token)
+        else:
+            tokens = a.train_flops / (6 * (pc.total if law_obj.counts == "total" else pc.non_embedding))
+    pc = count_params(shape)
     batch = batch_of(a)
-    tokens_per_step = batch * seq
-    steps = int(a.shape_tokens // tokens_per_step)
+    tokens_per_step = round(batch * per_seq)
+    steps = int(tokens // tokens_per_step)
     if steps < MIN_STEPS:
         raise ConfigError(
-            f"budget: the planned {a.shape_params.total:,}-parameter model trains on {human(a.shape_tokens)} "
+            f"budget: the planned {pc.total:,}-parameter model trains on {human(tokens)} "
             f"tokens, {steps} steps of {batch} x {seq}; give a larger budget (at least {MIN_STEPS} steps)"
         )
     every = math.ceil(steps / EVALS)
     cfg = base.replace(
-        model=a.shape.to_dict(),
+        model=shape.to_dict(),
         train={
             **base.train.to_dict(),
             "batch_size": batch,
@@ -353,7 +442,16 @@ def plan_budget(
             "peak_flops": tp.peak_flops,  # the MFU the run logs is the plan's
         },
     )
-    return BudgetPlan(a, cfg, _law_note(law, law_obj), tokens_per_step)
+    n = pc.total if law_obj.counts == "total" else pc.non_embedding
+    predicted = law_obj.loss(n, steps * tokens_per_step)
+    return BudgetPlan(
+        a,
+        cfg,
+        _law_note(law, law_obj, fitted, base, recipe),
+        tokens_per_step,
+        scale,
+        None if predicted is None else float(predicted),
+    )
 
 
 @dataclass
@@ -409,7 +507,7 @@ def train_budget(plan: BudgetPlan, overwrite: bool = False, log: Callable[[str],
 
     fit = pretrain(plan.config, overwrite=overwrite, log=log)
     a = plan.allocation
-    pc = count_params(a.shape)
+    pc = count_params(plan.config.model)
     n = pc.total if a.counts == "total" else pc.non_embedding
     predicted = a.law.loss(n, fit.tokens) if fit.tokens else None
     out = BudgetResult(plan, fit, fit.metrics.get("loss"), None if predicted is None else float(predicted))

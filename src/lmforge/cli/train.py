@@ -1,10 +1,10 @@
 """``lmforge train``: pretrain a model from a run preset, a config file and dotted overrides.
 
-lmforge train --preset shakespeare-gpt                       # the quick start
+lmforge train --preset shakespeare-gpt --budget 5m           # the quick start: the best model 5 min allow
+lmforge train --preset shakespeare-gpt                       # the preset's own shape and steps
 lmforge train --config my.yaml --model.n_layer 6 --train.max_steps 5000
 lmforge train --resume runs/shakespeare-gpt                   # continue where it stopped
 torchrun --nproc_per_node 2 -m lmforge train --preset tiny-gpt
-lmforge train --preset shakespeare-gpt --budget 5m           # plan the best model for 5 min, train it
 lmforge train --flops 1e15 --law runs/sweep/law-approach3.json
 """
 
@@ -49,7 +49,14 @@ def add_arguments(p) -> None:
     )
     b.add_argument(
         "--law",
-        help="a law preset or JSON file from `lmforge fit` / `lmforge sweep` (default: chinchilla, the planner's)",
+        help="a law preset or JSON file from `lmforge fit` / `lmforge sweep` (default: lmforge's own law for "
+        "the run's data, tokenizer, context and objective when it ships one, e.g. shakespeare-gpt; else chinchilla)",
+    )
+    b.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="train this multiple of the planned size instead, for the same budget (e.g. 0.5 or 2: checks the plan)",
     )
     p.epilog = (
         "Any config field can be overridden with --section.field VALUE, e.g. --model.n_layer 6 "
@@ -120,6 +127,8 @@ def _budgeted(args) -> bool:
         if args.resume:
             raise ConfigError("--resume: a budgeted run resumes from its own config; drop --budget / --flops")
         return True
+    if args.scale != 1:
+        raise ConfigError("--scale: plans a budgeted run; give --budget TIME or --flops")
     for name in ("mfu", "law", "remeasure"):
         if getattr(args, name) not in (None, False):
             raise ConfigError(f"--{name}: plans a budgeted run; give --budget TIME or --flops")
@@ -138,9 +147,8 @@ def run_budget(args) -> int:
     if args.flops is not None and not (args.flops > 0 and args.flops < float("inf")):
         raise ConfigError(f"--flops: must be a positive number, got {args.flops}")
     cfg, _ = resolve_config(args)
-    if not args.name and not args.out:
-        tag = args.budget.replace(" ", "") if seconds is not None else f"{args.flops:.3g}flops".replace("+", "")
-        cfg = cfg.replace(name=f"{cfg.name}-{tag}")
+    if args.scale != 1 and not args.name and not args.out:  # a check of the plan does not take the planned run's place
+        cfg = cfg.replace(name=f"{cfg.name}-x{args.scale:g}")
     batch = overrides.get("train.batch_size")
     plan = plan_budget(
         cfg,
@@ -150,6 +158,7 @@ def run_budget(args) -> int:
         mfu=args.mfu,
         batch_size=cfg.train.batch_size if batch is not None else None,
         lr=cfg.train.lr if "train.lr" in overrides else None,
+        scale=args.scale,
         remeasure=args.remeasure,
     )
     print(plan.summary(), flush=True)

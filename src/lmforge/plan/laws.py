@@ -11,7 +11,10 @@ Three kinds of law, all answering ``optimal(C) -> (N, D)`` for a compute budget 
 * :class:`PowerLawFrontier` - N_opt = k C^a, D_opt = C / (6 N_opt), e.g. fitted to Chinchilla's
   Table 3 or produced by Approaches 1 and 2 of :mod:`lmforge.plan.fit`. It predicts no loss.
 
-:func:`load_law` turns a preset name or a JSON file written by ``lmforge fit`` into a law.
+:func:`load_law` turns a preset name or a JSON file written by ``lmforge fit`` into a law. Besides
+the published presets, :data:`LAWS` holds the laws lmforge fitted with its own sweeps (JSON files in
+``lmforge/plan/fitted/``, each with its provenance and the run it was measured on:
+:func:`fitted_on`).
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ LAW_NOTES = {
 }
 
 _KINDS = {cls.kind: cls for cls in (ParametricLaw, PowerLawFrontier, KaplanLaw)}
+FITTED_DIR = Path(__file__).parent / "fitted"  # laws lmforge fitted on its bundled corpus, shipped as presets
 
 
 def law_from_dict(d: dict[str, Any], source: str = "law") -> Law:
@@ -243,6 +247,40 @@ def law_from_dict(d: dict[str, Any], source: str = "law") -> Law:
         return _KINDS[kind](**d)
     except TypeError as e:
         raise ConfigError(f"{source}: malformed {kind} law ({e})") from None
+
+
+def _law_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a JSON law file ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with a law")
+    return data
+
+
+def _fitted_presets() -> dict[str, dict[str, Any]]:
+    return {p.stem: _law_file(p) for p in sorted(FITTED_DIR.glob("*.json"))}
+
+
+_FITTED = _fitted_presets()
+for _name, _data in _FITTED.items():
+    LAWS[_name] = law_from_dict({**_data["law"], "name": _name}, f"fitted law {_name}")
+    LAW_NOTES[_name] = _data["provenance"]["note"]
+
+
+def fitted_on(spec: str | Path | Law | dict | None) -> dict[str, Any] | None:
+    """The run a law was measured on (data, tokenizer, context, objective, batch, learning rate), as
+    ``lmforge sweep`` records it in its law files; None for the published laws and plain fits."""
+    if spec is None or isinstance(spec, Law):
+        return None
+    if isinstance(spec, dict):
+        return spec.get("fitted_on")
+    key = str(spec)
+    if key.lower() in _FITTED:
+        return _FITTED[key.lower()].get("fitted_on")
+    path = Path(key)
+    return _law_file(path).get("fitted_on") if path.is_file() else None
 
 
 def load_law(spec: str | Path | Law | dict) -> Law:
@@ -257,13 +295,7 @@ def load_law(spec: str | Path | Law | dict) -> Law:
     path = Path(key)
     if not path.is_file():
         raise ConfigError(f"law: {key!r} is neither a preset ({', '.join(LAWS)}) nor a JSON file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not a JSON law file ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object with a law")
-    return law_from_dict(data, str(path))
+    return law_from_dict(_law_file(path), str(path))
 
 
 def describe(law: Law) -> str:

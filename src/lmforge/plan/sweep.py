@@ -344,15 +344,16 @@ def summarize(
             fits[2] = fit(csv_path, approach=2, bootstrap=bootstrap, seed=seed)
         except DataError as e:  # e.g. a budget whose best size sits at the edge of its sizes
             log(f"approach 2 skipped: {e}")
-    for approach, result in fits.items():
-        (directory / f"law-approach{approach}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        log(result.summary())
-    target = target_flops or 100 * max(budgets)
-    template = available = None  # the sweep's own model family, vocabulary and head size, and its data
+    template = available = base = None  # the sweep's own model family, vocabulary and head size, and its data
     if (directory / "sweep.json").is_file():
         base = json.loads((directory / "sweep.json").read_text())["base"]
         template = ModelConfig.from_dict(base["model"])
         available = _train_tokens(base["data"].get("path"))
+    for approach, result in fits.items():
+        law_file = {**result.to_dict(), **({"fitted_on": fitted_on(base)} if base else {})}
+        (directory / f"law-approach{approach}.json").write_text(json.dumps(law_file, indent=2) + "\n")
+        log(result.summary())
+    target = target_flops or 100 * max(budgets)
     alloc = allocate(
         flops=target,
         law=fits[3].law,
@@ -371,6 +372,23 @@ def summarize(
         plots = [plot_fit(fits[3], directory / "fit.png"), plot_allocation(alloc, directory / "allocation.png")]
     (directory / "allocation.json").write_text(json.dumps(allocation, indent=2, default=str) + "\n")
     return SweepResult(directory, rows, fits, allocation, plots)
+
+
+def fitted_on(base: dict[str, Any]) -> dict[str, Any]:
+    """What a law holds for: the sweep's data, tokenizer, context and objective, and the batch and
+    learning rate every run trained with (``lmforge train --budget`` plans with these)."""
+    d, t, m = base["data"], base["train"], base["model"]
+    return {
+        "source": d["source"],
+        "tokenizer": d["tokenizer"],
+        "vocab_size": m["vocab_size"],
+        "objective": d["objective"],
+        "seq_len": d["seq_len"],
+        "arch": m["arch"],
+        "optimizer": t["optimizer"],
+        "batch_size": t["batch_size"],
+        "lr": t["lr"],
+    }
 
 
 def _train_tokens(path: str | None) -> int | None:
