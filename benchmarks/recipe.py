@@ -7,6 +7,7 @@ held-out bits per byte on the six held-out plays:
     python benchmarks/recipe.py --seconds 60 200 --threads 2            # every switch, ~50 min
     python benchmarks/recipe.py --only baseline muon --seeds 0 1 2 --seconds 60
     python benchmarks/recipe.py --combine muon relu2 --seconds 60 200   # a combination as one condition
+    python benchmarks/recipe.py --report --plot docs/img/recipe.png     # the table of the saved runs
 
 On a 2-core machine two screens can run side by side at ``--threads 1`` (one per core, ``taskset``)
 with the seconds doubled; the final figures want ``--threads 2`` on a quiet machine.
@@ -121,9 +122,11 @@ def main() -> None:
     p.add_argument("--runs", default="runs/recipe")
     p.add_argument("--out", default=str(ROOT / "results" / "recipe.json"))
     p.add_argument("--plot", default=None, help="PNG of the table (default: none)")
+    p.add_argument("--report", action="store_true", help="only print the table (and --plot) of the saved runs")
     args = p.parse_args()
 
     names = ["+".join(args.combine)] if args.combine else (args.only or list(SWITCHES))
+    names = [] if args.report else names
     runs, out = Path(args.runs), Path(args.out)
     for name in names:
         per_step = None
