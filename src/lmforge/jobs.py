@@ -313,6 +313,11 @@ def _ladder(base: RunConfig, centre: float, counts: str):
     return list(shapes.values())
 
 
+def _law_count(pc, law) -> int:
+    """The parameters a law's N counts: all of them, or the non-embedding ones (Kaplan)."""
+    return pc.total if law.counts == "total" else pc.non_embedding
+
+
 def _positions_per_sequence(base: RunConfig) -> float:
     """Positions the engine counts per training sequence (what tokens/s and the plan's D count):
     the context, plus the target side of an encoder-decoder, read off a few real batches."""
@@ -414,12 +419,11 @@ def plan_budget(
     shape, tokens = a.shape, a.shape_tokens
     if scale != 1:  # another size, trained for the same budget: the same seconds at its own rate, or the same FLOPs
         shape = shape_for(a.params * scale, template, law_obj.counts, head_dim=template.head_dim)
-        pc = count_params(shape)
-        if hours is not None:
-            tokens = hours * 3600 * tp.tokens_per_second(pc.total, count_flops(shape, seq).rule_6n_attention_per_token)
-        else:
-            tokens = a.train_flops / (6 * (pc.total if law_obj.counts == "total" else pc.non_embedding))
     pc = count_params(shape)
+    if scale != 1 and hours is not None:
+        tokens = hours * 3600 * tp.tokens_per_second(pc.total, count_flops(shape, seq).rule_6n_attention_per_token)
+    elif scale != 1:
+        tokens = a.train_flops / (6 * _law_count(pc, law_obj))
     batch = batch_of(a)
     tokens_per_step = round(batch * per_seq)
     steps = int(tokens // tokens_per_step)
@@ -442,8 +446,7 @@ def plan_budget(
             "peak_flops": tp.peak_flops,  # the MFU the run logs is the plan's
         },
     )
-    n = pc.total if law_obj.counts == "total" else pc.non_embedding
-    predicted = law_obj.loss(n, steps * tokens_per_step)
+    predicted = law_obj.loss(_law_count(pc, law_obj), steps * tokens_per_step)
     return BudgetPlan(
         a,
         cfg,
@@ -507,9 +510,7 @@ def train_budget(plan: BudgetPlan, overwrite: bool = False, log: Callable[[str],
 
     fit = pretrain(plan.config, overwrite=overwrite, log=log)
     a = plan.allocation
-    pc = count_params(plan.config.model)
-    n = pc.total if a.counts == "total" else pc.non_embedding
-    predicted = a.law.loss(n, fit.tokens) if fit.tokens else None
+    predicted = a.law.loss(_law_count(count_params(plan.config.model), a.law), fit.tokens) if fit.tokens else None
     out = BudgetResult(plan, fit, fit.metrics.get("loss"), None if predicted is None else float(predicted))
     run_dir = Path(plan.config.run_dir)
     if run_dir.is_dir():
