@@ -200,13 +200,44 @@ def test_encoder_classifier_uses_the_pooler_when_present():
     assert clf.pooling == "pooler" and enc.mlm is None and enc.nsp is None  # unused heads dropped
     no_pooler = heads.SequenceClassifier(build_model(CFGS["encoder"].replace(nsp_head=False, pooler=False)), ["a", "b"])
     assert no_pooler.pooling == "cls"
-    with pytest.raises(ConfigError, match="seq2seq"):
-        heads.SequenceClassifier(_model("seq2seq"), ["a", "b"])
+    with pytest.raises(ConfigError, match="needs an encoder"):
+        heads.SequenceClassifier(_model("decoder"), ["a", "b"], pooling="cls")
+    with pytest.raises(ConfigError, match="needs a decoder"):
+        heads.SequenceClassifier(_model("seq2seq"), ["a", "b"], pooling="last")
 
 
-@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "seq2seq"])
+def test_mean_pooling_is_the_mean_of_the_real_tokens_states(kind):
+    clf = heads.SequenceClassifier(_model(kind), ["a", "b"], pooling="mean").eval()
+    x = X[:1, :7]
+    if kind == "encoder":
+        states = clf.backbone.encoder(x).last_hidden_state
+    elif kind == "seq2seq":
+        states = clf.backbone.encode(x).last_hidden_state
+    else:
+        states = clf.backbone.transformer(x).last_hidden_state
+    want = states[0].mean(0)  # by hand: the average over the seven positions
+    assert torch.allclose(clf.features(x)[0], want, atol=1e-5)
+    padded = torch.cat([x, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 7), torch.zeros(1, 5)], dim=1).long()
+    assert torch.allclose(clf.features(padded, mask)[0], want, atol=1e-5)  # padding neither read nor counted
+
+
+def test_encoder_decoder_classifies_with_its_encoder_and_leaves_the_decoder():
+    clf = heads.SequenceClassifier(_model("seq2seq"), ["a", "b"])
+    assert clf.pooling == "mean"
+    unused = clf.unused_parameters()
+    assert unused and all(n.startswith(("backbone.decoder.", "backbone.lm_head.")) for n in unused)
+    assert not any(n.startswith("backbone.encoder.") or n == "backbone.shared.weight" for n in unused)
+    trainable = params.select_parameters(clf, "all")
+    names = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert names.isdisjoint(unused) and "classifier.weight" in names, trainable
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "seq2seq"])
 def test_task_model_directory_round_trip(tmp_path, kind):
-    clf = heads.SequenceClassifier(_model(kind), ["no", "yes"]).eval()
+    clf = heads.SequenceClassifier(_model(kind), ["no", "yes"], pooling="mean" if kind == "encoder" else "auto")
+    clf.eval()
     lora.apply_lora(clf, rank=2)
     _perturb_adapters(clf)
     want = clf(X).logits.detach()

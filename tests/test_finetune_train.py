@@ -208,6 +208,21 @@ def test_completion_and_seq2seq_tasks(tok, tmp_path):
     assert res.metrics["loss"] > 0 and "bleu" in res.metrics
 
 
+def test_an_encoder_decoder_classifies_with_its_encoder_and_keeps_its_decoder(tok, files, tmp_path):
+    model = _backbone(tok, "seq2seq-tiny")
+    shared = {id(p) for p in model.encoder.parameters()}  # the token embedding, which the encoder reads
+    decoder_before = {n: p.detach().clone() for n, p in model.decoder.named_parameters() if id(p) not in shared}
+    encoder_before = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    cfg = _cfg(files, train=dict(max_steps=40, eval_every=20), out_dir=str(tmp_path / "run"))
+    res = finetune(cfg, model, tok, log=lambda s: None)
+    assert res.model.pooling == "mean" and res.metrics["accuracy"] >= 0.75  # 0.83: the label word is in the text
+    decoder_after = dict(res.model.backbone.decoder.named_parameters())
+    assert decoder_before and all(torch.equal(decoder_after[n], p) for n, p in decoder_before.items())
+    assert any(not torch.equal(p, encoder_before[n]) for n, p in res.model.backbone.encoder.named_parameters())
+    again, extra = load_task_model(tmp_path / "run" / "best")
+    assert extra["task"]["pooling"] == "mean" and again.config.arch == "encoder-decoder"
+
+
 def test_genre_task_splits_by_play():
     from lmforge.data.corpus import VALIDATION_PLAYS
     from lmforge.finetune.tasks import GENRES, genre_rows

@@ -29,6 +29,12 @@ def add_arguments(p) -> None:
     p.add_argument("--model", help="model / run / HF directory, 'minilm', or a model preset (random weights)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the model directory's)")
     p.add_argument("--init", choices=["pretrained", "scratch"], help="scratch: same architecture, random weights")
+    p.add_argument(
+        "--pooling",
+        choices=["auto", "cls", "mean", "last"],
+        help="classify: the vector the head reads (auto: [CLS] / pooler, a decoder's last token, an "
+        "encoder-decoder's mean)",
+    )
     p.add_argument("--params", help="what learns: all | no-embeddings | top-k:N | bitfit | lora")
     p.add_argument("--lora-rank", type=int)
     p.add_argument("--lora-alpha", type=float)
@@ -58,6 +64,7 @@ _FLAGS = {  # option -> dotted config field
     "train_file": "train_file",
     "val_file": "val_file",
     "model": "model",
+    "pooling": "pooling",
     "tokenizer": "tokenizer",
     "init": "init",
     "params": "params",

@@ -16,6 +16,7 @@ from lmforge.train.config import TrainConfig
 
 GENRE_SOURCE = "shakespeare-genre"  # as --train: the bundled plays labelled by genre
 RESTORE_SOURCE = "shakespeare-restore"  # as --train: put back the case and punctuation of speech lines
+POOLINGS = ("auto", "cls", "mean", "last")  # what a classifier reads (heads.resolve_pooling)
 GENERATION_METRICS = ("exact_match", "bleu", "chrf")
 
 # The usual fine-tuning recipe (BERT, Devlin et al.): AdamW with beta2 0.999 and light weight decay,
@@ -52,6 +53,7 @@ class FinetuneConfig(ConfigBase):
     params: str = "all"  # all | no-embeddings | top-k:N | bitfit | lora
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     max_len: int = 128  # tokens per example (capped by the model's max_positions)
+    pooling: str = "auto"  # classify: auto | cls | mean | last (heads.resolve_pooling)
     metric: str | None = None  # picks best/: default macro_f1 (classify) or loss
     patience: int = 0  # stop after this many evaluations without improvement; 0: never
     passage_chars: int = 512  # bundled tasks: passage length in characters (whole lines)
@@ -73,6 +75,8 @@ class FinetuneConfig(ConfigBase):
         parse_mode(self.params)  # refuses an unknown selection before anything loads
         if self.init not in ("pretrained", "scratch"):
             raise ConfigError(f"init: unknown {self.init!r}; choose pretrained or scratch")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling: unknown {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
         allowed = ("loss", "accuracy", "macro_f1") if self.task == "classify" else ("loss",) + GENERATION_METRICS
         if self.best_metric not in allowed:
             raise ConfigError(

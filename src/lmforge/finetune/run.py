@@ -109,9 +109,11 @@ def load_task_data(
     return train, load_task(cfg.val_file, cfg.task, tokenizer, arch, max_len, train.label_names, start_id)
 
 
-def build_task_model(task: str, backbone: nn.Module, label_names: list[str] | None = None) -> nn.Module:
+def build_task_model(
+    task: str, backbone: nn.Module, label_names: list[str] | None = None, pooling: str = "auto"
+) -> nn.Module:
     """A classifier over the backbone, or the language model itself for seq2seq / completion."""
-    return SequenceClassifier(backbone, label_names) if task == "classify" else backbone
+    return SequenceClassifier(backbone, label_names, pooling=pooling) if task == "classify" else backbone
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +230,7 @@ def finetune(
     )
 
     seed_everything(seed)  # the head and adapters start from the run's seed
-    task_model = build_task_model(cfg.task, model, train_data.label_names)
+    task_model = build_task_model(cfg.task, model, train_data.label_names, cfg.pooling)
     if cfg.params == "lora":
         apply_lora(task_model, cfg.lora)
     trainable = select_parameters(task_model, cfg.params)

@@ -42,7 +42,11 @@ from lmforge.tokenizer import special_id
 TASKS = ("classify", "seq2seq", "completion")
 REQUIRED = {"classify": ("text", "label"), "seq2seq": ("source", "target"), "completion": ("prompt", "completion")}
 OPTIONAL = {"classify": ("text_pair",), "seq2seq": (), "completion": ()}
-TASK_ARCHS = {"classify": ("encoder", "decoder"), "seq2seq": ("encoder-decoder",), "completion": ("decoder",)}
+TASK_ARCHS = {
+    "classify": ("encoder", "decoder", "encoder-decoder"),
+    "seq2seq": ("encoder-decoder",),
+    "completion": ("decoder",),
+}
 MAX_LINES_SHOWN = 5
 
 
@@ -199,7 +203,8 @@ def encode_classification(
     tokenizer, arch: str, text: str, pair: str | None, max_len: int
 ) -> tuple[list[int], list[int]]:
     """(input ids, segment ids). Encoder: [CLS] a [SEP] (b [SEP]). Decoder: a (SEP b) EOS, so the
-    last token, whose state the head reads, has seen the whole text."""
+    last token, whose state the head reads, has seen the whole text; an encoder-decoder's encoder
+    reads the same (its pretraining sources end with EOS)."""
     a = _plain_ids(tokenizer, text)
     b = _plain_ids(tokenizer, pair) if pair else []
     cls, sep, eos = special_id(tokenizer, "cls"), special_id(tokenizer, "sep"), special_id(tokenizer, "eos")

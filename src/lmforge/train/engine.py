@@ -180,7 +180,11 @@ class Trainer:
         self.optimizers = [o for o in (self.optimizer, self.muon) if o is not None]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self._forward_keys = forward_keys(self.model)
-        self.encoder_decoder = getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
+        # the model runs a decoder over targets (not a classifier over an encoder-decoder's encoder)
+        self.encoder_decoder = (
+            getattr(getattr(self.model, "config", None), "arch", None) == "encoder-decoder"
+            and "decoder_input_ids" in self._forward_keys
+        )
         self.report = Reporter(cfg, self.dist, self.device, self.dtype, self.layout, log or print, self.encoder_decoder)
 
         # counters that a checkpoint carries over
