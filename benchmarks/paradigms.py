@@ -11,13 +11,14 @@ then, over ``--seeds``:
 
 - genre (which kind of play is a passage from?), macro-F1 on the held-out plays: the encoder via
   [CLS], pretrained and from scratch (same architecture, random weights, the labelled passages
-  alone); the decoder via its last token; the encoder-decoder via its decoder, with the genre word
-  as the target (predicted labels read from greedy outputs);
+  alone); the decoder via its last token; the encoder-decoder via its encoder, the mean of its
+  output states (``--pooling mean``: span corruption never trains a summary position);
 - restoration (put back case and punctuation), chrF and exact match on the held-out plays: the
   encoder-decoder as seq2seq, pretrained and from scratch; the decoder as prompt -> completion.
 
     python benchmarks/paradigms.py                      # ~40 min on 2 CPU cores
     python benchmarks/paradigms.py --only restore-t5 restore-t5-scratch --seeds 0
+    python benchmarks/paradigms.py --pretrain 480 --paradigms encoder --only genre-encoder
 
 Writes ``benchmarks/results/paradigms.json`` (every run, kept across invocations) and prints the
 Markdown tables of docs/training.md.
@@ -32,7 +33,6 @@ import time
 from pathlib import Path
 
 import lmforge.finetune as ft
-from lmforge.finetune.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parent
 PRESETS = {
@@ -73,13 +73,14 @@ RESTORE = dict(
 
 def conditions(runs: Path) -> dict[str, dict]:
     enc, dec, s2s = (str(runs / PRESETS[a]) for a in ("encoder", "decoder", "encoder-decoder"))
-    # the label word as the target; shorter passages, so that a source fits the T5's 64 positions
-    genre_s2s = dict(GENRE, task="seq2seq", metric="exact_match", passage_chars=80)
     return {
         "genre-encoder": dict(GENRE, model=enc),
         "genre-encoder-scratch": dict(GENRE, model=enc, init="scratch"),
+        # the mean of the output states: a masked LM without NSP never trains its [CLS] state
+        "genre-encoder-mean": dict(GENRE, model=enc, pooling="mean"),
+        "genre-encoder-scratch-mean": dict(GENRE, model=enc, init="scratch", pooling="mean"),
         "genre-decoder": dict(GENRE, model=dec, max_len=128),
-        "genre-t5": dict(genre_s2s, model=s2s),
+        "genre-t5": dict(GENRE, model=s2s),  # its encoder, mean-pooled
         "restore-t5": dict(RESTORE, model=s2s),
         "restore-t5-scratch": dict(RESTORE, model=s2s, init="scratch"),
         "restore-decoder": dict(RESTORE, model=dec, task="completion", max_len=128),
@@ -89,18 +90,10 @@ def conditions(runs: Path) -> dict[str, dict]:
 def run(name: str, recipe: dict, seed: int) -> dict:
     d = json.loads(json.dumps(recipe))
     d["train"] = dict(ft.FINETUNE_TRAIN_DEFAULTS, **d["train"], seed=seed, progress=False, log_every=50)
-    genre_as_text = d["task"] == "seq2seq" and d["train_file"] == "shakespeare-genre"
-    if genre_as_text:
-        d["train_file"] = _genre_as_seq2seq(d, seed)
-        d["val_file"] = d["train_file"].replace("train", "val")
-        for k in ("passage_chars", "max_per_class", "val_per_play"):
-            d.pop(k)
     cfg = ft.FinetuneConfig.from_dict({**d, "name": f"{name}-{seed}"})
     t0 = time.perf_counter()
     res = ft.finetune(cfg, save=False, log=lambda s: None)
     metrics = dict(res.metrics)
-    if genre_as_text:
-        metrics.update(_genre_f1_from_text(res, Path(d["val_file"])))
     shown = "  ".join(
         f"{k} {v:.4f}" for k, v in metrics.items() if k in ("macro_f1", "accuracy", "chrf", "exact_match", "bleu")
     )
@@ -117,53 +110,15 @@ def run(name: str, recipe: dict, seed: int) -> dict:
     }
 
 
-def _genre_as_seq2seq(d: dict, seed: int) -> str:
-    """The genre rows as seq2seq files (source: the passage, target: the genre word)."""
-    from lmforge.finetune.tasks import genre_rows
-
-    train, val = genre_rows(d["passage_chars"], d["max_per_class"], d["val_per_play"], seed=seed)
-    folder = ROOT / "results" / "paradigms-genre-seq2seq"
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", train), ("val", val)):
-        with open(folder / f"{split}-{seed}.jsonl", "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps({"source": r["text"], "target": r["label"]}) + "\n")
-    return str(folder / f"train-{seed}.jsonl")
-
-
-def _genre_f1_from_text(res, val_file: Path) -> dict[str, float]:
-    from lmforge.finetune.tasks import fit_source
-    from lmforge.infer import generate
-
-    rows = [json.loads(line) for line in val_file.read_text(encoding="utf-8").splitlines()]
-    labels = sorted({r["target"] for r in rows})
-    res.model.eval()
-    outs = generate(
-        res.model,
-        res.tokenizer,
-        [fit_source(res.tokenizer, r["source"], res.model.config.max_positions) for r in rows],
-        max_new_tokens=6,
-        temperature=0.0,
-        batch_size=32,
-    )
-    pred = [labels.index(o.text.strip()) if o.text.strip() in labels else -1 for o in outs]
-    gold = [labels.index(r["target"]) for r in rows]
-    wrong = len(labels)  # an answer that is no genre counts as a class of its own that is always wrong
-    pred = [p if p >= 0 else wrong for p in pred]
-    return {
-        "macro_f1": macro_f1(pred, gold, len(labels)),
-        "accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold),
-    }
-
-
-def pretrain_equal_time(runs: Path, seconds: float, threads: int) -> list[dict]:
+def pretrain_equal_time(runs: Path, seconds: float, threads: int, paradigms: list[str]) -> list[dict]:
     """Each paradigm's preset pretrained for the same wall time (its own recipe, the schedule
     stretched or shortened to the steps that fit, four evaluations)."""
     from equal_time import train_for_seconds
     from lmforge.train.config import RunConfig
 
     rows = []
-    for arch, preset in PRESETS.items():
+    for arch in paradigms:
+        preset = PRESETS[arch]
         run = train_for_seconds(RunConfig.from_preset(preset), runs / preset, seconds, threads)
         result = run.result
         print(f"  {preset}: {run.seconds_per_step * 1e3:.0f} ms per step -> {run.steps} steps", flush=True)
@@ -205,7 +160,11 @@ def pretraining_table(runs: Path) -> str:
             lines.append(f"| {arch} | {preset} | (not trained: lmforge train --preset {preset}) | |")
             continue
         records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        final = [r for r in records if any(k.startswith("val_") for k in r)][-1]
+        evaluated = [r for r in records if any(k.startswith("val_") for k in r)]
+        if not evaluated:
+            lines.append(f"| {arch} | {preset} | (training, no evaluation yet) | |")
+            continue
+        final = evaluated[-1]
         shown = ", ".join(f"{k} {final['val_' + k]:.4f}" for k in PRETRAINING_METRICS[arch] if f"val_{k}" in final)
         secs = max(r.get("elapsed_s", 0) for r in records)
         lines.append(f"| {arch} | {preset} | {shown} | {secs / 60:.1f} min |")
@@ -247,11 +206,17 @@ def main() -> None:
         help="first pretrain every paradigm's preset for this wall time of training (into --runs)",
     )
     p.add_argument("--threads", type=int, default=1, help="threads per pretraining run (with --pretrain)")
+    p.add_argument(
+        "--paradigms", nargs="+", choices=list(PRESETS), default=list(PRESETS), help="pretrain only these (--pretrain)"
+    )
     args = p.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     saved = json.loads(out.read_text()) if out.is_file() else {}
     if args.pretrain:
-        saved["equal_time"] = pretrain_equal_time(runs, args.pretrain, args.threads)
+        new = pretrain_equal_time(runs, args.pretrain, args.threads, args.paradigms)
+        saved = json.loads(out.read_text()) if out.is_file() else saved  # another invocation may have written
+        kept = [r for r in saved.get("equal_time", []) if r["paradigm"] not in args.paradigms]
+        saved["equal_time"] = sorted(kept + new, key=lambda r: list(PRESETS).index(r["paradigm"]))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(saved, indent=2) + "\n")
     if saved.get("equal_time"):
